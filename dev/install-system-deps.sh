@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Debian packages the tests and benchmarks use: Prometheus (+promtool) scrapes real metrics,
+# wrk drives load from a separate process. Installs only what is missing.
+set -euo pipefail
+need=()
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v wrk >/dev/null || need+=(wrk)
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "[deps] installing Debian packages: ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian's package starts a system Prometheus on :9090; the tests run their own.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus 2>/dev/null || true; fi
+pkill -x prometheus 2>/dev/null || true

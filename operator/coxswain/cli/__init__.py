@@ -1,0 +1,1 @@
+"""The `coxswain` command line: one module per command group, each with a `register`."""
