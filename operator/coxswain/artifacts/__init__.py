@@ -1,0 +1,1 @@
+"""The model repository shared by trainer (writes) and server (reads); torch-free."""
