@@ -1,0 +1,1 @@
+"""The TrainingJob controller: pure builders and decisions, and a thin kopf layer."""
