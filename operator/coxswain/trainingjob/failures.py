@@ -65,16 +65,34 @@ def classify_pod_failure(pod: dict[str, Any]) -> PodFailure | None:
     for cond in status.get("conditions", []):
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
             cause = _DISRUPTION_REASONS.get(cond.get("reason", ""), FailureCause.EVICTED)
-            return PodFailure(name, cause, exit_code, cond.get("message", "") or message, finished, follower=False)
+            return PodFailure(
+                name, cause, exit_code, cond.get("message", "") or message, finished, follower=False
+            )
     reason = status.get("reason", "")
     if reason == "Evicted":
         return PodFailure(name, FailureCause.EVICTED, exit_code, message, finished, follower=False)
     if reason in ("NodeLost", "UnexpectedAdmissionError", "NodeShutdown", "Terminated"):
-        return PodFailure(name, FailureCause.NODE_LOST, exit_code, message or reason, finished, follower=False)
+        return PodFailure(
+            name, FailureCause.NODE_LOST, exit_code, message or reason, finished, follower=False
+        )
     if terminated and terminated.get("reason") == "OOMKilled":
-        return PodFailure(name, FailureCause.OOM_KILLED, exit_code, "the container ran out of memory; raise spec.resources.memory", finished, follower=False)
+        return PodFailure(
+            name,
+            FailureCause.OOM_KILLED,
+            exit_code,
+            "the container ran out of memory; raise spec.resources.memory",
+            finished,
+            follower=False,
+        )
     if exit_code == CONFIG_ERROR_EXIT_CODE:
-        return PodFailure(name, FailureCause.CONFIG_ERROR, exit_code, message or "the trainer refused its configuration", finished, follower=False)
+        return PodFailure(
+            name,
+            FailureCause.CONFIG_ERROR,
+            exit_code,
+            message or "the trainer refused its configuration",
+            finished,
+            follower=False,
+        )
     follower = exit_code in (PEER_DIED_EXIT_CODE, SIGTERM_EXIT_CODE)
     return PodFailure(name, FailureCause.USER_ERROR, exit_code, message, finished, follower=follower)
 
@@ -102,6 +120,10 @@ def root_cause(pods: list[dict[str, Any]]) -> PodFailure | None:
     if not failures:
         return None
     leaders = [f for f in failures if not f.follower] or failures
-    infra = [f for f in leaders if f.cause in (FailureCause.EVICTED, FailureCause.NODE_LOST, FailureCause.PREEMPTED)]
+    infra = [
+        f
+        for f in leaders
+        if f.cause in (FailureCause.EVICTED, FailureCause.NODE_LOST, FailureCause.PREEMPTED)
+    ]
     pool = infra or leaders
     return min(pool, key=lambda f: (f.finished_at or "~", f.pod))
