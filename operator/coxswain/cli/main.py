@@ -16,6 +16,7 @@ from collections.abc import Sequence
 # group name -> (module, one-line help)
 COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "generate": ("coxswain.cli.generate", "generate CRD YAML and chart files from the API types"),
+    "dev": ("coxswain.cli.dev", "local development cluster: `coxswain dev cluster up|down|status|env`"),
 }
 
 

@@ -1,0 +1,332 @@
+"""`DevCluster`: bring the local control plane up, report on it, tear it down.
+
+One cluster per cluster directory (`$COXSWAIN_CLUSTER_DIR`, default
+~/.cache/coxswain/cluster). A file lock serialises `up` and `down` on that directory, so two
+test sessions starting at once end up sharing one cluster instead of racing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from coxswain.devcluster import components, processes
+from coxswain.devcluster.binaries import locate_binaries
+from coxswain.devcluster.bootstrap import (
+    create_nodes,
+    make_client,
+    wait_for_default_service_account,
+    wait_for_nodes_ready,
+)
+from coxswain.devcluster.health import log_tail, probe
+from coxswain.devcluster.kubeconfig import write_kubeconfig
+from coxswain.devcluster.kwok_nodes import STAGES_FILE, default_pools
+from coxswain.devcluster.pki import create_pki, pki_layout
+from coxswain.devcluster.state import (
+    ClusterPaths,
+    ClusterState,
+    clear_state,
+    default_cluster_dir,
+    load_state,
+    save_state,
+)
+
+log = logging.getLogger("coxswain.devcluster")
+
+
+class ClusterStartError(RuntimeError):
+    """A component did not start or did not become healthy; the message carries its log tail."""
+
+
+class ComponentStatus(BaseModel):
+    name: str
+    pid: int
+    running: bool
+    healthy: bool
+    detail: str
+    log: Path
+
+
+class ClusterStatus(BaseModel):
+    cluster_dir: Path
+    recorded: bool
+    healthy: bool
+    components: list[ComponentStatus] = []
+    api_server: str | None = None
+    kubeconfig: Path | None = None
+    stray_pids: list[int] = []
+
+
+class DevCluster:
+    """The local cluster living in one directory."""
+
+    def __init__(self, cluster_dir: Path | None = None) -> None:
+        self.paths = ClusterPaths((cluster_dir or default_cluster_dir()).resolve())
+
+    # ---- locking -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the directory's lock (blocks while another process runs `up` or `down`)."""
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        with self.paths.lock_file.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # ---- status --------------------------------------------------------------------------
+
+    def state(self) -> ClusterState | None:
+        return load_state(self.paths)
+
+    def status(self) -> ClusterStatus:
+        state = self.state()
+        stray = sorted(
+            set(processes.marked_processes(self.paths.root))
+            - {p.pid for p in (state.processes if state else [])}
+        )
+        if state is None:
+            return ClusterStatus(cluster_dir=self.paths.root, recorded=False, healthy=False, stray_pids=stray)
+        by_name = {c.name: c for c in self._components(state)}
+        statuses: list[ComponentStatus] = []
+        for record in state.processes:
+            running = processes.is_alive(record)
+            url = by_name[record.name].health_url if record.name in by_name else None
+            healthy, detail = probe(url) if running and url else (running, "running" if running else "exited")
+            statuses.append(
+                ComponentStatus(
+                    name=record.name,
+                    pid=record.pid,
+                    running=running,
+                    healthy=healthy,
+                    detail=detail,
+                    log=record.log,
+                )
+            )
+        expected = {c.name for c in self._components(state)}
+        complete = expected <= {s.name for s in statuses}
+        return ClusterStatus(
+            cluster_dir=self.paths.root,
+            recorded=True,
+            healthy=state.ready and complete and all(s.healthy for s in statuses),
+            components=statuses,
+            api_server=state.api_server_url,
+            kubeconfig=self.paths.kubeconfig,
+            stray_pids=stray,
+        )
+
+    def is_healthy(self) -> bool:
+        return self.status().healthy
+
+    # ---- up ------------------------------------------------------------------------------
+
+    def up(self, gpu_nodes: int = 2, cpu_nodes: int = 2, timeout: float = 120.0) -> ClusterState:
+        """Start the cluster, or return the running one when it is healthy.
+
+        A cluster that runs with other node counts is kept, with a warning: restarting it
+        would pull it from under whoever uses it. Run `down` first to change the counts.
+        """
+        with self.locked():
+            current = self.status()
+            state = self.state()
+            if current.healthy and state is not None:
+                if (state.gpu_nodes, state.cpu_nodes) != (gpu_nodes, cpu_nodes):
+                    log.warning(
+                        "a cluster with %d GPU and %d CPU nodes is already up in %s; reusing it "
+                        "(run `coxswain dev cluster down` first for other node counts)",
+                        state.gpu_nodes,
+                        state.cpu_nodes,
+                        self.paths.root,
+                    )
+                else:
+                    log.info("cluster already up in %s; reusing it", self.paths.root)
+                return state
+            if current.recorded or current.stray_pids:
+                log.info("stopping what is left of a previous cluster in %s", self.paths.root)
+                self._stop_everything(state)
+            return self._start(gpu_nodes, cpu_nodes, timeout)
+
+    def _start(self, gpu_nodes: int, cpu_nodes: int, timeout: float) -> ClusterState:
+        began = time.monotonic()
+        bin_dir = locate_binaries()
+        paths = self.paths
+        paths.make()
+        for old_log in paths.logs_dir.glob("*.log"):
+            old_log.unlink()
+        pki = create_pki(paths.pki_dir)
+        ports = self._pick_ports()
+        data_dir = Path(tempfile.mkdtemp(prefix="coxswain-etcd-"))
+        state = ClusterState(
+            cluster_dir=paths.root, bin_dir=bin_dir, data_dir=data_dir, ports=ports,
+            gpu_nodes=gpu_nodes, cpu_nodes=cpu_nodes,
+        )  # fmt: skip
+        save_state(paths, state)
+        deadline = time.monotonic() + timeout
+        try:
+            self._launch(state, components.etcd(bin_dir, data_dir, ports), deadline)
+            server = state.api_server_url
+            write_kubeconfig(paths.kubeconfig, server, pki.ca.cert, pki.admin, "coxswain-admin")
+            kcm_config = paths.run_dir / "kube-controller-manager.kubeconfig"
+            write_kubeconfig(
+                kcm_config, server, pki.ca.cert, pki.controller_manager, "system:kube-controller-manager"
+            )
+            scheduler_config = paths.run_dir / "kube-scheduler.kubeconfig"
+            write_kubeconfig(scheduler_config, server, pki.ca.cert, pki.scheduler, "system:kube-scheduler")
+            self._launch(state, components.kube_apiserver(bin_dir, pki, paths, ports), deadline)
+            # The other three only need the API server: start them together, then wait.
+            rest = [
+                components.kube_controller_manager(bin_dir, pki, kcm_config, ports),
+                components.kube_scheduler(bin_dir, scheduler_config, ports),
+                components.kwok(bin_dir, paths.kubeconfig, STAGES_FILE, paths, ports),
+            ]
+            for component in rest:
+                self._spawn(state, component)
+            for component in rest:
+                self._wait_healthy(state, component, deadline)
+            client = make_client(paths.kubeconfig)
+            names = create_nodes(client, default_pools(gpu_nodes, cpu_nodes))
+            wait_for_default_service_account(client, max(deadline - time.monotonic(), 1.0))
+            wait_for_nodes_ready(client, names, max(deadline - time.monotonic(), 1.0))
+        except BaseException:
+            # Ctrl-C, a timeout or a failed component: leave nothing behind.
+            log.error("cluster start failed; stopping what was started (logs stay in %s)", paths.logs_dir)
+            self._stop_everything(self.state())
+            raise
+        state.ready = True
+        save_state(paths, state)
+        log.info(
+            "cluster up in %.1f s: API server %s, %d GPU + %d CPU kwok nodes, kubeconfig %s",
+            time.monotonic() - began, state.api_server_url, gpu_nodes, cpu_nodes, paths.kubeconfig,
+        )  # fmt: skip
+        return state
+
+    @staticmethod
+    def _pick_ports() -> dict[str, int]:
+        ports: dict[str, int] = {}
+        while len(set(ports.values())) < len(components.PORT_NAMES):
+            ports = {name: processes.free_port() for name in components.PORT_NAMES}
+        return ports
+
+    def _components(self, state: ClusterState) -> list[components.Component]:
+        """The component specs for a recorded state (used for their health URLs)."""
+        ports, bin_dir = state.ports, state.bin_dir
+        pki = pki_layout(self.paths.pki_dir)
+        run = self.paths.run_dir
+        return [
+            components.etcd(bin_dir, state.data_dir, ports),
+            components.kube_apiserver(bin_dir, pki, self.paths, ports),
+            components.kube_controller_manager(
+                bin_dir, pki, run / "kube-controller-manager.kubeconfig", ports
+            ),
+            components.kube_scheduler(bin_dir, run / "kube-scheduler.kubeconfig", ports),
+            components.kwok(bin_dir, self.paths.kubeconfig, STAGES_FILE, self.paths, ports),
+        ]
+
+    def _spawn(self, state: ClusterState, component: components.Component) -> None:
+        log.info("starting %s", component.name)
+        record = processes.spawn(
+            component.name, component.argv, component.log_path(self.paths), self.paths.root, component.env
+        )
+        state.processes.append(record)
+        save_state(self.paths, state)
+
+    def _launch(self, state: ClusterState, component: components.Component, deadline: float) -> None:
+        self._spawn(state, component)
+        self._wait_healthy(state, component, deadline)
+
+    def _wait_healthy(self, state: ClusterState, component: components.Component, deadline: float) -> None:
+        record = next(r for r in state.processes if r.name == component.name)
+        detail = "not probed yet"
+        while time.monotonic() < deadline:
+            if not processes.is_alive(record):
+                raise ClusterStartError(
+                    f"{component.name} exited during start. Last lines of {record.log}:\n{log_tail(record.log)}"
+                )
+            if component.health_url is None:
+                return
+            healthy, detail = probe(component.health_url)
+            if healthy:
+                log.info("%s is healthy", component.name)
+                return
+            time.sleep(0.2)
+        raise ClusterStartError(
+            f"{component.name} did not become healthy in time ({component.health_url}: {detail}). "
+            f"Last lines of {record.log}:\n{log_tail(record.log)}"
+        )
+
+    # ---- down ----------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Stop every process of this cluster and remove its data. Returns what was stopped."""
+        with self.locked():
+            return self._stop_everything(self.state())
+
+    def _stop_everything(self, state: ClusterState | None) -> list[str]:
+        stopped: list[str] = []
+        groups: set[int] = set()
+        if state is not None:
+            for record in state.processes:
+                if processes.is_alive(record):
+                    groups.add(record.pid)  # each component leads its own process group
+                    stopped.append(f"{record.name} (pid {record.pid})")
+        # Processes whose record was lost (a crash between spawn and save, a deleted state
+        # file) still carry the cluster directory in their environment.
+        for pid in processes.marked_processes(self.paths.root):
+            pgid = processes.process_group_of(pid)
+            if pgid is not None and pgid not in groups:
+                groups.add(pgid)
+                stopped.append(f"stray pid {pid}")
+        processes.stop_groups(groups)
+        if state is not None:
+            shutil.rmtree(state.data_dir, ignore_errors=True)
+            self._check_ports_released(state)
+        clear_state(self.paths)
+        return stopped
+
+    @staticmethod
+    def _check_ports_released(state: ClusterState) -> None:
+        busy = [f"{name}={port}" for name, port in state.ports.items() if processes.port_in_use(port)]
+        if busy:
+            log.warning(
+                "ports still in use after stopping the cluster: %s (another program?)", ", ".join(busy)
+            )
+
+    # ---- env -----------------------------------------------------------------------------
+
+    def env_exports(self) -> list[str]:
+        """Shell lines that point kubectl, helm and the operator at this cluster."""
+        state = self.state()
+        bin_dir = state.bin_dir if state else locate_binaries()
+        return [f"export KUBECONFIG={self.paths.kubeconfig}", f"export PATH={bin_dir}:$PATH"]
+
+    # ---- test sessions sharing one cluster ----------------------------------------------
+
+    def add_user(self) -> Path:
+        """Record this process as a user of the cluster (see `other_users`)."""
+        self.paths.users_dir.mkdir(parents=True, exist_ok=True)
+        marker = self.paths.users_dir / str(os.getpid())
+        marker.touch()
+        return marker
+
+    def other_users(self) -> list[int]:
+        """PIDs of other live processes that registered with `add_user`."""
+        pids: list[int] = []
+        for marker in self.paths.users_dir.glob("*") if self.paths.users_dir.is_dir() else []:
+            if not marker.name.isdigit() or int(marker.name) == os.getpid():
+                continue
+            if Path(f"/proc/{marker.name}").exists():
+                pids.append(int(marker.name))
+            else:
+                marker.unlink(missing_ok=True)
+        return pids
