@@ -1,0 +1,91 @@
+"""Condition types, reasons and phases: CamelCase constants defined once.
+
+The operator writes them, tests and dashboards read them; nobody spells them by hand.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TrainingJobPhase(StrEnum):
+    """Coarse state of a TrainingJob, shown by `kubectl get tj`."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class TrainingJobConditionType(StrEnum):
+    """Condition types of a TrainingJob."""
+
+    CREATED = "Created"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    STALLED = "Stalled"
+
+
+class TrainingJobReason(StrEnum):
+    """Reasons on TrainingJob conditions."""
+
+    # Created
+    JOB_CREATED = "JobCreated"
+    # Running
+    PODS_STARTING = "PodsStarting"
+    PODS_RUNNING = "PodsRunning"
+    # Restarting
+    GANG_RESTARTING = "GangRestarting"
+    BACKING_OFF = "BackingOff"
+    # Succeeded
+    TRAINING_COMPLETED = "TrainingCompleted"
+    EARLY_STOPPED = "EarlyStopped"
+    MAX_STEPS_REACHED = "MaxStepsReached"
+    # Failed
+    RESTART_BUDGET_EXHAUSTED = "RestartBudgetExhausted"
+    NON_RETRYABLE_ERROR = "NonRetryableError"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    EXPORT_FAILED = "ExportFailed"
+    INVALID_SPEC = "InvalidSpec"
+    # Suspended
+    JOB_SUSPENDED = "JobSuspended"
+    JOB_RESUMED = "JobResumed"
+    # Stalled
+    NO_PROGRESS = "NoProgress"
+    PROGRESS_RESUMED = "ProgressResumed"
+
+
+class ModelServiceConditionType(StrEnum):
+    """Condition types of a ModelService. `Ready` is true only when a request would succeed."""
+
+    READY = "Ready"
+    MODEL_LOADED = "ModelLoaded"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+
+
+class ModelServiceReason(StrEnum):
+    """Reasons on ModelService conditions."""
+
+    # Ready
+    REPLICAS_READY = "ReplicasReady"
+    NO_READY_REPLICAS = "NoReadyReplicas"
+    # ModelLoaded
+    MODEL_LOADED = "ModelLoaded"
+    MODEL_NOT_FOUND = "ModelNotFound"
+    CHECKSUM_MISMATCH = "ChecksumMismatch"
+    LOAD_FAILED = "LoadFailed"
+    TRAINING_JOB_NOT_READY = "TrainingJobNotReady"
+    # Progressing
+    ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+    CANARY_ANALYSIS = "CanaryAnalysis"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    # Degraded
+    CRASH_LOOPING = "CrashLooping"
+    CANARY_ROLLED_BACK = "CanaryRolledBack"
+    REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
