@@ -3,11 +3,12 @@ volumes, resources, env, tolerations, conditions and object metadata."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from coxswain.api.rules import CelRule, RuleReason
@@ -19,6 +20,7 @@ DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 # A resource.Quantity: a decimal number with an optional binary or decimal suffix.
 QUANTITY_PATTERN = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$"
+ZERO_QUANTITY_PATTERN = r"^[+]?(0+(\.0*)?|\.0+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$"
 CAMEL_CASE_PATTERN = r"^[A-Z][A-Za-z0-9]*$"
 
 
@@ -55,24 +57,45 @@ class ApiModel(BaseModel):
 
 
 def _quantity_to_str(value: Any) -> Any:
-    # YAML users write `cpu: 1` as often as `cpu: "1"`; Kubernetes accepts both.
-    if isinstance(value, bool):
-        return value  # let the str check refuse it with a clear message
-    if isinstance(value, int | float):
+    # YAML users write `cpu: 1` as often as `cpu: "1"`; Kubernetes accepts both (int-or-string).
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
 
 
+def _cel_string(text: str) -> str:
+    """`text` as a single-quoted CEL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _positive_quantity(value: str) -> str:
+    if re.fullmatch(ZERO_QUANTITY_PATTERN, value):
+        raise ValueError("must be a positive quantity such as 500m, 2 or 4Gi, not zero")
+    return value
+
+
+# The API server ignores `pattern` on an int-or-string field, so the check is a CEL rule
+# (on the string form, which also covers plain integers) with a Python twin.
+POSITIVE_QUANTITY_RULE = CelRule(
+    rule=f"string(self).matches({_cel_string(QUANTITY_PATTERN)}) "
+    f"&& !string(self).matches({_cel_string(ZERO_QUANTITY_PATTERN)})",
+    message="must be a positive Kubernetes quantity such as 500m, 2 or 4Gi",
+)
+
 Quantity = Annotated[
     str,
     BeforeValidator(_quantity_to_str),
+    AfterValidator(_positive_quantity),
     Field(
         pattern=QUANTITY_PATTERN,
         max_length=64,
-        json_schema_extra={"x-kubernetes-int-or-string": True},
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [POSITIVE_QUANTITY_RULE.to_schema()],
+        },
     ),
 ]
-"""A Kubernetes resource quantity such as `500m`, `2`, `4Gi`."""
+"""A positive Kubernetes resource quantity such as `500m`, `2`, `4Gi`."""
 
 DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
 DnsSubdomain = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]

@@ -111,7 +111,10 @@ def to_structural(node: JsonSchema, defs: dict[str, JsonSchema], path: str = "")
         else:
             out[key] = value
     if out.get("x-kubernetes-int-or-string"):
+        # The API server ignores `pattern` here (the value may be an integer); the model
+        # carries a CEL rule for the string form instead.
         out.pop("type", None)
+        out.pop("pattern", None)
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
         out["x-kubernetes-preserve-unknown-fields"] = True
     if "default" in out and out["default"] is None:

@@ -1,0 +1,1 @@
+"""Example user modules for `spec.task.custom` (see README.md beside this file)."""
