@@ -1,0 +1,519 @@
+"""Decide, from what is observed, the TrainingJob's status and the actions to take.
+
+Level-triggered and pure: the same observation gives the same plan, so an operator killed
+at any point and started again carries on (style.md: KEP-2307). The status is written
+*before* the actions: a new attempt number is recorded first, then the old Job is
+deleted and the next one made; a restarted operator finds the record and finishes the step
+(deleting stale attempts and creating the missing one are both idempotent).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from coxswain.api.common import ConditionStatus
+from coxswain.api.conditions import TrainingJobConditionType as C
+from coxswain.api.conditions import TrainingJobPhase as Phase
+from coxswain.api.conditions import TrainingJobReason as R
+from coxswain.api.trainingjob import (
+    CleanPodPolicy,
+    ExportedModel,
+    FailureAction,
+    LastFailure,
+    Progress,
+    TrainingJob,
+    TrainingJobStatus,
+)
+from coxswain.conditions import get_condition, set_condition
+from coxswain.trainingjob import naming
+from coxswain.trainingjob.failures import FailureCause, PodFailure, root_cause
+
+TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class ActionKind(StrEnum):
+    ENSURE_CONFIG = "EnsureConfig"
+    ENSURE_SERVICE = "EnsureService"
+    CREATE_JOB = "CreateJob"
+    DELETE_JOB = "DeleteJob"
+    SUSPEND_JOB = "SuspendJob"
+    RESUME_JOB = "ResumeJob"
+    DELETE_TRAININGJOB = "DeleteTrainingJob"
+    HANDOFF = "Handoff"
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    name: str = ""
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RestartRecord:
+    cause: str
+    charged: bool
+
+
+@dataclass
+class Plan:
+    status: TrainingJobStatus
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    restart: RestartRecord | None = None  # for metrics
+    finished: Phase | None = None  # set on the pass that finishes the job (for metrics)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the watches show for one TrainingJob: its batch Jobs and pods (all attempts)."""
+
+    jobs: list[dict[str, Any]]
+    pods: list[dict[str, Any]]
+    progress: dict[str, Any] | None = None  # rank 0's /progress, when it answered
+
+
+def attempt_of(obj: dict[str, Any]) -> int | None:
+    value = obj.get("metadata", {}).get("labels", {}).get(naming.LABEL_ATTEMPT)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def backoff_seconds(tj: TrainingJob, restarts_so_far: int) -> float:
+    """Exponential back-off: base * 2^(n-1) for the n-th restart, capped."""
+    policy = tj.spec.failure_policy
+    n = max(restarts_so_far, 1)
+    return float(min(policy.backoff_seconds * 2 ** (n - 1), policy.max_backoff_seconds))
+
+
+def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in job.get("status", {}).get("conditions", []) or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def _rank(pod: dict[str, Any]) -> int:
+    labels = pod.get("metadata", {}).get("labels", {})
+    annotations = pod.get("metadata", {}).get("annotations", {})
+    value = labels.get(
+        naming.LABEL_COMPLETION_INDEX, annotations.get(naming.ANNOTATION_COMPLETION_INDEX, "-1")
+    )
+    try:
+        return int(value)
+    except ValueError:
+        return -1
+
+
+def rank0_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((p for p in pods if _rank(p) == 0), None)
+
+
+def pending_reason(pods: list[dict[str, Any]], expected: int) -> str:
+    """Why the gang is not all running yet, in the scheduler's and kubelet's words."""
+    running = sum(1 for p in pods if p.get("status", {}).get("phase") == "Running")
+    parts = [f"{running}/{expected} pods running"]
+    for pod in sorted(pods, key=_rank):
+        status = pod.get("status", {})
+        if status.get("phase") != "Pending":
+            continue
+        for cond in status.get("conditions", []) or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                msg = (cond.get("message") or cond.get("reason") or "").strip()
+                parts.append(f"pod {pod['metadata']['name']} cannot be scheduled: {msg}")
+                return "; ".join(parts)
+        for cs in status.get("containerStatuses", []) or []:
+            waiting = (cs.get("state") or {}).get("waiting")
+            if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+                parts.append(
+                    f"pod {pod['metadata']['name']} is waiting: {waiting.get('reason')} {waiting.get('message', '')}".strip()
+                )
+                return "; ".join(parts)
+    missing = expected - len(pods)
+    if missing > 0:
+        parts.append(f"{missing} pods not created yet")
+    return "; ".join(parts)
+
+
+def _exported_model(pods: list[dict[str, Any]]) -> ExportedModel | None:
+    """Rank 0 writes a JSON line to its termination log on success (the trainer contract)."""
+    pod = rank0_pod(pods)
+    if pod is None:
+        return None
+    for cs in pod.get("status", {}).get("containerStatuses", []) or []:
+        term = (cs.get("state") or {}).get("terminated") or {}
+        message = (term.get("message") or "").strip()
+        for line in reversed(message.splitlines()):
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            exported = doc.get("exportedModel") if isinstance(doc, dict) else None
+            if isinstance(exported, dict):
+                try:
+                    return ExportedModel.model_validate(exported)
+                except ValueError:
+                    return None
+    return None
+
+
+def _merge_progress(old: Progress | None, fresh: dict[str, Any] | None, now: datetime) -> Progress | None:
+    if fresh is None:
+        return old
+    keys = set(Progress.model_fields)
+    by_alias = {f.alias or name: name for name, f in Progress.model_fields.items()}
+    data = {by_alias.get(k, k): v for k, v in fresh.items() if by_alias.get(k, k) in keys}
+    try:
+        new = Progress.model_validate(data)
+    except ValueError:
+        return old
+    stepped = old is None or old.step != new.step or old.last_update_time is None
+    return new.model_copy(
+        update={"last_update_time": now if stepped else old.last_update_time if old else now}
+    )
+
+
+class Planner:
+    """One reconcile decision for one TrainingJob at time `now`."""
+
+    def __init__(self, tj: TrainingJob, observed: Observed, now: datetime) -> None:
+        self.tj = tj
+        self.spec = tj.spec
+        self.name = tj.metadata.name or ""
+        self.obs = observed
+        self.now = now
+        self.gen = tj.metadata.generation
+        status = tj.status or TrainingJobStatus()
+        self.status = status.model_copy(deep=True)
+        self.plan = Plan(status=self.status)
+        self.previous_phase = status.phase
+
+    # -- helpers ---------------------------------------------------------------------------
+    def cond(self, type_: C, value: bool, reason: R, message: str) -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions, type_.value, value, reason.value, message, self.now, self.gen
+        )
+
+    def clear(self, type_: C, reason: R, message: str = "") -> None:
+        existing = get_condition(self.status.conditions, type_.value)
+        if existing is not None and existing.status != ConditionStatus.FALSE:
+            self.cond(type_, False, reason, message)
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.plan.events.append(Event(type_, reason, message))
+
+    def set_phase(self, phase: Phase) -> None:
+        self.status.phase = phase
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(seconds, 0.5)
+        current = self.plan.requeue_after
+        self.plan.requeue_after = seconds if current is None else min(current, seconds)
+
+    @property
+    def attempt(self) -> int:
+        return self.status.attempt or 1
+
+    def jobs_of_attempt(self, attempt: int) -> list[dict[str, Any]]:
+        return [j for j in self.obs.jobs if attempt_of(j) == attempt]
+
+    def pods_of_attempt(self, attempt: int) -> list[dict[str, Any]]:
+        return [p for p in self.obs.pods if attempt_of(p) == attempt]
+
+    # -- the decision ----------------------------------------------------------------------
+    def run(self) -> Plan:
+        self.status.observed_generation = self.gen
+        if self.status.attempt is None:
+            self.status.attempt = 1
+            self.status.restarts = self.status.restarts or 0
+            self.status.uncounted_restarts = self.status.uncounted_restarts or 0
+        if self.status.phase in TERMINAL:
+            self.finished_housekeeping()
+            return self.plan
+        self.plan.actions += [Action(ActionKind.ENSURE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
+        # Attempts other than the current one are leftovers of a restart: remove them.
+        for stale in self.obs.jobs:
+            if attempt_of(stale) != self.attempt:
+                self.plan.actions.append(Action(ActionKind.DELETE_JOB, stale["metadata"]["name"]))
+        if self.deadline_passed():
+            return self.plan
+        current = self.jobs_of_attempt(self.attempt)
+        job = current[0] if current else None
+        if self.spec.suspend:
+            self.suspend(job)
+            return self.plan
+        if job is None:
+            self.create_or_wait()
+            return self.plan
+        if job.get("spec", {}).get("suspend"):
+            self.plan.actions.append(Action(ActionKind.RESUME_JOB, job["metadata"]["name"]))
+        if get_condition(self.status.conditions, C.SUSPENDED.value) is not None:
+            if self.status.phase == Phase.SUSPENDED:
+                self.event(
+                    "Normal", R.JOB_RESUMED.value, "Resumed: the gang starts again from the last checkpoint"
+                )
+                # The deadline counts running time: suspended time is not charged (as batch/v1 Job does).
+                self.status.start_time = self.now
+            self.clear(C.SUSPENDED, R.JOB_RESUMED, "spec.suspend is false")
+        self.observe_job(job)
+        return self.plan
+
+    def finished_housekeeping(self) -> None:
+        if self.spec.clean_pod_policy == CleanPodPolicy.ALL:
+            for job in self.obs.jobs:
+                self.plan.actions.append(Action(ActionKind.DELETE_JOB, job["metadata"]["name"]))
+        ttl = self.spec.ttl_seconds_after_finished
+        if ttl is not None and self.status.completion_time is not None:
+            due = self.status.completion_time + timedelta(seconds=ttl)
+            if self.now >= due:
+                self.plan.actions.append(Action(ActionKind.DELETE_TRAININGJOB))
+            else:
+                self.requeue((due - self.now).total_seconds())
+
+    def deadline_passed(self) -> bool:
+        limit = self.spec.active_deadline_seconds
+        if limit is None or self.status.start_time is None or self.spec.suspend:
+            return False
+        elapsed = (self.now - self.status.start_time).total_seconds()
+        if elapsed < limit:
+            self.requeue(limit - elapsed)
+            return False
+        self.fail(
+            R.DEADLINE_EXCEEDED,
+            f"activeDeadlineSeconds ({limit} s) passed after {int(elapsed)} s of running time",
+        )
+        return True
+
+    def suspend(self, job: dict[str, Any] | None) -> None:
+        if job is not None and not job.get("spec", {}).get("suspend"):
+            self.plan.actions.append(Action(ActionKind.SUSPEND_JOB, job["metadata"]["name"]))
+        if self.status.phase != Phase.SUSPENDED:
+            self.event(
+                "Normal",
+                R.JOB_SUSPENDED.value,
+                "Suspended: pods are stopped; progress and checkpoints are kept",
+            )
+        self.set_phase(Phase.SUSPENDED)
+        self.cond(C.SUSPENDED, True, R.JOB_SUSPENDED, "spec.suspend is true: pods stopped, checkpoints kept")
+        self.clear(C.RUNNING, R.JOB_SUSPENDED, "suspended")
+
+    def create_or_wait(self) -> None:
+        if self.status.phase == Phase.RESTARTING and self.status.last_failure is not None:
+            failed_at = self.status.last_failure.time or self.now
+            charged = (self.status.restarts or 0) + (self.status.uncounted_restarts or 0)
+            wait = backoff_seconds(self.tj, charged) - (self.now - failed_at).total_seconds()
+            if wait > 0:
+                self.requeue(wait)
+                return
+        job_name = naming.batch_job_name(self.name, self.attempt)
+        self.plan.actions.append(Action(ActionKind.CREATE_JOB, job_name, self.attempt))
+        if self.status.start_time is None:
+            self.status.start_time = self.now
+        if self.status.phase in (None, Phase.RESTARTING, Phase.SUSPENDED):
+            self.event(
+                "Normal",
+                R.JOB_CREATED.value,
+                f"Created Job {job_name} for attempt {self.attempt} ({self.spec.nodes} pods)",
+            )
+        self.set_phase(Phase.PENDING)
+        self.cond(C.CREATED, True, R.JOB_CREATED, f"Job {job_name} created for attempt {self.attempt}")
+        self.cond(
+            C.RUNNING, False, R.PODS_STARTING, f"waiting for {self.spec.nodes} pods of attempt {self.attempt}"
+        )
+        if get_condition(self.status.conditions, C.RESTARTING.value) is not None:
+            self.cond(C.RESTARTING, False, R.GANG_RESTARTING, f"attempt {self.attempt} started")
+
+    def observe_job(self, job: dict[str, Any]) -> None:
+        pods = self.pods_of_attempt(self.attempt)
+        failed_job = _job_condition(job, "Failed")
+        failure = root_cause(pods)
+        if failure is not None or failed_job is not None:
+            self.handle_failure(job, failure, failed_job)
+            return
+        if _job_condition(job, "Complete") is not None:
+            self.succeed(pods)
+            return
+        self.status.progress = _merge_progress(self.status.progress, self.obs.progress, self.now)
+        running = [p for p in pods if p.get("status", {}).get("phase") in ("Running", "Succeeded")]
+        if len(running) >= self.spec.nodes:
+            if self.status.phase != Phase.RUNNING:
+                self.event(
+                    "Normal",
+                    R.PODS_RUNNING.value,
+                    f"All {self.spec.nodes} pods of attempt {self.attempt} are running",
+                )
+            self.set_phase(Phase.RUNNING)
+            self.cond(
+                C.RUNNING,
+                True,
+                R.PODS_RUNNING,
+                f"{self.spec.nodes}/{self.spec.nodes} pods running (attempt {self.attempt})",
+            )
+            self.check_stall()
+        else:
+            self.set_phase(Phase.PENDING)
+            self.cond(C.RUNNING, False, R.PODS_STARTING, pending_reason(pods, self.spec.nodes))
+
+    def check_stall(self) -> None:
+        progress = self.status.progress
+        timeout = self.spec.stall.timeout_seconds
+        since = (
+            progress.last_update_time if progress and progress.last_update_time else None
+        ) or self._running_since()
+        if since is None:
+            return
+        idle = (self.now - since).total_seconds()
+        if idle < timeout:
+            self.clear(C.STALLED, R.PROGRESS_RESUMED, "steps are being made")
+            self.requeue(timeout - idle)
+            return
+        step = progress.step if progress and progress.step is not None else 0
+        message = (
+            f"no training step for {int(idle)} s (spec.stall.timeoutSeconds {timeout}); last step {step}"
+        )
+        stalled = get_condition(self.status.conditions, C.STALLED.value)
+        if stalled is None or stalled.status != ConditionStatus.TRUE:
+            self.event(
+                "Warning",
+                R.NO_PROGRESS.value,
+                message + ("; restarting the gang" if self.spec.stall.restart else ""),
+            )
+        self.cond(C.STALLED, True, R.NO_PROGRESS, message)
+        if self.spec.stall.restart:
+            stall_failure = PodFailure("", FailureCause.USER_ERROR, None, message, "", follower=False)
+            self.restart_or_fail(stall_failure, charged=True, cause_name="Stalled")
+
+    def _running_since(self) -> datetime | None:
+        running = get_condition(self.status.conditions, C.RUNNING.value)
+        if running is not None and running.status == ConditionStatus.TRUE:
+            return running.last_transition_time
+        return None
+
+    def handle_failure(
+        self, job: dict[str, Any], failure: PodFailure | None, failed_job: dict[str, Any] | None
+    ) -> None:
+        if failure is None:
+            message = (failed_job or {}).get("message") or "the Job failed without a failed pod to inspect"
+            failure = PodFailure("", FailureCause.USER_ERROR, None, message, "", follower=False)
+        if failure.cause == FailureCause.CONFIG_ERROR:
+            self.fail(
+                R.NON_RETRYABLE_ERROR,
+                f"{failure.describe()}; fix the spec and create the job again (restarting cannot help)",
+            )
+            return
+        action = self.action_for(failure)
+        if action == FailureAction.FAIL:
+            self.fail(
+                R.NON_RETRYABLE_ERROR,
+                f"{failure.describe()}; spec.failurePolicy says Fail for {failure.cause.value}",
+            )
+            return
+        self.restart_or_fail(failure, charged=action == FailureAction.RESTART, cause_name=failure.cause.value)
+
+    def action_for(self, failure: PodFailure) -> FailureAction:
+        for rule in self.spec.failure_policy.rules:
+            if rule.cause.value != failure.cause.value:
+                continue
+            if rule.exit_codes and failure.exit_code not in rule.exit_codes:
+                continue
+            return rule.action
+        return (
+            FailureAction.RESTART
+            if failure.cause == FailureCause.USER_ERROR
+            else FailureAction.RESTART_WITHOUT_CHARGE
+        )
+
+    def restart_or_fail(self, failure: PodFailure, charged: bool, cause_name: str) -> None:
+        restarts = self.status.restarts or 0
+        budget = self.spec.failure_policy.max_restarts
+        if charged and restarts >= budget:
+            self.fail(
+                R.RESTART_BUDGET_EXHAUSTED,
+                f"attempt {self.attempt} failed: {failure.describe()}; restart budget spent ({restarts} of "
+                f"spec.failurePolicy.maxRestarts {budget} used)",
+                cause=cause_name,
+            )
+            return
+        if charged:
+            self.status.restarts = restarts + 1
+        else:
+            self.status.uncounted_restarts = (self.status.uncounted_restarts or 0) + 1
+        failed_attempt = self.attempt
+        self.status.last_failure = LastFailure(
+            cause=cause_name, attempt=failed_attempt, message=failure.describe()[:4096], time=self.now
+        )
+        self.status.attempt = failed_attempt + 1
+        delay = backoff_seconds(self.tj, (self.status.restarts or 0) + (self.status.uncounted_restarts or 0))
+        budget_note = (
+            f"{self.status.restarts} of {budget} charged restarts used"
+            if charged
+            else "not charged to the restart budget"
+        )
+        message = (
+            f"attempt {failed_attempt} failed: {failure.describe()}; restarting the whole gang as attempt "
+            f"{failed_attempt + 1} from the last checkpoint in {int(delay)} s ({budget_note})"
+        )
+        self.set_phase(Phase.RESTARTING)
+        self.cond(C.RESTARTING, True, R.BACKING_OFF, message)
+        self.cond(C.RUNNING, False, R.GANG_RESTARTING, f"attempt {failed_attempt} failed")
+        self.clear(C.STALLED, R.GANG_RESTARTING, "gang restarted")
+        self.event("Warning", R.GANG_RESTARTING.value, message)
+        # Tear the failed attempt down now (the record above is written first).
+        for job in self.jobs_of_attempt(failed_attempt):
+            self.plan.actions.append(Action(ActionKind.DELETE_JOB, job["metadata"]["name"]))
+        self.plan.restart = RestartRecord(cause=cause_name, charged=charged)
+        self.requeue(delay)
+
+    def fail(self, reason: R, message: str, cause: str | None = None) -> None:
+        self.set_phase(Phase.FAILED)
+        self.status.completion_time = self.now
+        self.cond(C.FAILED, True, reason, message)
+        self.clear(C.RUNNING, reason, "the job failed")
+        self.clear(C.RESTARTING, reason, "the job failed")
+        self.event("Warning", reason.value, message)
+        self.plan.finished = Phase.FAILED
+        self.finished_housekeeping()
+
+    def succeed(self, pods: list[dict[str, Any]]) -> None:
+        self.set_phase(Phase.SUCCEEDED)
+        self.status.completion_time = self.now
+        exported = _exported_model(pods)
+        if exported is not None:
+            self.status.exported_model = exported
+        if self.status.progress is not None:
+            total = self.status.progress.total_steps
+            self.status.progress = self.status.progress.model_copy(
+                update={
+                    "percent": 100.0,
+                    "eta_seconds": 0.0,
+                    "step": self.status.progress.step if total is None else total,
+                }
+            )
+        where = f"; model exported to {exported.uri}" if exported else ""
+        message = f"training finished in attempt {self.attempt}{where}"
+        self.cond(C.SUCCEEDED, True, R.TRAINING_COMPLETED, message)
+        self.clear(C.RUNNING, R.TRAINING_COMPLETED, "finished")
+        self.clear(C.STALLED, R.TRAINING_COMPLETED, "finished")
+        self.event("Normal", R.TRAINING_COMPLETED.value, message)
+        self.plan.finished = Phase.SUCCEEDED
+        if self.spec.serving is not None and exported is not None:
+            self.plan.actions.append(Action(ActionKind.HANDOFF, self.spec.serving.model_service))
+        self.finished_housekeeping()
+
+
+def plan_reconcile(tj: TrainingJob, observed: Observed, now: datetime) -> Plan:
+    return Planner(tj, observed, now).run()
