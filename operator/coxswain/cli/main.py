@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "generate": ("coxswain.cli.generate", "generate CRD YAML and chart files from the API types"),
     "dev": ("coxswain.cli.dev", "local development cluster: `coxswain dev cluster up|down|status|env`"),
+    "operator": ("coxswain.cli.operator", "run the operator: `coxswain operator run`"),
 }
 
 

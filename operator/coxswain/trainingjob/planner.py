@@ -236,6 +236,7 @@ class Planner:
 
     # -- the decision ----------------------------------------------------------------------
     def run(self) -> Plan:
+        spec_changed = self.status.observed_generation != self.gen
         self.status.observed_generation = self.gen
         if self.status.attempt is None:
             self.status.attempt = 1
@@ -244,7 +245,9 @@ class Planner:
         if self.status.phase in TERMINAL:
             self.finished_housekeeping()
             return self.plan
-        self.plan.actions += [Action(ActionKind.ENSURE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
+        if spec_changed:
+            # Mutable fields (env of a suspended job, serving, ...) reach the trainer's config.
+            self.plan.actions += [Action(ActionKind.ENSURE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
         # Attempts other than the current one are leftovers of a restart: remove them.
         for stale in self.obs.jobs:
             if attempt_of(stale) != self.attempt:
@@ -312,6 +315,11 @@ class Planner:
         self.clear(C.RUNNING, R.JOB_SUSPENDED, "suspended")
 
     def create_or_wait(self) -> None:
+        if any(attempt_of(j) != self.attempt for j in self.obs.jobs):
+            # The old attempt's pods may still be writing their SIGTERM checkpoint: the next
+            # attempt starts only when they are gone, so it resumes from that checkpoint.
+            self.requeue(2)
+            return
         if self.status.phase == Phase.RESTARTING and self.status.last_failure is not None:
             failed_at = self.status.last_failure.time or self.now
             charged = (self.status.restarts or 0) + (self.status.uncounted_restarts or 0)
@@ -320,6 +328,8 @@ class Planner:
                 self.requeue(wait)
                 return
         job_name = naming.batch_job_name(self.name, self.attempt)
+        ensure = [Action(ActionKind.ENSURE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
+        self.plan.actions += [a for a in ensure if a not in self.plan.actions]
         self.plan.actions.append(Action(ActionKind.CREATE_JOB, job_name, self.attempt))
         if self.status.start_time is None:
             self.status.start_time = self.now

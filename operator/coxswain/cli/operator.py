@@ -1,0 +1,55 @@
+"""`coxswain operator run`: the operator process (what the chart's Deployment runs)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+LOG_FORMATS = ("plain", "full", "json")
+
+
+def register(sub: Any, name: str, help_text: str) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    what = parser.add_subparsers(dest="what", required=True)
+    run = what.add_parser("run", help="run the operator until interrupted")
+    run.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; globs like 'team-*' work); default: all namespaces",
+    )
+    run.add_argument(
+        "--peering", default="coxswain", help="kopf peering name: only one replica acts (default %(default)s)"
+    )
+    run.add_argument("--standalone", action="store_true", help="no peering: this replica always acts")
+    run.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
+    run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port")
+    run.add_argument("--log-format", choices=LOG_FORMATS, default="plain")
+    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+    from prometheus_client import start_http_server
+
+    from coxswain import handlers  # noqa: F401  (registers the handlers)
+    from coxswain.metrics import REGISTRY
+
+    formats = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
+    kopf.configure(log_format=formats[args.log_format], verbose=args.log_level == "DEBUG")
+    logging.getLogger().setLevel(args.log_level)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, registry=REGISTRY)
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=args.standalone,
+        peering_name=None if args.standalone else args.peering,
+        priority=args.priority,
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+    )
+    return 0

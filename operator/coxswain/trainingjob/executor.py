@@ -1,0 +1,115 @@
+"""Carry out a plan against the API server: idempotent creates, deletes and patches."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+from lightkube import ApiError, AsyncClient
+from lightkube.codecs import from_dict
+from lightkube.resources.batch_v1 import Job
+from lightkube.types import CascadeType, PatchType
+
+from coxswain.api.trainingjob import TrainingJob
+from coxswain.kube import TRAININGJOB_RESOURCE, is_conflict, is_not_found
+from coxswain.trainingjob import builders, naming
+from coxswain.trainingjob.planner import Action, ActionKind, Plan
+
+log = logging.getLogger(__name__)
+
+PROGRESS_TIMEOUT = httpx.Timeout(2.0, connect=1.0)
+
+
+async def _create_or_replace(client: AsyncClient, obj: dict[str, Any], replace: bool) -> None:
+    try:
+        await client.create(from_dict(obj))
+    except ApiError as exc:
+        if not is_conflict(exc):
+            raise
+        if replace:
+            # Server-side apply: our fields, our manager; leaves fields of others alone.
+            await client.apply(from_dict(obj), field_manager="coxswain", force=True)
+
+
+async def execute(
+    client: AsyncClient, tj: TrainingJob, plan: Plan, log_: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    """Write the status first, then act (see planner: a restart is recorded before teardown)."""
+    ns, name = tj.metadata.namespace or "default", tj.metadata.name or ""
+    for action in plan.actions:
+        await _execute_one(client, tj, ns, name, action, log_)
+
+
+async def patch_status(client: AsyncClient, tj: TrainingJob, status: dict[str, Any]) -> dict[str, Any]:
+    """Merge-patch the status subresource; returns the object as stored now."""
+    updated = await client.patch(
+        TRAININGJOB_RESOURCE.Status,
+        tj.metadata.name or "",
+        {"status": status},
+        namespace=tj.metadata.namespace,
+        patch_type=PatchType.MERGE,
+    )
+    return dict(updated)
+
+
+async def _execute_one(
+    client: AsyncClient,
+    tj: TrainingJob,
+    ns: str,
+    name: str,
+    action: Action,
+    log_: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    try:
+        if action.kind == ActionKind.ENSURE_CONFIG:
+            await _create_or_replace(client, builders.build_config_map(tj), replace=True)
+        elif action.kind == ActionKind.ENSURE_SERVICE:
+            await _create_or_replace(client, builders.build_service(tj), replace=False)
+        elif action.kind == ActionKind.CREATE_JOB:
+            # AlreadyExists means an earlier pass (maybe of a killed operator) made it: fine.
+            await _create_or_replace(client, builders.build_job(tj, action.attempt), replace=False)
+            log_.info("created Job %s (attempt %d, %d pods)", action.name, action.attempt, tj.spec.nodes)
+        elif action.kind == ActionKind.DELETE_JOB:
+            # Foreground: the Job stays until its pods are gone, and the planner waits for it
+            # before starting the next attempt.
+            await client.delete(Job, action.name, namespace=ns, cascade=CascadeType.FOREGROUND)
+            log_.info("deleting Job %s and its pods", action.name)
+        elif action.kind in (ActionKind.SUSPEND_JOB, ActionKind.RESUME_JOB):
+            suspend = action.kind == ActionKind.SUSPEND_JOB
+            await client.patch(
+                Job, action.name, {"spec": {"suspend": suspend}}, namespace=ns, patch_type=PatchType.MERGE
+            )
+        elif action.kind == ActionKind.DELETE_TRAININGJOB:
+            await client.delete(TRAININGJOB_RESOURCE, name, namespace=ns, cascade=CascadeType.BACKGROUND)
+            log_.info("deleted: ttlSecondsAfterFinished (%s s) passed", tj.spec.ttl_seconds_after_finished)
+        elif action.kind == ActionKind.HANDOFF:
+            from coxswain.trainingjob.handoff import hand_off
+
+            await hand_off(client, tj, log_)
+    except ApiError as exc:
+        if is_not_found(exc) and action.kind in (ActionKind.DELETE_JOB, ActionKind.DELETE_TRAININGJOB):
+            return
+        raise
+
+
+async def fetch_progress(
+    http: httpx.AsyncClient, pod: dict[str, Any] | None, port: int
+) -> dict[str, Any] | None:
+    """Rank 0's /progress, or None when it does not answer (starting, kwok pod, network)."""
+    if pod is None:
+        return None
+    ip = pod.get("status", {}).get("podIP")
+    if not ip or pod.get("status", {}).get("phase") != "Running":
+        return None
+    try:
+        response = await http.get(f"http://{ip}:{port}/progress", timeout=PROGRESS_TIMEOUT)
+        if response.status_code != 200:
+            return None
+        doc = response.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+__all__ = ["execute", "fetch_progress", "naming", "patch_status"]

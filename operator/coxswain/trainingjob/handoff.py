@@ -1,0 +1,60 @@
+"""Train -> serve: roll a finished TrainingJob's exported version into its ModelService."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lightkube import ApiError, AsyncClient
+from lightkube.types import PatchType
+
+from coxswain import events
+from coxswain.api.trainingjob import Rollout, TrainingJob
+from coxswain.kube import MODELSERVICE_RESOURCE, is_not_found
+
+DEFAULT_CANARY_PERCENT = 10
+
+
+def handoff_patch(tj: TrainingJob, current_versions: dict[str, Any]) -> dict[str, Any] | None:
+    """The ModelService spec patch for the new version, or None when it is already there."""
+    serving, exported = tj.spec.serving, tj.status.exported_model if tj.status else None
+    if serving is None or exported is None:
+        return None
+    version = exported.version
+    if serving.rollout == Rollout.STABLE:
+        if current_versions.get("stable") == version and not current_versions.get("canary"):
+            return None
+        return {"spec": {"versions": {"stable": version, "canary": None, "canaryPercent": None}}}
+    if current_versions.get("canary") == version or current_versions.get("stable") == version:
+        return None
+    percent = serving.canary_percent or DEFAULT_CANARY_PERCENT
+    return {"spec": {"versions": {"canary": version, "canaryPercent": percent}}}
+
+
+async def hand_off(
+    client: AsyncClient, tj: TrainingJob, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    serving = tj.spec.serving
+    if serving is None:
+        return
+    ns = tj.metadata.namespace
+    try:
+        ms = await client.get(MODELSERVICE_RESOURCE, serving.model_service, namespace=ns)
+    except ApiError as exc:
+        if not is_not_found(exc):
+            raise
+        message = f"spec.serving.modelService {serving.model_service} does not exist in namespace {ns}; create it to serve the model"
+        events.post(tj.to_dict(), "Warning", "HandoffSkipped", message)
+        log.warning(message)
+        return
+    versions = dict(ms.get("spec", {}).get("versions", {}) or {})
+    patch = handoff_patch(tj, versions)
+    if patch is None:
+        return
+    await client.patch(
+        MODELSERVICE_RESOURCE, serving.model_service, patch, namespace=ns, patch_type=PatchType.MERGE
+    )
+    exported = tj.status.exported_model if tj.status else None
+    message = f"rolled version {exported.version if exported else '?'} into ModelService {serving.model_service} as {serving.rollout.value}"
+    events.post(tj.to_dict(), "Normal", "HandedOff", message)
+    log.info(message)
