@@ -24,7 +24,8 @@ def test_round_trip_and_last_k_kept(tmp_path: Path) -> None:
         store.save(_state(step), step)
     assert store.steps() == [30, 20]
     found = store.newest_valid()
-    assert found is not None and found[0] == 30
+    assert found is not None
+    assert found[0] == 30
     assert torch.equal(found[1]["model"]["w"], torch.full((3,), 30.0))
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -45,7 +46,8 @@ def test_corrupt_newest_falls_back_to_the_previous(tmp_path: Path, damage: str) 
     with pytest.raises(CorruptCheckpointError):
         store.load(2)
     found = store.newest_valid()
-    assert found is not None and found[0] == 1
+    assert found is not None
+    assert found[0] == 1
 
 
 def test_leftover_temp_file_is_not_a_checkpoint_and_is_cleaned(tmp_path: Path) -> None:

@@ -14,8 +14,10 @@ CPU = torch.device("cpu")
 def test_split_is_seeded_disjoint_and_by_ratio() -> None:
     train, held = split_indices(1000, 0.2, seed=7)
     again, held_again = split_indices(1000, 0.2, seed=7)
-    assert (train == again).all() and (held == held_again).all()
-    assert len(held) == 200 and len(train) == 800
+    assert (train == again).all()
+    assert (held == held_again).all()
+    assert len(held) == 200
+    assert len(train) == 800
     assert not set(train) & set(held)
     other, _ = split_indices(1000, 0.2, seed=8)
     assert (train != other).any()
@@ -29,14 +31,16 @@ def test_standardisation_is_fitted_on_the_training_split_only() -> None:
     assert torch.allclose(x_train.std(0, unbiased=False), torch.ones(10), atol=1e-4)
     # The eval split went through the training statistics, so it is not exactly centred.
     assert x_eval.mean(0).abs().max() > 1e-3
-    assert data.kind == "regression" and data.num_outputs == 1
+    assert data.kind == "regression"
+    assert data.num_outputs == 1
     assert data.target_std > 1.0  # diabetes targets are in the hundreds; trained standardised
 
 
 def test_digits_is_ten_class_classification_with_labels() -> None:
     data = load_builtin("digits", eval_fraction=0.2, seed=0, standardize=False, device=CPU)
     assert data.kind == "classification"
-    assert data.input_shape == (64,) and data.num_outputs == 10
+    assert data.input_shape == (64,)
+    assert data.num_outputs == 10
     assert data.labels == [str(d) for d in range(10)]
     assert len(data.train) + len(data.eval) == 1797
     assert data.feature_mean is None
@@ -60,7 +64,8 @@ def test_two_rank_shards_together_are_the_one_process_permutation() -> None:
     one = epoch_shard(100, rank=0, world_size=1, seed=1, epoch=3, device=CPU)
     r0 = epoch_shard(100, rank=0, world_size=2, seed=1, epoch=3, device=CPU)
     r1 = epoch_shard(100, rank=1, world_size=2, seed=1, epoch=3, device=CPU)
-    assert torch.equal(one[0::2], r0) and torch.equal(one[1::2], r1)
+    assert torch.equal(one[0::2], r0)
+    assert torch.equal(one[1::2], r1)
     assert not torch.equal(one, epoch_shard(100, rank=0, world_size=1, seed=1, epoch=4, device=CPU))
 
 

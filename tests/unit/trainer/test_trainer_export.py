@@ -41,15 +41,20 @@ def _load_torchscript(data: bytes) -> torch.jit.ScriptModule:
 def test_export_writes_a_verifiable_torchscript_version(tmp_path: Path, task: Task) -> None:
     job = JobIdentity(name="digits", namespace="ml", attempt=1)
     result = export_model(task, _target(tmp_path), job, {"accuracy": 0.5}, {"seed": 0})
-    assert result.version == "v1" and result.uri == f"file://{tmp_path}/digits"
+    assert result.version == "v1"
+    assert result.uri == f"file://{tmp_path}/digits"
     manifest, files = read_verified_files(result.path)
-    assert manifest.format == ModelFormat.TORCHSCRIPT and manifest.model_file == MODEL_FILE
+    assert manifest.format == ModelFormat.TORCHSCRIPT
+    assert manifest.model_file == MODEL_FILE
     assert set(files) == {MODEL_FILE, WEIGHTS_FILE}
-    assert manifest.inputs[0].shape == [-1, 64] and manifest.outputs[0].shape == [-1, 10]
+    assert manifest.inputs[0].shape == [-1, 64]
+    assert manifest.outputs[0].shape == [-1, 10]
     assert manifest.labels == [str(d) for d in range(10)]
     assert manifest.metrics == {"accuracy": 0.5}
-    assert manifest.source.name == "digits" and manifest.source.namespace == "ml"
-    assert manifest.architecture.kind == "mlp" and manifest.architecture.config["hiddenSizes"] == [32]
+    assert manifest.source.name == "digits"
+    assert manifest.source.namespace == "ml"
+    assert manifest.architecture.kind == "mlp"
+    assert manifest.architecture.config["hiddenSizes"] == [32]
     assert "torch" in manifest.framework
     # The served model takes raw pixels: standardisation is inside it.
     raw = task.data.eval.x[:4] * task.data.feature_std + task.data.feature_mean  # type: ignore[attr-defined]

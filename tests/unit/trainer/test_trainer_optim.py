@@ -19,7 +19,10 @@ def test_warmup_is_linear_then_hands_over_to_the_schedule() -> None:
 
 def test_step_schedule_decays_by_gamma_every_step_size() -> None:
     f = lr_factor(ScheduleSettings(type="step", step_size=10, gamma=0.5), 0.1, 100)
-    assert f(0) == 1.0 and f(9) == 1.0 and f(10) == 0.5 and f(25) == 0.25
+    assert f(0) == 1.0
+    assert f(9) == 1.0
+    assert f(10) == 0.5
+    assert f(25) == 0.25
 
 
 def test_cosine_ends_at_the_floor_after_warmup() -> None:
@@ -38,7 +41,8 @@ def test_optimizers_are_built_with_their_hyper_parameters(name: str) -> None:
         model.parameters(), OptimizerSettings(name=name, learning_rate=0.05, weight_decay=0.01)
     )
     group = opt.param_groups[0]
-    assert group["lr"] == 0.05 and group["weight_decay"] == 0.01
+    assert group["lr"] == 0.05
+    assert group["weight_decay"] == 0.01
     if name == "sgd":
         assert group["momentum"] == 0.9
     else:
