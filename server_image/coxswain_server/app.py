@@ -31,7 +31,7 @@ from coxswain_server.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from coxswain_server.metrics import ServerMetrics, VersionMetrics
+from coxswain_server.metrics import UNKNOWN_VERSION, ServerMetrics, VersionMetrics
 from coxswain_server.settings import ServerSettings
 from coxswain_server.traffic import parse_traffic_document, read_traffic_file, watch_traffic_file
 from coxswain_server.versions import ModelVersions, ServedVersion
@@ -300,9 +300,13 @@ class InferenceApp:
             await self._send_error(send, ServerError("internal error; see the server log"), served)
         finally:
             self.inflight -= 1
-            (served.metrics if served is not None else self._unrouted).observe(
-                code, time.perf_counter() - started
-            )
+            elapsed = time.perf_counter() - started
+            if served is not None:
+                served.metrics.observe(code, elapsed)
+            else:
+                if self._unrouted is None:
+                    self._unrouted = self.metrics.version(UNKNOWN_VERSION)
+                self._unrouted.observe(code, elapsed)
 
     # --- health and metadata ------------------------------------------------------------
 

@@ -28,7 +28,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # `_created` series double every series for no use here (Prometheus ignores them)
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 UNKNOWN_VERSION = "unknown"  # unroutable calls: never a label value taken from the URL
 

@@ -4,6 +4,7 @@ benchmark: an MLP 64->128->10 and a CNN on 1x8x8 inputs (the digits shapes)."""
 from __future__ import annotations
 
 import io
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -57,6 +58,13 @@ def build(kind: Kind, seed: int = 0) -> nn.Module:
 def serialize(module: nn.Module, kind: Kind, fmt: ModelFormat, trace: bool = False) -> bytes:
     example = torch.zeros(2, *INPUT_SHAPES[kind][1:])
     buffer = io.BytesIO()
+    with warnings.catch_warnings():  # TorchScript's deprecation notices: the format is still what we serve
+        warnings.simplefilter("ignore", FutureWarning)
+        _write(module, example, fmt, trace, buffer)
+    return buffer.getvalue()
+
+
+def _write(module: nn.Module, example: torch.Tensor, fmt: ModelFormat, trace: bool, buffer: io.BytesIO) -> None:
     if fmt == ModelFormat.TORCHSCRIPT:
         scripted = torch.jit.trace(module, example) if trace else torch.jit.script(module)
         torch.jit.save(scripted, buffer)
@@ -66,7 +74,6 @@ def serialize(module: nn.Module, kind: Kind, fmt: ModelFormat, trace: bool = Fal
         torch.export.save(program, buffer)
     else:
         torch.save(module.state_dict(), buffer)
-    return buffer.getvalue()
 
 
 def write_model(
