@@ -42,6 +42,8 @@ def _run(args: argparse.Namespace) -> int:
     formats = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
     kopf.configure(log_format=formats[args.log_format], verbose=args.log_level == "DEBUG")
     logging.getLogger().setLevel(args.log_level)
+    # One line per HTTP request is noise for users; our own log lines say what changed.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=REGISTRY)
     kopf.run(

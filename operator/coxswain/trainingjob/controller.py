@@ -57,32 +57,29 @@ def _slim(body: kopf.Body, status_keys: tuple[str, ...] | None = None) -> dict[s
     }
 
 
+# Index functions run on every watch event of their resource; they also wake the job's loop
+# (kopf logs every on.event handler call; an indexer is silent and runs anyway).
 @kopf.index("batch", "v1", "jobs", labels=LABELS)
 def trainingjob_jobs(
-    *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(namespace or "", labels[naming.LABEL_TRAININGJOB]): _slim(body)}
+    key = (namespace or "", labels[naming.LABEL_TRAININGJOB])
+    Runtime.of(memo).wake(*key)
+    return {key: _slim(body)}
 
 
 @kopf.index("", "v1", "pods", labels=LABELS)
 def trainingjob_pods(
-    *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(namespace or "", labels[naming.LABEL_TRAININGJOB]): _slim(body, _POD_STATUS_KEYS)}
+    key = (namespace or "", labels[naming.LABEL_TRAININGJOB])
+    Runtime.of(memo).wake(*key)
+    return {key: _slim(body, _POD_STATUS_KEYS)}
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=LABELS)
-def job_changed(*, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    Runtime.of(memo).wake(namespace or "", labels[naming.LABEL_TRAININGJOB])
-
-
-@kopf.on.event("", "v1", "pods", labels=LABELS)
-def pod_changed(*, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    Runtime.of(memo).wake(namespace or "", labels[naming.LABEL_TRAININGJOB])
-
-
-@kopf.on.event(GROUP, VERSION, TRAININGJOB_PLURAL)
-def trainingjob_changed(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+@kopf.index(GROUP, VERSION, TRAININGJOB_PLURAL)
+def trainingjob_wakeup(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Spec changes (suspend, deadline, ...) take effect at once."""
     Runtime.of(memo).wake(namespace or "", name)
 
 

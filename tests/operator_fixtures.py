@@ -1,0 +1,112 @@
+"""The operator as a real process against the local cluster (tests marked `cluster`).
+
+`operator` (module): `coxswain operator run` watching namespaces `op-*` only, so other
+test sessions sharing the cluster are left alone. `op_namespace` (function): a fresh
+`op-…` namespace per test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, ServiceAccount
+
+from cluster_fixtures import ClusterHandle, wait_for
+
+NAMESPACE_PREFIX = "op-"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class OperatorProcess:
+    cluster: ClusterHandle
+    log_path: Path
+    metrics_port: int
+    health_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it for its whole life
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "coxswain",
+                "operator",
+                "run",
+                "--standalone",
+                "-n",
+                f"{NAMESPACE_PREFIX}*",
+                "--metrics-port",
+                str(self.metrics_port),
+                "--health-port",
+                str(self.health_port),
+            ],
+            env=self.cluster.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def metrics(self) -> str:
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: ClusterHandle) -> Iterator[OperatorProcess]:
+    log_path = Path(tempfile.mkdtemp(prefix="coxswain-operator-")) / "operator.log"
+    op = OperatorProcess(cluster, log_path, free_port(), free_port())
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"operator log: {log_path}")
+
+
+@pytest.fixture
+def op_namespace(cluster: ClusterHandle) -> Iterator[str]:
+    name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:8]}"
+    client = cluster.client
+    client.create(Namespace(metadata=ObjectMeta(name=name)))
+    wait_for(
+        lambda: client.get(ServiceAccount, "default", namespace=name), 30, f"ServiceAccount {name}/default"
+    )
+    yield name
+    client.delete(Namespace, name)
