@@ -90,7 +90,7 @@ def _up(args: argparse.Namespace) -> int:
         print("interrupted: everything that had started was stopped", file=sys.stderr)
         return 130
     print(
-        f"cluster is up. Use it with:\n  eval $(coxswain dev cluster env{_dir_flag(args)})", file=sys.stderr
+        f"cluster is up. Use it with:\n  eval $(coxswain dev cluster{_dir_flag(args)} env)", file=sys.stderr
     )
     return 0
 

@@ -274,20 +274,28 @@ class DevCluster:
 
     def _stop_everything(self, state: ClusterState | None) -> list[str]:
         stopped: list[str] = []
-        groups: set[int] = set()
+        # Clients of the API server first, then the API server, then etcd: an API server
+        # whose etcd is gone spends its whole grace period retrying instead of exiting.
+        tiers: list[set[int]] = [set(), set(), set()]
+        tier_of = {"etcd": 2, "kube-apiserver": 1}
         if state is not None:
             for record in state.processes:
                 if processes.is_alive(record):
-                    groups.add(record.pid)  # each component leads its own process group
+                    tiers[tier_of.get(record.name, 0)].add(record.pid)  # each leads its own group
                     stopped.append(f"{record.name} (pid {record.pid})")
         # Processes whose record was lost (a crash between spawn and save, a deleted state
-        # file) still carry the cluster directory in their environment.
+        # file) still carry the cluster directory in their environment; their program name
+        # gives their tier.
+        known = set().union(*tiers)
         for pid in processes.marked_processes(self.paths.root):
             pgid = processes.process_group_of(pid)
-            if pgid is not None and pgid not in groups:
-                groups.add(pgid)
-                stopped.append(f"stray pid {pid}")
-        processes.stop_groups(groups)
+            if pgid is not None and pgid not in known:
+                known.add(pgid)
+                program = processes.program_name(pid)
+                tiers[tier_of.get(program, 0)].add(pgid)
+                stopped.append(f"stray {program} (pid {pid})")
+        for tier in tiers:
+            processes.stop_groups(tier)
         if state is not None:
             shutil.rmtree(state.data_dir, ignore_errors=True)
             self._check_ports_released(state)

@@ -22,12 +22,14 @@ def apply_crds(client: Client, directory: Path) -> list[str]:
         for obj in load_all_yaml(path.read_text()):
             if not isinstance(obj, CustomResourceDefinition):
                 continue  # kustomization files and the like are not ours to apply
+            name = obj.metadata.name if obj.metadata else None
+            if not name:
+                raise CRDError(f"{path.name}: a CustomResourceDefinition without metadata.name")
             try:
                 client.apply(obj, force=True)
             except ApiError as e:
-                raise CRDError(f"{path.name}: the API server refused the CRD: {e.status.message}") from e
-            assert obj.metadata is not None and obj.metadata.name is not None
-            names.append(obj.metadata.name)
+                raise CRDError(f"{path.name}: the API server refused CRD {name}: {e.status.message}") from e
+            names.append(name)
     return names
 
 

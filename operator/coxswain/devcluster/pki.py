@@ -54,6 +54,8 @@ class ClusterPKI:
     admin: CertPair
     controller_manager: CertPair
     scheduler: CertPair
+    front_proxy_ca: CertPair
+    front_proxy_client: CertPair
     service_account_key: Path
     service_account_pub: Path
 
@@ -100,9 +102,11 @@ def _builder(
     )
 
 
-def _make_ca(directory: Path) -> tuple[CertPair, ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _make_ca(
+    directory: Path, stem: str = "ca", common_name: str = "coxswain-dev-ca"
+) -> tuple[CertPair, ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = _new_key()
-    name = _name("coxswain-dev-ca")
+    name = _name(common_name)
     cert = (
         _builder(name, name, key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -123,7 +127,7 @@ def _make_ca(directory: Path) -> tuple[CertPair, ec.EllipticCurvePrivateKey, x50
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    pair = CertPair(directory / "ca.crt", directory / "ca.key")
+    pair = CertPair(directory / f"{stem}.crt", directory / f"{stem}.key")
     _write(pair.cert, cert.public_bytes(serialization.Encoding.PEM))
     _write(pair.key, _key_pem(key), private=True)
     return pair, key, cert
@@ -172,6 +176,8 @@ def pki_layout(directory: Path) -> ClusterPKI:
         admin=pair("admin"),
         controller_manager=pair("kube-controller-manager"),
         scheduler=pair("kube-scheduler"),
+        front_proxy_ca=pair("front-proxy-ca"),
+        front_proxy_client=pair("front-proxy-client"),
         service_account_key=directory / "sa.key",
         service_account_pub=directory / "sa.pub",
     )
@@ -181,6 +187,11 @@ def create_pki(directory: Path) -> ClusterPKI:
     """Write a fresh CA, serving and client certificates and the service-account keys."""
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key, ca_cert = _make_ca(directory)
+    # A CA of its own for the aggregation layer's front proxy, as kubeadm does: a client
+    # certificate from it lets the bearer assert any user in request headers.
+    proxy_ca, proxy_ca_key, proxy_ca_cert = _make_ca(
+        directory, "front-proxy-ca", "coxswain-dev-front-proxy-ca"
+    )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sa_private = directory / "sa.key"
     sa_public = directory / "sa.pub"
@@ -201,6 +212,10 @@ def create_pki(directory: Path) -> ClusterPKI:
             directory, "kube-controller-manager", ca_key, ca_cert, "system:kube-controller-manager"
         ),
         scheduler=_issue(directory, "kube-scheduler", ca_key, ca_cert, "system:kube-scheduler"),
+        front_proxy_ca=proxy_ca,
+        front_proxy_client=_issue(
+            directory, "front-proxy-client", proxy_ca_key, proxy_ca_cert, "front-proxy-client"
+        ),
         service_account_key=sa_private,
         service_account_pub=sa_public,
     )

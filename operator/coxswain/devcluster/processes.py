@@ -122,6 +122,15 @@ def marked_processes(cluster_dir: Path) -> list[int]:
     return found
 
 
+def program_name(pid: int) -> str:
+    """The base name of the program `pid` runs ("" when it is gone)."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+    except OSError:
+        return ""
+    return Path(argv0.decode(errors="replace")).name
+
+
 def process_group_of(pid: int) -> int | None:
     try:
         return os.getpgid(pid)
