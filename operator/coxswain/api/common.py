@@ -122,12 +122,18 @@ class PersistentVolumeClaimSource(ApiModel):
     read_only: bool = Field(default=False, description="Mount read-only.")
 
 
+class StorageMedium(StrEnum):
+    """Where an emptyDir lives."""
+
+    DEFAULT = ""
+    MEMORY = "Memory"
+
+
 class EmptyDirSource(ApiModel):
     """A scratch directory that lives as long as the pod (survives container restarts only)."""
 
-    medium: str = Field(
-        default="",
-        pattern=r"^(|Memory)$",
+    medium: StorageMedium = Field(
+        default=StorageMedium.DEFAULT,
         description='Storage medium: "" (node disk) or "Memory" (tmpfs).',
     )
     size_limit: Quantity | None = Field(default=None, description="Optional size limit, e.g. 1Gi.")

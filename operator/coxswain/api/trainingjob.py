@@ -489,7 +489,8 @@ class TrainingJobSpec(ApiModel):
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict,
         description="Node labels the pods require; changeable only while suspended.",
-        json_schema_extra={"maxProperties": 64, "default": {}},
+        max_length=64,
+        json_schema_extra={"default": {}},
     )
     tolerations: list[Toleration] = Field(
         default_factory=list,
@@ -501,6 +502,7 @@ class TrainingJobSpec(ApiModel):
         default_factory=list,
         max_length=64,
         description="Extra environment for the trainer; reserved names are refused.",
+        json_schema_extra={"default": []},
     )
     optimization: Optimization = Field(default=Optimization(), description="Optimisation settings.")
     evaluation: Evaluation = Field(default=Evaluation(), description="Held-out evaluation.")
