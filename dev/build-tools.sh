@@ -14,6 +14,16 @@ export GOCACHE=${GOCACHE:-$cache/go-build} GOMODCACHE=${GOMODCACHE:-$cache/go-mo
 mkdir -p "$bin"
 log() { echo "[build-tools] $*" >&2; }
 
+need_go() { # the `tool` directive of dev/tools/*/go.mod needs Go 1.24 or newer
+  local v
+  v=$(go env GOVERSION 2>/dev/null) || { log "Go is not installed: install Go >= 1.24 (https://go.dev/dl or apt-get install golang-go), then run make tools again"; exit 1; }
+  v=${v#go}
+  if [ "${v%%.*}" -lt 1 ] || { [ "${v%%.*}" -eq 1 ] && [ "$(echo "$v" | cut -d. -f2)" -lt 24 ]; }; then
+    log "Go $v is too old: dev/tools/*/go.mod need Go >= 1.24 (or export GOTOOLCHAIN=go1.24.0 to let go fetch it)"
+    exit 1
+  fi
+}
+
 build() { # build <module dir> <ldflags> <binary name>=<package>...
   local dir=$1 ldflags=$2; shift 2
   local pkgs=() names=() spec
@@ -22,6 +32,7 @@ build() { # build <module dir> <ldflags> <binary name>=<package>...
     names+=("${spec%%=*}"); pkgs+=("${spec#*=}")
   done
   [ ${#pkgs[@]} -eq 0 ] && return 0
+  need_go
   log "building ${names[*]} (first time on this machine: minutes; cached in $bin)"
   local start=$SECONDS tmp
   tmp=$(mktemp -d "$bin/.build.XXXX")
