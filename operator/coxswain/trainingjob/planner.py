@@ -271,6 +271,7 @@ class Planner:
                 )
                 # The deadline counts running time: suspended time is not charged (as batch/v1 Job does).
                 self.status.start_time = self.now
+                self._restart_stall_clock()
             self.clear(C.SUSPENDED, R.JOB_RESUMED, "spec.suspend is false")
         self.observe_job(job)
         return self.plan
@@ -407,6 +408,11 @@ class Planner:
             stall_failure = PodFailure("", FailureCause.USER_ERROR, None, message, "", follower=False)
             self.restart_or_fail(stall_failure, charged=True, cause_name="Stalled")
 
+    def _restart_stall_clock(self) -> None:
+        # A new gang gets the full stall timeout, counted from when it runs, not from the old step.
+        if self.status.progress is not None:
+            self.status.progress = self.status.progress.model_copy(update={"last_update_time": None})
+
     def _running_since(self) -> datetime | None:
         running = get_condition(self.status.conditions, C.RUNNING.value)
         if running is not None and running.status == ConditionStatus.TRUE:
@@ -481,6 +487,7 @@ class Planner:
         self.cond(C.RESTARTING, True, R.BACKING_OFF, message)
         self.cond(C.RUNNING, False, R.GANG_RESTARTING, f"attempt {failed_attempt} failed")
         self.clear(C.STALLED, R.GANG_RESTARTING, "gang restarted")
+        self._restart_stall_clock()
         self.event("Warning", R.GANG_RESTARTING.value, message)
         # Tear the failed attempt down now (the record above is written first).
         for job in self.jobs_of_attempt(failed_attempt):

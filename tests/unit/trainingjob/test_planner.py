@@ -1,0 +1,329 @@
+"""The planner: an observation in, status and actions out; level-triggered and idempotent."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from coxswain.api.trainingjob import TrainingJob
+from coxswain.trainingjob.planner import ActionKind, Observed, backoff_seconds, plan_reconcile
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def make(status: dict[str, Any] | None = None, **spec: Any) -> TrainingJob:
+    base: dict[str, Any] = {
+        "task": {"builtin": {"model": "mlp", "dataset": "digits"}},
+        "nodes": 2,
+        "failurePolicy": {"maxRestarts": 2, "backoffSeconds": 10, "maxBackoffSeconds": 60},
+    }
+    base.update(spec)
+    doc: dict[str, Any] = {
+        "metadata": {"name": "tj", "namespace": "ns", "uid": "u1", "generation": 1},
+        "spec": base,
+    }
+    if status is not None:
+        doc["status"] = status
+    return TrainingJob.model_validate(doc)
+
+
+def job(attempt: int, *conditions: str, suspend: bool = False) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"tj-{attempt}",
+            "labels": {"coxswain.dev/trainingjob": "tj", "coxswain.dev/attempt": str(attempt)},
+        },
+        "spec": {"suspend": suspend},
+        "status": {"conditions": [{"type": c, "status": "True", "message": f"job {c}"} for c in conditions]},
+    }
+
+
+def pod(
+    attempt: int, rank: int, phase: str = "Running", exit_code: int | None = None, **status: Any
+) -> dict[str, Any]:
+    st: dict[str, Any] = {"phase": phase, **status}
+    if exit_code is not None:
+        st["containerStatuses"] = [
+            {"state": {"terminated": {"exitCode": exit_code, "finishedAt": "2026-01-01T11:59:00Z"}}}
+        ]
+    return {
+        "metadata": {
+            "name": f"tj-{attempt}-{rank}-x",
+            "labels": {
+                "coxswain.dev/attempt": str(attempt),
+                "batch.kubernetes.io/job-completion-index": str(rank),
+            },
+        },
+        "status": st,
+    }
+
+
+def kinds(plan: Any) -> list[tuple[ActionKind, str]]:
+    return [(a.kind, a.name) for a in plan.actions]
+
+
+def cond(plan: Any, type_: str) -> Any:
+    return next(c for c in plan.status.conditions if c.type == type_)
+
+
+def test_new_job_creates_config_service_and_attempt_1() -> None:
+    plan = plan_reconcile(make(), Observed(jobs=[], pods=[]), NOW)
+    assert kinds(plan) == [
+        (ActionKind.ENSURE_CONFIG, ""),
+        (ActionKind.ENSURE_SERVICE, ""),
+        (ActionKind.CREATE_JOB, "tj-1"),
+    ]
+    assert plan.status.phase == "Pending"
+    assert plan.status.attempt == 1
+    assert plan.status.start_time == NOW
+    assert cond(plan, "Created").status == "True"
+
+
+def test_same_observation_twice_plans_the_same_create() -> None:
+    tj = make()
+    first = plan_reconcile(tj, Observed(jobs=[], pods=[]), NOW)
+    again = plan_reconcile(make(status=first.status.to_dict()), Observed(jobs=[], pods=[]), NOW)
+    assert (ActionKind.CREATE_JOB, "tj-1") in kinds(again), "creation is retried; AlreadyExists is fine"
+
+
+def test_all_pods_running_is_running() -> None:
+    tj = make(status={"attempt": 1, "phase": "Pending", "observedGeneration": 1})
+    plan = plan_reconcile(tj, Observed(jobs=[job(1)], pods=[pod(1, 0), pod(1, 1)]), NOW)
+    assert plan.status.phase == "Running"
+    assert cond(plan, "Running").status == "True"
+    assert plan.actions == []
+
+
+def test_pending_reason_quotes_the_scheduler() -> None:
+    tj = make(status={"attempt": 1, "phase": "Pending", "observedGeneration": 1})
+    unschedulable = pod(
+        1,
+        1,
+        phase="Pending",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    )
+    plan = plan_reconcile(tj, Observed(jobs=[job(1)], pods=[pod(1, 0), unschedulable]), NOW)
+    message = cond(plan, "Running").message
+    assert "1/2 pods running" in message and "Insufficient nvidia.com/gpu" in message
+
+
+def test_failure_records_next_attempt_then_tears_down_and_backs_off() -> None:
+    tj = make(status={"attempt": 1, "phase": "Running", "restarts": 0, "observedGeneration": 1})
+    plan = plan_reconcile(
+        tj, Observed(jobs=[job(1, "Failed")], pods=[pod(1, 0, "Failed", 1), pod(1, 1)]), NOW
+    )
+    assert plan.status.attempt == 2
+    assert plan.status.restarts == 1
+    assert plan.status.phase == "Restarting"
+    assert plan.status.last_failure is not None and plan.status.last_failure.cause == "UserError"
+    assert (ActionKind.DELETE_JOB, "tj-1") in kinds(plan)
+    assert (ActionKind.CREATE_JOB, "tj-2") not in kinds(plan)
+    assert plan.requeue_after == 10
+    assert "attempt 1 failed" in cond(plan, "Restarting").message
+    assert plan.restart is not None and plan.restart.charged
+
+
+def test_next_attempt_waits_for_backoff_and_old_job_to_go() -> None:
+    status = {
+        "attempt": 2,
+        "phase": "Restarting",
+        "restarts": 1,
+        "observedGeneration": 1,
+        "lastFailure": {"cause": "UserError", "attempt": 1, "time": NOW.isoformat()},
+    }
+    early = plan_reconcile(make(status=status), Observed(jobs=[], pods=[]), NOW + timedelta(seconds=3))
+    assert ActionKind.CREATE_JOB not in [a.kind for a in early.actions]
+    assert early.requeue_after == pytest.approx(7)
+    lingering = plan_reconcile(
+        make(status=status), Observed(jobs=[job(1)], pods=[]), NOW + timedelta(seconds=30)
+    )
+    assert (ActionKind.DELETE_JOB, "tj-1") in kinds(lingering)
+    assert ActionKind.CREATE_JOB not in [a.kind for a in lingering.actions]
+    ready = plan_reconcile(make(status=status), Observed(jobs=[], pods=[]), NOW + timedelta(seconds=30))
+    assert (ActionKind.CREATE_JOB, "tj-2") in kinds(ready)
+
+
+def test_budget_spent_fails_with_reason() -> None:
+    tj = make(status={"attempt": 3, "phase": "Running", "restarts": 2, "observedGeneration": 1})
+    plan = plan_reconcile(tj, Observed(jobs=[job(3, "Failed")], pods=[pod(3, 1, "Failed", 1)]), NOW)
+    assert plan.status.phase == "Failed"
+    failed = cond(plan, "Failed")
+    assert failed.reason == "RestartBudgetExhausted"
+    assert "2 of spec.failurePolicy.maxRestarts 2" in failed.message
+    assert (ActionKind.DELETE_JOB, "tj-3") in kinds(plan)
+
+
+def test_config_error_fails_at_once_without_restarting() -> None:
+    tj = make(status={"attempt": 1, "phase": "Running", "restarts": 0, "observedGeneration": 1})
+    plan = plan_reconcile(tj, Observed(jobs=[job(1, "Failed")], pods=[pod(1, 0, "Failed", 2)]), NOW)
+    assert plan.status.phase == "Failed"
+    assert cond(plan, "Failed").reason == "NonRetryableError"
+    assert plan.status.restarts == 0
+
+
+def test_preemption_is_not_charged() -> None:
+    tj = make(
+        status={"attempt": 1, "phase": "Running", "restarts": 0, "observedGeneration": 1},
+        failurePolicy={"maxRestarts": 0},
+    )
+    preempted = pod(
+        1,
+        0,
+        "Failed",
+        137,
+        conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}],
+    )
+    plan = plan_reconcile(tj, Observed(jobs=[job(1, "Failed")], pods=[preempted]), NOW)
+    assert plan.status.phase == "Restarting"
+    assert plan.status.restarts == 0 and plan.status.uncounted_restarts == 1
+
+
+def test_fail_rule_for_exit_codes() -> None:
+    rules = [
+        {"cause": "UserError", "exitCodes": [42], "action": "Fail"},
+        {"cause": "UserError", "action": "Restart"},
+    ]
+    tj = make(
+        status={"attempt": 1, "phase": "Running", "observedGeneration": 1},
+        failurePolicy={"maxRestarts": 5, "rules": rules},
+    )
+    fatal = plan_reconcile(tj, Observed(jobs=[job(1, "Failed")], pods=[pod(1, 0, "Failed", 42)]), NOW)
+    assert fatal.status.phase == "Failed"
+    retry = plan_reconcile(tj, Observed(jobs=[job(1, "Failed")], pods=[pod(1, 0, "Failed", 1)]), NOW)
+    assert retry.status.phase == "Restarting"
+
+
+def test_success_reads_the_exported_model_from_rank0_termination_message() -> None:
+    tj = make(
+        status={"attempt": 1, "phase": "Running", "observedGeneration": 1}, serving={"modelService": "digits"}
+    )
+    rank0 = pod(1, 0, "Succeeded")
+    rank0["status"]["containerStatuses"] = [
+        {
+            "state": {
+                "terminated": {
+                    "exitCode": 0,
+                    "message": '{"exportedModel": {"uri": "/models/tj/v3", "modelName": "tj", "version": "v3"}, "finalStep": 10}',
+                }
+            }
+        }
+    ]
+    plan = plan_reconcile(tj, Observed(jobs=[job(1, "Complete")], pods=[rank0, pod(1, 1, "Succeeded")]), NOW)
+    assert plan.status.phase == "Succeeded"
+    assert plan.status.exported_model is not None and plan.status.exported_model.version == "v3"
+    assert (ActionKind.HANDOFF, "digits") in kinds(plan)
+    assert (ActionKind.DELETE_JOB, "tj-1") in kinds(plan), "pods are cleaned up on finish by default"
+
+
+def test_finished_job_is_deleted_after_its_ttl() -> None:
+    done = {"attempt": 1, "phase": "Succeeded", "completionTime": NOW.isoformat(), "observedGeneration": 1}
+    early = plan_reconcile(
+        make(status=done, ttlSecondsAfterFinished=60), Observed(jobs=[], pods=[]), NOW + timedelta(seconds=10)
+    )
+    assert early.requeue_after == pytest.approx(50)
+    late = plan_reconcile(
+        make(status=done, ttlSecondsAfterFinished=60), Observed(jobs=[], pods=[]), NOW + timedelta(seconds=61)
+    )
+    assert (ActionKind.DELETE_TRAININGJOB, "") in kinds(late)
+
+
+def test_suspend_and_resume() -> None:
+    running = {"attempt": 1, "phase": "Running", "observedGeneration": 1}
+    plan = plan_reconcile(make(status=running, suspend=True), Observed(jobs=[job(1)], pods=[pod(1, 0)]), NOW)
+    assert plan.status.phase == "Suspended"
+    assert (ActionKind.SUSPEND_JOB, "tj-1") in kinds(plan)
+    resumed = plan_reconcile(
+        make(status=plan.status.to_dict()), Observed(jobs=[job(1, suspend=True)], pods=[]), NOW
+    )
+    assert (ActionKind.RESUME_JOB, "tj-1") in kinds(resumed)
+    assert cond(resumed, "Suspended").status == "False"
+
+
+def test_deadline_counts_from_start() -> None:
+    st = {"attempt": 1, "phase": "Running", "startTime": NOW.isoformat(), "observedGeneration": 1}
+    plan = plan_reconcile(
+        make(status=st, activeDeadlineSeconds=60),
+        Observed(jobs=[job(1)], pods=[]),
+        NOW + timedelta(seconds=61),
+    )
+    assert plan.status.phase == "Failed"
+    assert cond(plan, "Failed").reason == "DeadlineExceeded"
+
+
+def test_stalled_without_steps_restarts_when_asked() -> None:
+    st = {
+        "attempt": 1,
+        "phase": "Running",
+        "observedGeneration": 1,
+        "progress": {"step": 5, "lastUpdateTime": NOW.isoformat()},
+        "conditions": [
+            {
+                "type": "Running",
+                "status": "True",
+                "reason": "PodsRunning",
+                "lastTransitionTime": NOW.isoformat(),
+            }
+        ],
+    }
+    tj = make(status=st, stall={"timeoutSeconds": 60, "restart": True})
+    plan = plan_reconcile(
+        tj,
+        Observed(jobs=[job(1)], pods=[pod(1, 0), pod(1, 1)], progress={"step": 5}),
+        NOW + timedelta(seconds=90),
+    )
+    assert any(e.reason == "NoProgress" for e in plan.events)
+    assert plan.status.phase == "Restarting"
+    assert plan.status.last_failure is not None and plan.status.last_failure.cause == "Stalled"
+    assert plan.status.progress is not None and plan.status.progress.last_update_time is None, (
+        "new gang, new clock"
+    )
+
+
+def test_stalled_condition_without_restart() -> None:
+    st = {
+        "attempt": 1,
+        "phase": "Running",
+        "observedGeneration": 1,
+        "progress": {"step": 5, "lastUpdateTime": NOW.isoformat()},
+    }
+    plan = plan_reconcile(
+        make(status=st, stall={"timeoutSeconds": 60}),
+        Observed(jobs=[job(1)], pods=[pod(1, 0), pod(1, 1)], progress={"step": 5}),
+        NOW + timedelta(seconds=90),
+    )
+    stalled = cond(plan, "Stalled")
+    assert stalled.status == "True" and "no training step for 90 s" in stalled.message
+    assert plan.status.phase == "Running"
+
+
+def test_progress_merges_and_keeps_last_step_time() -> None:
+    st = {"attempt": 1, "phase": "Running", "observedGeneration": 1}
+    fresh = {
+        "step": 10,
+        "totalSteps": 100,
+        "percent": 10.0,
+        "trainLoss": 0.5,
+        "etaSeconds": 90,
+        "state": "training",
+    }
+    plan = plan_reconcile(
+        make(status=st), Observed(jobs=[job(1)], pods=[pod(1, 0), pod(1, 1)], progress=fresh), NOW
+    )
+    assert plan.status.progress is not None
+    assert plan.status.progress.step == 10 and plan.status.progress.last_update_time == NOW
+
+
+def test_backoff_doubles_and_caps() -> None:
+    tj = make()
+    assert [backoff_seconds(tj, n) for n in (1, 2, 3, 4, 5)] == [10, 20, 40, 60, 60]
