@@ -143,3 +143,16 @@ def test_quantities_accept_integers_and_refuse_zero() -> None:
     assert res.cpu == "2"
     with pytest.raises(ValidationError, match="positive"):
         common.TrainingResources.model_validate({"cpu": "0"})
+
+
+def test_effective_canary_percent_follows_the_documented_defaults() -> None:
+    serving = trainingjob.Serving(model_service="digits")
+    assert serving.effective_canary_percent == 10
+    assert trainingjob.Serving(model_service="d", rollout="stable").effective_canary_percent is None
+    versions = modelservice.Versions(stable="v1")
+    assert versions.effective_canary_percent == 0
+    assert modelservice.Versions(stable="v1", canary="v2").effective_canary_percent == 10
+    analysed = modelservice.Versions.model_validate(
+        {"stable": "v1", "canary": "v2", "analysis": {"steps": [5, 50, 100]}}
+    )
+    assert analysed.effective_canary_percent == 5

@@ -167,6 +167,17 @@ class Versions(ApiModel):
     )
     analysis: CanaryAnalysis | None = Field(default=None, description="Optional automatic canary analysis.")
 
+    @property
+    def effective_canary_percent(self) -> int:
+        """Traffic the canary gets: 0 without one, else canaryPercent, the first analysis step, or 10."""
+        if self.canary is None:
+            return 0
+        if self.canary_percent is not None:
+            return self.canary_percent
+        if self.analysis is not None:
+            return self.analysis.steps[0]
+        return DEFAULT_CANARY_PERCENT
+
 
 class ModelServiceSpec(ApiModel):
     """Desired state of a ModelService."""

@@ -33,6 +33,7 @@ from coxswain.api.conditions import TrainingJobPhase
 from coxswain.api.rules import CelRule, RuleReason, immutable
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/coxswain-dev/trainer:0.1.0"
+DEFAULT_CANARY_PERCENT = 10
 
 
 class BuiltinModel(StrEnum):
@@ -438,6 +439,13 @@ class Serving(ApiModel):
     canary_percent: int | None = Field(
         default=None, ge=1, le=99, description="Canary traffic, 1..99; rollout canary only; default 10."
     )
+
+    @property
+    def effective_canary_percent(self) -> int | None:
+        """Traffic the new version gets: None for rollout stable, else canaryPercent or 10."""
+        if self.rollout != Rollout.CANARY:
+            return None
+        return self.canary_percent if self.canary_percent is not None else DEFAULT_CANARY_PERCENT
 
 
 class Ports(ApiModel):
