@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from coxswain.devcluster import DevCluster
+from coxswain.devcluster.binaries import locate_binaries
 from coxswain.devcluster.processes import is_alive, marked_processes, port_in_use
 from coxswain.devcluster.state import ClusterState, load_state
 
@@ -170,3 +171,29 @@ def test_up_replaces_a_crashed_cluster(cluster_dir: Path) -> None:
     assert not [p for p in old.processes if is_alive(p)], "the crashed cluster's processes were not stopped"
     assert not old.data_dir.exists()
     assert cli(cluster_dir, "status").returncode == 0
+
+
+def test_a_component_that_fails_to_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    real = locate_binaries()
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    for binary in real.iterdir():
+        (broken / binary.name).symlink_to(binary)
+    (broken / "kube-apiserver").unlink()
+    (broken / "kube-apiserver").write_text(
+        "#!/bin/sh\necho 'E0101 unknown flag: --bogus (a stand-in failure)' >&2\nexit 1\n"
+    )
+    (broken / "kube-apiserver").chmod(0o755)
+    cluster_dir = tmp_path / "cluster"
+    result = subprocess.run(
+        [sys.executable, "-m", "coxswain", "dev", "cluster", "--dir", str(cluster_dir), "up"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COXSWAIN_BIN_DIR": str(broken)},
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "kube-apiserver exited during start" in result.stderr
+    assert "unknown flag: --bogus (a stand-in failure)" in result.stderr
+    assert not marked_processes(cluster_dir.resolve()), "etcd was left running after the failed start"
