@@ -245,6 +245,11 @@ class CanaryStatus(ApiModel):
     """Progress of the canary analysis."""
 
     phase: CanaryPhase | None = Field(default=None, description="Progressing, Promoted or RolledBack.")
+    version: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Canary version this record is about; a new spec.versions.canary starts a new record.",
+    )
     step: int | None = Field(default=None, ge=0, description="Index of the current analysis step.")
     message: str = Field(default="", max_length=32768, description="Detail.")
 
