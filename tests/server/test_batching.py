@@ -11,16 +11,29 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-from model_factory import build
+from server_models import build
 
 
 def _body(x: np.ndarray) -> dict[str, object]:
-    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    return {
+        "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]
+    }
 
 
 def test_concurrent_requests_are_merged_and_each_caller_gets_its_own_rows(repo: Path, start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server(
-        ["--repository", str(repo), "--model", "digits", "--version", "v1", "--max-latency-ms", "20", "--max-batch-size", "64"]
+        [
+            "--repository",
+            str(repo),
+            "--model",
+            "digits",
+            "--version",
+            "v1",
+            "--max-latency-ms",
+            "20",
+            "--max-batch-size",
+            "64",
+        ]
     )
     server.wait_ready()
     rng = np.random.default_rng(7)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.http as triton
-from conftest import RunningServer
-from model_factory import build
+from server_harness import RunningServer
+from server_models import build
 
 
 def expected(kind: str, seed: int, x: np.ndarray) -> np.ndarray:
@@ -80,7 +80,9 @@ def test_v1_batch_predict_returns_one_prediction_per_instance(digits: RunningSer
         assert prediction["index"] == int(logits[row].argmax())
         assert prediction["label"] == f"digit-{prediction['index']}"
         assert sum(prediction["probabilities"]) == pytest.approx(1.0, abs=1e-5)
-    versioned = httpx.post(digits.url + "/v1/models/digits/versions/v2:predict", json={"instances": x.tolist()})
+    versioned = httpx.post(
+        digits.url + "/v1/models/digits/versions/v2:predict", json={"instances": x.tolist()}
+    )
     assert versioned.headers["x-coxswain-version"] == "v2"
 
 
@@ -88,7 +90,10 @@ def test_explicit_version_calls_reach_that_version(digits: RunningServer) -> Non
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.25] * 64}]}
     with httpx.Client(base_url=digits.url) as client:
         for _ in range(20):
-            assert client.post("/v2/models/digits/versions/v2/infer", json=body).headers["x-coxswain-version"] == "v2"
+            assert (
+                client.post("/v2/models/digits/versions/v2/infer", json=body).headers["x-coxswain-version"]
+                == "v2"
+            )
             assert client.post("/v2/models/digits/infer", json=body).headers["x-coxswain-version"] == "v1"
         missing = client.post("/v2/models/digits/versions/v9/infer", json=body)
         assert missing.status_code == 404
@@ -120,14 +125,36 @@ def test_cnn_served_from_torchscript_and_exported_program(cnn: RunningServer) ->
         (b"not json", 400, "not valid JSON"),
         (b"[]", 400, "JSON object"),
         (b'{"inputs": []}', 400, "input (FP32 [-1, 64])"),
-        (b'{"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": []}]}', 400, "input input is missing"),
-        (b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "INT64", "data": []}]}', 400, "datatype 'INT64'"),
-        (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": []}]}', 400, "does not match"),
-        (b'{"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [1, 2]}]}', 400, "needs 128"),
-        (b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ["a"]}]}', 400, "strings"),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": []}]}',
+            400,
+            "input input is missing",
+        ),
+        (
+            b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "INT64", "data": []}]}',
+            400,
+            "datatype 'INT64'",
+        ),
+        (
+            b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": []}]}',
+            400,
+            "does not match",
+        ),
+        (
+            b'{"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [1, 2]}]}',
+            400,
+            "needs 128",
+        ),
+        (
+            b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ["a"]}]}',
+            400,
+            "strings",
+        ),
     ],
 )
-def test_bad_v2_requests_get_a_4xx_naming_the_problem(digits: RunningServer, body: bytes, status: int, says: str) -> None:
+def test_bad_v2_requests_get_a_4xx_naming_the_problem(
+    digits: RunningServer, body: bytes, status: int, says: str
+) -> None:
     response = httpx.post(digits.url + "/v2/models/digits/infer", content=body)
     assert response.status_code == status
     assert says in response.json()["error"]
@@ -140,9 +167,12 @@ def test_limits_and_routes(digits: RunningServer) -> None:
         assert client.get("/v2/models/digits/infer").status_code == 405
         assert client.get("/v2/models/other").status_code == 404
         assert client.post("/v1/models/digits:predict", json={"instances": [[1.0] * 63]}).status_code == 400
-        assert client.post(
-            "/v2/models/digits/infer", content=b"x", headers={"content-encoding": "br"}
-        ).status_code == 415
+        assert (
+            client.post(
+                "/v2/models/digits/infer", content=b"x", headers={"content-encoding": "br"}
+            ).status_code
+            == 415
+        )
         assert client.get("/v2").json()["name"] == "coxswain-server"
         # without a token configured the admin endpoints are off, not open
         assert client.put("/admin/traffic", json={"weights": {"v2": 100}}).status_code == 403

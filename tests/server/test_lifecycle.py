@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from model_factory import write_model
+from server_models import write_model
 
 from coxswain.artifacts.manifest import ModelFormat
 
@@ -110,12 +110,17 @@ def test_state_dict_models_are_refused_with_what_to_do(tmp_path: Path, start_ser
 
 def test_bearer_token_auth(repo: Path, tmp_path: Path, start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server(
-        ["--repository", str(repo), "--model", "digits", "--version", "v1"], env={"COXSWAIN_SERVER_AUTH_TOKEN": "t0ken"}
+        ["--repository", str(repo), "--model", "digits", "--version", "v1"],
+        env={"COXSWAIN_SERVER_AUTH_TOKEN": "t0ken"},
     )
     server.wait_ready()  # health needs no token: the kubelet's probes carry none
     assert httpx.post(server.url + "/v2/models/digits/infer", json=BODY).status_code == 401
-    bad = httpx.post(server.url + "/v2/models/digits/infer", json=BODY, headers={"authorization": "Bearer nope"})
+    bad = httpx.post(
+        server.url + "/v2/models/digits/infer", json=BODY, headers={"authorization": "Bearer nope"}
+    )
     assert bad.status_code == 401
-    good = httpx.post(server.url + "/v2/models/digits/infer", json=BODY, headers={"authorization": "Bearer t0ken"})
+    good = httpx.post(
+        server.url + "/v2/models/digits/infer", json=BODY, headers={"authorization": "Bearer t0ken"}
+    )
     assert good.status_code == 200
     assert httpx.get(server.url + "/metrics").status_code == 200

@@ -110,12 +110,23 @@ def _write_atomically(path: Path, weights: dict[str, int]) -> None:
 
 
 def test_traffic_file_loads_new_versions_shifts_traffic_and_unloads_old_ones(
-    repo: Path, tmp_path: Path, start_server  # type: ignore[no-untyped-def]
+    repo: Path,
+    tmp_path: Path,
+    start_server,  # type: ignore[no-untyped-def]
 ) -> None:
     traffic = tmp_path / "traffic.json"
     _write_atomically(traffic, {"v1": 100})
     server = start_server(
-        ["--repository", str(repo), "--model", "digits", "--traffic-file", str(traffic), "--traffic-poll-seconds", "0.2"]
+        [
+            "--repository",
+            str(repo),
+            "--model",
+            "digits",
+            "--traffic-file",
+            str(traffic),
+            "--traffic-poll-seconds",
+            "0.2",
+        ]
     )
     server.wait_ready()
     with SteadyLoad(server.url) as load:

@@ -64,7 +64,9 @@ def serialize(module: nn.Module, kind: Kind, fmt: ModelFormat, trace: bool = Fal
     return buffer.getvalue()
 
 
-def _write(module: nn.Module, example: torch.Tensor, fmt: ModelFormat, trace: bool, buffer: io.BytesIO) -> None:
+def _write(
+    module: nn.Module, example: torch.Tensor, fmt: ModelFormat, trace: bool, buffer: io.BytesIO
+) -> None:
     if fmt == ModelFormat.TORCHSCRIPT:
         scripted = torch.jit.trace(module, example) if trace else torch.jit.script(module)
         torch.jit.save(scripted, buffer)
@@ -90,7 +92,9 @@ def write_model(
 ) -> nn.Module:
     """Write one version; returns the eager module so tests can compute expected outputs."""
     module = build(kind, seed)
-    filename = {"torchscript": "model.pt", "exported_program": "model.pt2", "state_dict": "weights.pt"}[fmt.value]
+    filename = {"torchscript": "model.pt", "exported_program": "model.pt2", "state_dict": "weights.pt"}[
+        fmt.value
+    ]
     manifest = ModelManifest(
         name=name,
         version=version,
