@@ -121,7 +121,7 @@ class Batcher:
                 await self._sleep_until_woken(None)
                 continue
             if self._max_latency > 0:
-                while self._queued_rows < self._max_rows and self._queue:
+                while self._queued_rows < self._max_rows and self._queue and not self._closing:
                     left = self._queue[0].since + self._max_latency - time.monotonic()
                     if left <= 0:
                         break

@@ -1,0 +1,85 @@
+"""The batcher with a numpy stand-in for the model: merging, splitting, limits, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from coxswain_server.batcher import Batcher
+from coxswain_server.errors import InferenceFailed, Overloaded
+
+pytestmark = pytest.mark.unit
+
+
+class Doubler:
+    def __init__(self, fail: bool = False) -> None:
+        self.batches: list[int] = []
+        self.fail = fail
+
+    def __call__(self, arrays: Sequence[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        self.batches.append(len(arrays[0]))
+        if self.fail:
+            raise ValueError("boom")
+        return [arrays[0] * 2]
+
+
+def make(forward: Doubler, executor: ThreadPoolExecutor, **kw: Any) -> Batcher:
+    options = {"max_batch_size": 8, "max_latency_s": 0.0, "max_queue_size": 100, "label": "v1"} | kw
+    batcher = Batcher(forward, executor, **options)
+    batcher.start()
+    return batcher
+
+
+async def test_requests_that_arrive_together_are_merged_and_split_back() -> None:
+    forward = Doubler()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = make(forward, executor, max_latency_s=0.05)
+        inputs = [np.full((1 + i % 2, 3), i, dtype=np.float32) for i in range(6)]
+        outputs = await asyncio.gather(*(batcher.submit([x], len(x)) for x in inputs))
+        await batcher.close(1)
+    for x, out in zip(inputs, outputs, strict=True):
+        np.testing.assert_array_equal(out[0], x * 2)
+    assert sum(forward.batches) == 9
+    assert max(forward.batches) <= 8
+    assert len(forward.batches) == 2  # 9 rows, at most 8 per batch
+
+
+async def test_with_no_latency_budget_same_turn_arrivals_still_ride_together() -> None:
+    forward = Doubler()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = make(forward, executor)
+        await asyncio.gather(*(batcher.submit([np.ones((1, 2))], 1) for _ in range(4)))
+        await batcher.close(1)
+    assert forward.batches == [4]
+
+
+async def test_full_queue_refuses_with_overloaded() -> None:
+    forward = Doubler()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = make(forward, executor, max_latency_s=10.0, max_batch_size=1000, max_queue_size=2)
+        first = [asyncio.ensure_future(batcher.submit([np.ones((1, 2))], 1)) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            await batcher.submit([np.ones((1, 2))], 1)
+        await batcher.close(5)  # closing runs what is queued without waiting out the latency budget
+        assert all(f.done() and not f.exception() for f in first)
+
+
+async def test_a_failing_batch_fails_each_of_its_requests_and_the_batcher_goes_on() -> None:
+    forward = Doubler(fail=True)
+    with ThreadPoolExecutor(1) as executor:
+        batcher = make(forward, executor)
+        results = await asyncio.gather(
+            *(batcher.submit([np.ones((1, 2))], 1) for _ in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, InferenceFailed) for r in results)
+        forward.fail = False
+        out = await batcher.submit([np.ones((1, 2))], 1)
+        np.testing.assert_array_equal(out[0], np.full((1, 2), 2.0))
+        await batcher.close(1)
