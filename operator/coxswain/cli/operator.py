@@ -43,7 +43,8 @@ def _run(args: argparse.Namespace) -> int:
     kopf.configure(log_format=formats[args.log_format], verbose=args.log_level == "DEBUG")
     logging.getLogger().setLevel(args.log_level)
     # One line per HTTP request is noise for users; our own log lines say what changed.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in ("httpx", "httpx2"):  # lightkube ships its httpx as httpx2
+        logging.getLogger(name).setLevel(logging.WARNING)
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=REGISTRY)
     kopf.run(

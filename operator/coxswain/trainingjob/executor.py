@@ -62,8 +62,9 @@ async def _execute_one(
     log_: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     try:
-        if action.kind == ActionKind.ENSURE_CONFIG:
-            await _create_or_replace(client, builders.build_config_map(tj), replace=True)
+        if action.kind in (ActionKind.ENSURE_CONFIG, ActionKind.CREATE_CONFIG):
+            replace = action.kind == ActionKind.ENSURE_CONFIG
+            await _create_or_replace(client, builders.build_config_map(tj), replace=replace)
         elif action.kind == ActionKind.ENSURE_SERVICE:
             await _create_or_replace(client, builders.build_service(tj), replace=False)
         elif action.kind == ActionKind.CREATE_JOB:

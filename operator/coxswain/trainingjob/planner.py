@@ -36,7 +36,8 @@ TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
 
 
 class ActionKind(StrEnum):
-    ENSURE_CONFIG = "EnsureConfig"
+    ENSURE_CONFIG = "EnsureConfig"  # create, or update when the spec changed
+    CREATE_CONFIG = "CreateConfig"  # create only (before a Job): an existing one is current
     ENSURE_SERVICE = "EnsureService"
     CREATE_JOB = "CreateJob"
     DELETE_JOB = "DeleteJob"
@@ -329,8 +330,8 @@ class Planner:
                 self.requeue(wait)
                 return
         job_name = naming.batch_job_name(self.name, self.attempt)
-        ensure = [Action(ActionKind.ENSURE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
-        self.plan.actions += [a for a in ensure if a not in self.plan.actions]
+        if Action(ActionKind.ENSURE_CONFIG) not in self.plan.actions:
+            self.plan.actions += [Action(ActionKind.CREATE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
         self.plan.actions.append(Action(ActionKind.CREATE_JOB, job_name, self.attempt))
         if self.status.start_time is None:
             self.status.start_time = self.now
