@@ -150,3 +150,25 @@ def test_random_backend_names_are_refused_listing_the_allowed_values(name: str) 
     manifest["spec"]["backend"] = name
     errors = [str(e) for e in validate(manifest) if e.path == "spec.backend"]
     assert errors and all(v in errors[0] for v in ("auto", "nccl", "gloo")), errors
+
+
+def _rule_messages(kind: str, transition: bool) -> set[str]:
+    found = set()
+    stack = [spec_schema(kind)]
+    while stack:
+        node = stack.pop()
+        for rule in node.get("x-kubernetes-validations", []):
+            if ("oldSelf" in rule["rule"]) == transition:
+                found.add(rule["message"])
+        stack += list(node.get("properties", {}).values())
+        if isinstance(node.get("items"), dict):
+            stack.append(node["items"])
+    return found
+
+
+def test_every_rule_is_broken_by_some_case() -> None:
+    create_messages = {e.message for c in CASES for e in validate(c.manifest)}
+    update_messages = {e.message for u in UPDATES for e in validate(u.new, old=u.old)}
+    for kind in ("TrainingJob", "ModelService"):
+        assert _rule_messages(kind, transition=False) <= create_messages
+        assert _rule_messages(kind, transition=True) <= update_messages

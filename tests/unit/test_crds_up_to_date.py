@@ -27,3 +27,13 @@ def test_crds_and_chart_crds_are_the_same_files() -> None:
     for rel, text in files.items():
         if rel.startswith("crds/"):
             assert files[f"helm/coxswain/{rel}"] == text
+
+
+def test_generate_check_reports_a_stale_file(tmp_path: Path) -> None:
+    from coxswain.cli.main import main
+
+    assert main(["generate", "crds", "--root", str(tmp_path)]) == 0
+    assert main(["generate", "crds", "--root", str(tmp_path), "--check"]) == 0
+    stale = tmp_path / "crds" / "trainingjobs.coxswain.dev.yaml"
+    stale.write_text(stale.read_text() + "# edited by hand\n")
+    assert main(["generate", "crds", "--root", str(tmp_path), "--check"]) == 1
