@@ -1,0 +1,46 @@
+"""KServe's Python ModelServer with a predictor equivalent to ours (TorchScript forward and
+softmax, v1 `{"instances": ...}` in, probabilities out). Runs in the baselines venv.
+
+Env: BENCH_MODEL_FILE, BENCH_MODEL_NAME, BENCH_PORT, BENCH_INPUT_SHAPE. Latency logging is
+off (it logs a line per request by default), so KServe is measured at its best.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import kserve
+import torch
+
+torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+SHAPE = tuple(int(d) for d in os.environ.get("BENCH_INPUT_SHAPE", "64").split(","))
+
+
+class TorchScriptPredictor(kserve.Model):  # type: ignore[misc]
+    def __init__(self, name: str, path: str) -> None:
+        super().__init__(name)
+        self.path = path
+        self.model: Any = None
+
+    def load(self) -> bool:
+        self.model = torch.jit.load(self.path).eval()
+        self.ready = True
+        return True
+
+    def predict(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+        with torch.inference_mode():
+            x = torch.tensor(payload["instances"], dtype=torch.float32).reshape(-1, *SHAPE)
+            return {"predictions": torch.softmax(self.model(x), dim=-1).tolist()}
+
+
+if __name__ == "__main__":
+    model = TorchScriptPredictor(os.environ["BENCH_MODEL_NAME"], os.environ["BENCH_MODEL_FILE"])
+    model.load()
+    kserve.ModelServer(
+        http_port=int(os.environ["BENCH_PORT"]),
+        grpc_port=int(os.environ["BENCH_PORT"]) + 1,
+        workers=1,
+        enable_grpc=False,
+        enable_latency_logging=False,
+    ).start([model])
