@@ -161,6 +161,7 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = -1
         self.resumed_from: int | None = None
+        self.samples_seen = 0  # rank 0: global samples trained in this process's lifetime
         self.train_model: nn.Module = self.module
         self.progress_interval = progress_interval_seconds
         self.log_interval = (
@@ -456,6 +457,7 @@ class Trainer:
         """Rank 0: turn the window's sums into progress and metrics (the one `.item()` sync)."""
         train_loss = float(loss_sum.item()) / max(steps, 1)
         rate = samples / elapsed if elapsed > 0 else 0.0
+        self.samples_seen += samples
         eta = (self.plan.total_steps - self.step) * elapsed / steps if steps else None
         lr = self.schedule.current_lr()
         self.metrics.learning_rate.set(lr)
@@ -475,5 +477,6 @@ class Trainer:
                 loss=train_loss,
                 lr=lr,
                 samples_per_second=round(rate, 1),
+                samples_seen=self.samples_seen,
                 eta_seconds=round(eta, 1) if eta is not None else None,
             )

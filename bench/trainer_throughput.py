@@ -1,0 +1,189 @@
+"""samples/s of coxswain_trainer against a bare torch DDP loop: same model, data, batch, run.
+
+Both run as 2 gloo processes on this machine (one intra-op thread each), alternating
+bare/trainer a few times so load from elsewhere hits both alike. Throughput is measured after
+a warm-up: the bare loop times its steps after `WARMUP`; the trainer's figure comes from its
+own progress log (samples and time between the first and last progress lines), so neither
+start-up, evaluation nor the final checkpoint is counted.
+
+Prints raw figures, then `ratio <what> <value>` lines. Goal: trainer/bare >= 0.97.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WARMUP = 30
+
+
+def bare_worker(channels: list[int], hidden: list[int], batch: int, steps: int, seed: int) -> None:
+    """The baseline: the loop a user would write by hand with DDP (about 30 lines)."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    from coxswain_trainer.data import load_builtin
+    from coxswain_trainer.models import build_model
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo")
+    data = load_builtin("digits", eval_fraction=0.2, seed=seed, standardize=True, device=torch.device("cpu"))
+    x, y = data.train.x, data.train.y  # type: ignore[attr-defined]
+    torch.manual_seed(seed)
+    model = build_model("cnn", 64, 10, hidden_sizes=hidden, channels=channels)
+    ddp = DistributedDataParallel(model) if world > 1 else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    per_rank, step, epoch, started = batch // world, 0, 0, 0.0
+    while step < steps:
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + epoch))[rank::world]
+        for i in range(0, len(perm), per_rank):
+            if step == WARMUP:
+                started = time.perf_counter()
+            idx = perm[i : i + per_rank]
+            opt.zero_grad(set_to_none=True)
+            loss_fn(ddp(x[idx]), y[idx]).backward()
+            opt.step()
+            step += 1
+            if step >= steps:
+                break
+        epoch += 1
+    elapsed = time.perf_counter() - started
+    # Each step trains `batch` samples across the gang except an epoch's last, shorter one.
+    trained = sum(min(per_rank, len(perm) - i) for i in range(0, len(perm), per_rank)) * world
+    steps_per_epoch = -(-len(perm) // per_rank)
+    measured = steps - WARMUP
+    samples = measured * trained / steps_per_epoch
+    if rank == 0:
+        print(json.dumps({"samples_per_second": samples / elapsed}), flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _launch(argv: list[str], world: int, extra_env: dict[str, str], workdir: Path) -> list[str]:
+    """Start `world` ranks with torchrun's environment; return rank 0's stdout+stderr."""
+    port = _free_port()
+    procs = []
+    for rank in range(world):
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            **extra_env,
+        }
+        procs.append(
+            subprocess.Popen(
+                argv, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for rank, (proc, out) in enumerate(zip(procs, outputs, strict=True)):
+        if proc.returncode != 0:
+            raise SystemExit(f"rank {rank} exited {proc.returncode}:\n{out[-3000:]}")
+    return outputs[0].splitlines()
+
+
+def run_bare(channels: list[int], hidden: list[int], batch: int, steps: int, world: int) -> float:
+    argv = [sys.executable, __file__, "--bare-worker", json.dumps([channels, hidden, batch, steps, 0])]
+    with tempfile.TemporaryDirectory() as tmp:
+        for line in _launch(argv, world, {}, Path(tmp)):
+            if line.startswith("{"):
+                return float(json.loads(line)["samples_per_second"])
+    raise SystemExit("the bare loop printed no figure")
+
+
+def trainer_spec(channels: list[int], hidden: list[int], batch: int, steps: int) -> dict[str, Any]:
+    return {
+        "task": {
+            "builtin": {"model": "cnn", "dataset": "digits", "channels": channels, "hiddenSizes": hidden}
+        },
+        "optimization": {"batchSize": batch, "epochs": 100000, "maxSteps": steps},
+        # Only the final evaluation and checkpoint, after the measured window.
+        "evaluation": {"intervalSteps": 10_000_000},
+        "checkpoint": {"intervalSteps": 10_000_000},
+    }
+
+
+def run_trainer(channels: list[int], hidden: list[int], batch: int, steps: int, world: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "job.yaml").write_text(yaml.safe_dump(trainer_spec(channels, hidden, batch, steps)))
+        env = {
+            "COXSWAIN_LOG_FORMAT": "json",
+            "COXSWAIN_LOG_INTERVAL_SECONDS": "0",
+            "COXSWAIN_METRICS_PORT": "0",
+            "COXSWAIN_CHECKPOINT_DIR": str(workdir / "ckpt"),
+        }
+        lines = _launch(
+            [sys.executable, "-m", "coxswain_trainer", "--config", "job.yaml"], world, env, workdir
+        )
+    progress = [json.loads(line) for line in lines if line.startswith("{") and '"event": "progress"' in line]
+    # Drop the first window (warm-up) and the last (cut short by the end of training).
+    window = progress[1:-1]
+    if len(window) < 2:
+        raise SystemExit("run too short for a steady-state figure; raise --steps")
+    t0, t1 = (
+        datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() for e in (window[0], window[-1])
+    )
+    return (window[-1]["samples_seen"] - window[0]["samples_seen"]) / (t1 - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bare-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--world", type=int, default=2)
+    args = parser.parse_args()
+    if args.bare_worker:
+        bare_worker(*json.loads(args.bare_worker))
+        return
+    channels, hidden = [16, 32], [128, 64]  # the built-in digits CNN's defaults
+    print(
+        f"model cnn channels={channels} hidden={hidden} global_batch={args.batch} "
+        f"processes={args.world} steps={args.steps} threads_per_process=1"
+    )
+    bare, ours = [], []
+    for i in range(args.repeats):
+        bare.append(run_bare(channels, hidden, args.batch, args.steps, args.world))
+        ours.append(run_trainer(channels, hidden, args.batch, args.steps, args.world))
+        print(
+            f"repeat {i}: bare_ddp_samples_per_second {bare[-1]:.0f} coxswain_trainer_samples_per_second {ours[-1]:.0f}"
+        )
+    b, o = statistics.median(bare), statistics.median(ours)
+    print(f"bare_ddp_samples_per_second {b:.0f}")
+    print(f"coxswain_trainer_samples_per_second {o:.0f}")
+    print(f"ratio trainer_vs_bare_ddp_samples_per_second {o / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()
