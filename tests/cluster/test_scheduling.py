@@ -50,11 +50,10 @@ def test_gpu_pods_land_only_on_gpu_nodes(cluster: ClusterHandle, namespace: str)
             assert labels["nvidia.com/gpu.present"] == "true"
             assert labels["nvidia.com/gpu.count"] == n.status.allocatable[GPU_RESOURCE]
             assert labels[NODE_POOL_LABEL] == "gpu"
-    # More pods than one node could hold, so both GPU nodes are used and none other.
+    # Without GPU accounting the scheduler would spread these four over all nodes, CPU ones too.
     names = [f"gpu-{i}" for i in range(4)]
     for name in names:
         client.create(from_dict(pod(name, gpus=1)), namespace=namespace)
-    # And CPU-only pods, which may go anywhere: they show the GPU pods were not luck.
     bound = wait_for(
         lambda: (
             (ps := [client.get(Pod, n, namespace=namespace) for n in names])
