@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from coxswain import startup as startup
+from coxswain.modelservice import controller as modelservice_controller
 from coxswain.trainingjob import controller as trainingjob_controller
 
-__all__ = ["startup", "trainingjob_controller"]
+__all__ = ["modelservice_controller", "startup", "trainingjob_controller"]

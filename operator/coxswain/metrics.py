@@ -95,3 +95,101 @@ def forget_job(namespace: str, name: str, uid: str) -> None:
     for gauge in _PER_JOB:
         with contextlib.suppress(KeyError):  # never set for this job
             gauge.remove(namespace, name)
+
+
+# --- ModelService (serving) -----------------------------------------------------------
+# Per-service series carry `namespace` and `name` and are removed when the service goes.
+MODELSERVICE_REPLICAS = Gauge(
+    "coxswain_modelservice_replicas",
+    "Server pods that exist (not terminating).",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+MODELSERVICE_READY_REPLICAS = Gauge(
+    "coxswain_modelservice_ready_replicas",
+    "Server pods ready to answer.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+MODELSERVICE_DESIRED_REPLICAS = Gauge(
+    "coxswain_modelservice_desired_replicas",
+    "Replicas wanted (spec.replicas, as the autoscaler, an HPA or a user set it).",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+MODELSERVICE_READY = Gauge(
+    "coxswain_modelservice_ready",
+    "1 when the Ready condition is True (a request would succeed), else 0.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+MODELSERVICE_INFLIGHT = Gauge(
+    "coxswain_modelservice_inflight_requests",
+    "In-flight requests summed over the pods that answered the last scrape.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+MODELSERVICE_RPS = Gauge(
+    "coxswain_modelservice_requests_per_second",
+    "Request rate over the pods that answered the last two scrapes.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+MODELSERVICE_SCALE_DECISIONS = Counter(
+    "coxswain_modelservice_scale_decisions_total",
+    "Replica changes made by the builtin autoscaler, by direction (up, down).",
+    ["namespace", "name", "direction"],
+    registry=REGISTRY,
+)
+MODELSERVICE_SCALE_DECISION_SECONDS = Histogram(
+    "coxswain_modelservice_scrape_to_decision_seconds",
+    "Time from the start of a metrics scrape to the replica change written for it.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+MODELSERVICE_CANARY_TRAFFIC = Gauge(
+    "coxswain_modelservice_canary_traffic_percent",
+    "Share of unversioned requests sent to the canary version (0 when none or rolled back).",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+MODELSERVICE_CANARY_ROLLBACKS = Counter(
+    "coxswain_modelservice_canary_rollbacks_total",
+    "Canaries rolled back by the automatic analysis.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+MODELSERVICE_CANARY_PROMOTIONS = Counter(
+    "coxswain_modelservice_canary_promotions_total",
+    "Canaries promoted to 100% by the automatic analysis.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+MODELSERVICE_SCRAPE_FAILURES = Counter(
+    "coxswain_modelservice_scrape_failures_total",
+    "Running server pods whose /metrics did not answer a scrape.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+
+_PER_MODELSERVICE = (
+    MODELSERVICE_REPLICAS,
+    MODELSERVICE_READY_REPLICAS,
+    MODELSERVICE_DESIRED_REPLICAS,
+    MODELSERVICE_READY,
+    MODELSERVICE_INFLIGHT,
+    MODELSERVICE_RPS,
+    MODELSERVICE_CANARY_TRAFFIC,
+    MODELSERVICE_CANARY_ROLLBACKS,
+    MODELSERVICE_CANARY_PROMOTIONS,
+    MODELSERVICE_SCRAPE_FAILURES,
+)
+
+
+def forget_modelservice(namespace: str, name: str) -> None:
+    for metric in _PER_MODELSERVICE:
+        with contextlib.suppress(KeyError):  # never set for this service
+            metric.remove(namespace, name)
+    for direction in ("up", "down"):
+        with contextlib.suppress(KeyError):
+            MODELSERVICE_SCALE_DECISIONS.remove(namespace, name, direction)

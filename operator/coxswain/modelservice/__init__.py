@@ -1,0 +1,1 @@
+"""The ModelService controller: builders, autoscaler, canary analysis, metrics scraping, kopf wiring."""

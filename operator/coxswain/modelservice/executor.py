@@ -1,0 +1,91 @@
+"""Carry out a ModelService plan: idempotent applies, patches and deletes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lightkube import ApiError, AsyncClient
+from lightkube.codecs import from_dict
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
+from lightkube.types import PatchType
+
+from coxswain.api.modelservice import ModelService
+from coxswain.kube import FIELD_MANAGER, MODELSERVICE_RESOURCE, is_not_found
+from coxswain.modelservice.planner import Action, ActionKind, Plan
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+async def patch_status(client: AsyncClient, ms: ModelService, status: dict[str, Any]) -> dict[str, Any]:
+    """Merge-patch the status subresource; returns the object as stored now."""
+    updated = await client.patch(
+        MODELSERVICE_RESOURCE.Status,
+        ms.metadata.name or "",
+        {"status": status},
+        namespace=ms.metadata.namespace,
+        patch_type=PatchType.MERGE,
+    )
+    return dict(updated)
+
+
+async def execute(client: AsyncClient, ms: ModelService, plan: Plan, log: Logger) -> dict[str, Any] | None:
+    """Apply the plan's actions in order; returns the ModelService if an action rewrote it."""
+    written: dict[str, Any] | None = None
+    for action in plan.actions:
+        result = await _execute_one(client, ms, action, log)
+        if result is not None:
+            written = result
+    return written
+
+
+async def _apply(client: AsyncClient, obj: dict[str, Any]) -> None:
+    # Server-side apply: our fields, our manager; fields others own (an HPA's status, a
+    # user's annotations) stay as they are.
+    await client.apply(from_dict(obj), field_manager=FIELD_MANAGER, force=True)
+
+
+async def _execute_one(
+    client: AsyncClient, ms: ModelService, action: Action, log: Logger
+) -> dict[str, Any] | None:
+    ns, name = ms.metadata.namespace or "default", ms.metadata.name or ""
+    kind = action.kind
+    if kind in (ActionKind.ENSURE_SERVICE, ActionKind.ENSURE_TRAFFIC, ActionKind.ENSURE_HPA):
+        assert action.obj is not None
+        await _apply(client, action.obj)
+        if kind == ActionKind.ENSURE_TRAFFIC:
+            log.info("traffic weights for the pods: %s", action.obj["data"])
+    elif kind == ActionKind.ENSURE_DEPLOYMENT:
+        assert action.obj is not None
+        await _apply(client, action.obj)
+        log.info(
+            "applied Deployment %s (%d replicas)",
+            action.obj["metadata"]["name"],
+            action.obj["spec"]["replicas"],
+        )
+    elif kind == ActionKind.SCALE_DEPLOYMENT:
+        await client.patch(
+            Deployment,
+            name,
+            {"spec": {"replicas": action.replicas}},
+            namespace=ns,
+            patch_type=PatchType.MERGE,
+        )
+    elif kind == ActionKind.DELETE_HPA:
+        try:
+            await client.delete(HorizontalPodAutoscaler, name, namespace=ns)
+            log.info("deleted the HPA: autoscaling.mode is %s now", ms.spec.autoscaling.mode.value)
+        except ApiError as exc:
+            if not is_not_found(exc):
+                raise
+    elif kind == ActionKind.SET_REPLICAS:
+        updated = await client.patch(
+            MODELSERVICE_RESOURCE,
+            name,
+            {"spec": {"replicas": action.replicas}},
+            namespace=ns,
+            patch_type=PatchType.MERGE,
+        )
+        return dict(updated)
+    return None

@@ -1,0 +1,54 @@
+"""Names, labels, ports and paths of what a ModelService owns; one place so builders,
+lookups and tests agree."""
+
+from __future__ import annotations
+
+LABEL_MODELSERVICE = "coxswain.dev/modelservice"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+MANAGER = "coxswain"
+COMPONENT = "server"
+# Hash of the object the operator last applied: a pass re-applies only what changed.
+ANNOTATION_SPEC_HASH = "coxswain.dev/spec-hash"
+
+CONTAINER = "server"
+HTTP_PORT = 8080
+SERVICE_PORT = 80
+
+MODEL_REPOSITORY_MOUNT = "/models"
+TRAFFIC_MOUNT = "/etc/coxswain/traffic"
+TRAFFIC_FILE = "traffic.json"
+AUTH_TOKEN_MOUNT = "/etc/coxswain/auth"
+AUTH_TOKEN_FILE = "token"
+ENCRYPTION_KEY_MOUNT = "/etc/coxswain/key"
+ENCRYPTION_KEY_FILE = "key"
+
+
+def deployment_name(ms: str) -> str:
+    return ms
+
+
+def service_name(ms: str) -> str:
+    """The Service: clients call http://<ms>.<namespace>.svc.cluster.local."""
+    return ms
+
+
+def traffic_config_map_name(ms: str) -> str:
+    return f"{ms}-traffic"
+
+
+def hpa_name(ms: str) -> str:
+    return ms
+
+
+def selector(ms: str) -> dict[str, str]:
+    return {LABEL_MODELSERVICE: ms}
+
+
+def selector_string(ms: str) -> str:
+    """The label selector in its string form (status.selector, read by the scale subresource)."""
+    return ",".join(f"{k}={v}" for k, v in selector(ms).items())
+
+
+def url(ms: str, namespace: str) -> str:
+    return f"http://{service_name(ms)}.{namespace}.svc.cluster.local"

@@ -1,0 +1,337 @@
+"""Decide, from what is observed, a ModelService's status and the actions to take.
+
+Pure, apart from `Memory`, which is handed in and handed back: the autoscaler's
+low-demand window, the previous scrape (for rates) and the canary analysis window. Memory
+is only a speed-up of judgement: after an operator restart it starts empty, which delays a
+scale-down or a canary step by one window and changes nothing else. Everything a user or
+a restarted operator must know (step, phase, last decision) is in the status, which is
+written before the actions (a rollback is recorded, then the weights change).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from coxswain.api.common import ConditionStatus
+from coxswain.api.conditions import ModelServiceConditionType as C
+from coxswain.api.conditions import ModelServiceReason as R
+from coxswain.api.modelservice import (
+    AutoscalingMode,
+    CanaryPhase,
+    CanaryStatus,
+    Load,
+    ModelService,
+    ModelServiceStatus,
+    ScaleDecision,
+    ScaleMetric,
+    VersionStatus,
+)
+from coxswain.conditions import get_condition, set_condition
+from coxswain.modelservice import autoscaler, builders, canary, naming
+from coxswain.modelservice.load import Window, total_inflight, window
+from coxswain.modelservice.readiness import inspect_pods, load_failure_reason, weights_applied
+from coxswain.modelservice.scrape import PodSample
+from coxswain.modelservice.source import NotServable, ServedModel, resolve
+
+
+class Reason(StrEnum):
+    """Reasons api/conditions.py does not have yet (CamelCase, defined once, here)."""
+
+    MODEL_LOADING = "ModelLoading"
+    SCALED_TO_ZERO = "ScaledToZero"
+    NOT_ENOUGH_READY = "NotEnoughReadyReplicas"
+    WEIGHTS_PROPAGATING = "WeightsPropagating"
+    HEALTHY = "Healthy"
+    PODS_PENDING = "PodsPending"
+
+
+class ActionKind(StrEnum):
+    ENSURE_SERVICE = "EnsureService"
+    ENSURE_TRAFFIC = "EnsureTraffic"
+    ENSURE_DEPLOYMENT = "EnsureDeployment"
+    SCALE_DEPLOYMENT = "ScaleDeployment"
+    ENSURE_HPA = "EnsureHpa"
+    DELETE_HPA = "DeleteHpa"
+    SET_REPLICAS = "SetReplicas"  # the ModelService's own spec.replicas (scale subresource)
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    obj: dict[str, Any] | None = None
+    replicas: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Memory:
+    low: autoscaler.LowDemand | None = None
+    previous: dict[str, PodSample] = field(default_factory=dict)
+    window_key: tuple[str, int] | None = None  # (canary version, step) the window is about
+    window_start: dict[str, PodSample] | None = None
+    window_started_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Observed:
+    deployment: dict[str, Any] | None
+    service: dict[str, Any] | None
+    traffic: dict[str, Any] | None  # the ConfigMap
+    hpa: dict[str, Any] | None
+    pods: list[dict[str, Any]]
+    trainingjob: dict[str, Any] | None
+    samples: dict[str, PodSample]  # scraped this pass, by pod name
+
+
+@dataclass
+class Plan:
+    status: ModelServiceStatus
+    memory: Memory
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    scale: ScaleDecision | None = None  # a new decision this pass (for metrics)
+    rolled_back: bool = False
+    weights: dict[str, int] = field(default_factory=dict)
+
+
+def _hash(obj: dict[str, Any] | None) -> str | None:
+    if obj is None:
+        return None
+    return str(((obj.get("metadata") or {}).get("annotations") or {}).get(naming.ANNOTATION_SPEC_HASH))
+
+
+def _load(samples: dict[str, PodSample], win: Window | None) -> Load | None:
+    if not samples:
+        return None
+    p99 = win.p99() if win is not None else None
+    return Load(
+        inflight=round(total_inflight(samples), 3),
+        rps=round(win.rps, 3) if win is not None and win.seconds > 0 else None,
+        p99_ms=round(p99 * 1000, 3) if p99 is not None else None,
+    )
+
+
+def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: float) -> Plan:
+    """`now`: wall time for status; `clock`: monotonic seconds (the scrape timestamps' clock)."""
+    name, ns = ms.metadata.name or "", ms.metadata.namespace or ""
+    gen = ms.metadata.generation
+    old = ms.status or ModelServiceStatus()
+    status = ModelServiceStatus(
+        url=naming.url(name, ns),
+        selector=naming.selector_string(name),
+        conditions=list(old.conditions),
+        observed_generation=gen,
+        last_scale_decision=old.last_scale_decision,
+    )
+    memory = replace(memory)
+    result = Plan(status=status, memory=memory)
+    actions = result.actions
+
+    service = builders.build_service(ms)
+    if _hash(obs.service) != _hash(service):
+        actions.append(Action(ActionKind.ENSURE_SERVICE, service))
+
+    def cond(type_: C, value: bool | ConditionStatus, reason: str, message: str) -> None:
+        status.conditions = set_condition(status.conditions, type_, value, reason, message, now, gen)
+
+    served = resolve(ms, obs.trainingjob)
+    report = inspect_pods(obs.pods)
+    status.replicas, status.ready_replicas = report.existing, report.ready
+
+    # --- replicas -------------------------------------------------------------------------
+    auto = ms.spec.autoscaling
+    current = ms.spec.replicas
+    effective = current if current is not None else autoscaler.floor_replicas(auto)
+    win = window(memory.previous, obs.samples) if memory.previous and obs.samples else None
+    if obs.samples:
+        memory.previous = dict(obs.samples)
+    status.load = _load(obs.samples, win)
+    if auto.mode == AutoscalingMode.BUILTIN and not isinstance(served, NotServable):
+        if auto.target.metric == ScaleMetric.INFLIGHT:
+            demand = total_inflight(obs.samples) if obs.samples else None
+        else:
+            demand = win.rps if win is not None and win.seconds > 0 else None
+        decision = autoscaler.decide(effective, demand, auto, memory.low, clock)
+        memory.low = decision.low
+        if decision.changed(effective) or current is None:
+            why = decision.reason if decision.changed(effective) else f"initial replicas {effective}"
+            scale = ScaleDecision(time=now, from_=current or 0, to=decision.replicas, reason=why)
+            status.last_scale_decision = scale
+            result.scale = scale
+            effective = decision.replicas
+            actions.append(Action(ActionKind.SET_REPLICAS, replicas=effective))
+            verb = "ScaledUp" if effective > (current or 0) else "ScaledDown"
+            result.events.append(Event("Normal", verb, f"replicas {current or 0} -> {effective}: {why}"))
+    if auto.mode == AutoscalingMode.HPA:
+        hpa = builders.build_hpa(ms)
+        if _hash(obs.hpa) != _hash(hpa):
+            actions.append(Action(ActionKind.ENSURE_HPA, hpa))
+    elif obs.hpa is not None:
+        actions.append(Action(ActionKind.DELETE_HPA, obs.hpa))
+
+    if isinstance(served, NotServable):
+        return _not_servable(ms, result, served, report, cond)
+
+    # --- versions and canary ------------------------------------------------------------
+    record = canary.current_record(
+        served.canary, ms.spec.versions.analysis, ms.spec.versions.canary_percent, old.canary
+    )
+    pct = canary.canary_traffic(ms.spec.versions.canary_percent, ms.spec.versions.analysis, record)
+    weights = canary.weights(served.stable, served.canary, pct)
+    applied = bool(obs.samples) and all(weights_applied(weights, s.weights) for s in obs.samples.values())
+    if record is not None and record.phase == CanaryPhase.PROGRESSING and served.canary is not None:
+        record, weights = _analyse(ms, served, record, weights, applied, obs, memory, clock, result)
+    status.canary = record
+    result.weights = weights
+
+    traffic = builders.build_traffic_config_map(ms, weights)
+    if (obs.traffic or {}).get("data") != traffic["data"]:
+        actions.append(Action(ActionKind.ENSURE_TRAFFIC, traffic))
+    deployment = builders.build_deployment(ms, served, effective)
+    if _hash(obs.deployment) != _hash(deployment):
+        actions.append(Action(ActionKind.ENSURE_DEPLOYMENT, deployment))
+    elif ((obs.deployment or {}).get("spec") or {}).get("replicas") != effective:
+        actions.append(Action(ActionKind.SCALE_DEPLOYMENT, replicas=effective))
+
+    weights_ok = applied or not obs.samples  # pods whose metrics we cannot read: trust readiness
+    status.versions = [
+        VersionStatus(version=v, traffic_percent=w, ready=report.ready > 0 and weights_ok)
+        for v, w in weights.items()
+    ]
+    _conditions(ms, status, report, effective, weights_ok, old, record, result, cond)
+    return result
+
+
+def _analyse(
+    ms: ModelService,
+    served: ServedModel,
+    record: CanaryStatus,
+    weights: dict[str, int],
+    applied: bool,
+    obs: Observed,
+    memory: Memory,
+    clock: float,
+    result: Plan,
+) -> tuple[CanaryStatus, dict[str, int]]:
+    analysis = ms.spec.versions.analysis
+    assert analysis is not None and served.canary is not None
+    key = (served.canary, record.step or 0)
+    if memory.window_key != key or memory.window_start is None:
+        memory.window_key = key
+        memory.window_start = dict(obs.samples) if applied else None
+        memory.window_started_at = clock
+        if not applied:
+            waiting = "no server pod answers /metrics" if not obs.samples else "pods are loading the weights"
+            return record.model_copy(update={"message": f"analysis waits: {waiting}"}), weights
+        return record, weights
+    if not applied or clock - memory.window_started_at < analysis.interval_seconds:
+        return record, weights
+    win = window(memory.window_start, obs.samples)
+    judgement = canary.judge(win.version(served.stable), win.version(served.canary), analysis)
+    step = canary.advance(record, served.canary, analysis, judgement)
+    if judgement.verdict != canary.Verdict.WAIT:
+        memory.window_key, memory.window_start = None, None
+    if step.event_reason is not None:
+        result.events.append(
+            Event("Warning" if step.warning else "Normal", step.event_reason, step.event_message)
+        )
+        result.rolled_back = step.record.phase == CanaryPhase.ROLLED_BACK
+    pct = canary.canary_traffic(ms.spec.versions.canary_percent, analysis, step.record)
+    return step.record, canary.weights(served.stable, served.canary, pct)
+
+
+def _not_servable(ms: ModelService, result: Plan, served: NotServable, report: Any, cond: Any) -> Plan:
+    reason = R(served.reason) if served.reason in R.__members__.values() else R.LOAD_FAILED
+    cond(C.MODEL_LOADED, False, reason, served.message)
+    cond(C.READY, False, reason, served.message)
+    cond(C.PROGRESSING, served.waiting, reason, served.message)
+    cond(C.DEGRADED, not served.waiting, reason if not served.waiting else Reason.HEALTHY, served.message)
+    old = get_condition((ms.status or ModelServiceStatus()).conditions, C.MODEL_LOADED)
+    if old is None or old.reason != reason or old.message != served.message:
+        result.events.append(Event("Normal" if served.waiting else "Warning", reason, served.message))
+    return result
+
+
+def _conditions(
+    ms: ModelService,
+    status: ModelServiceStatus,
+    report: Any,
+    desired: int,
+    weights_ok: bool,
+    old: ModelServiceStatus,
+    record: CanaryStatus | None,
+    result: Plan,
+    cond: Any,
+) -> None:
+    auto = ms.spec.autoscaling
+    need = max(1, min(auto.min_replicas, desired))
+    crash = ", ".join(report.crash_looping)
+    # ModelLoaded: a ready pod has loaded every version; else the server's own words.
+    if report.ready > 0:
+        cond(C.MODEL_LOADED, True, R.MODEL_LOADED, f"{report.ready} pod(s) have loaded the model")
+    elif report.load_failure is not None:
+        cond(C.MODEL_LOADED, False, load_failure_reason(report.load_failure), report.load_failure)
+    else:
+        why = report.pending or "waiting for a pod to load and warm up the model"
+        cond(C.MODEL_LOADED, ConditionStatus.UNKNOWN, Reason.MODEL_LOADING, why)
+    # Ready: true only when a request would succeed on enough pods.
+    if desired == 0:
+        cond(C.READY, False, Reason.SCALED_TO_ZERO, "spec.replicas is 0: no pod serves requests")
+    elif report.ready == 0:
+        detail = (
+            f"crash looping: {crash}" if crash else (report.load_failure or report.pending or "pods starting")
+        )
+        cond(C.READY, False, R.NO_READY_REPLICAS, f"0 of {desired} pods ready; {detail}")
+    elif report.ready < need:
+        cond(C.READY, False, Reason.NOT_ENOUGH_READY, f"{report.ready} of at least {need} pods ready")
+    elif not weights_ok:
+        cond(
+            C.READY,
+            False,
+            Reason.WEIGHTS_PROPAGATING,
+            "pods have not applied the current traffic weights yet",
+        )
+    else:
+        cond(C.READY, True, R.REPLICAS_READY, f"{report.ready} of {desired} pods ready")
+    # Progressing: a rollout, a scale-up or a canary analysis under way.
+    if record is not None and record.phase == CanaryPhase.PROGRESSING:
+        cond(C.PROGRESSING, True, R.CANARY_ANALYSIS, record.message)
+    elif report.existing != desired or report.ready < desired:
+        cond(C.PROGRESSING, True, R.ROLLOUT_IN_PROGRESS, f"{report.ready} of {desired} pods ready")
+    else:
+        cond(C.PROGRESSING, False, R.ROLLOUT_COMPLETE, f"{desired} pods ready")
+    # Degraded: something needs a person.
+    if crash:
+        cond(
+            C.DEGRADED,
+            True,
+            R.CRASH_LOOPING,
+            f"pods crash looping: {crash}; last error: {report.load_failure}",
+        )
+    elif record is not None and record.phase == CanaryPhase.ROLLED_BACK:
+        cond(C.DEGRADED, True, R.CANARY_ROLLED_BACK, record.message)
+    elif report.pending is not None:
+        cond(C.DEGRADED, True, Reason.PODS_PENDING, report.pending)
+    elif report.ready < need and report.existing >= need:
+        cond(C.DEGRADED, True, R.REPLICAS_UNAVAILABLE, f"{report.ready} of at least {need} pods ready")
+    else:
+        cond(C.DEGRADED, False, Reason.HEALTHY, "no problem seen")
+    before, after = get_condition(old.conditions, C.READY), get_condition(status.conditions, C.READY)
+    if after is not None and (before is None or before.status != after.status):
+        kind = "Normal" if after.status == ConditionStatus.TRUE else "Warning"
+        if before is not None or after.status == ConditionStatus.TRUE:
+            result.events.append(Event(kind, after.reason, after.message))
+    crash_before = get_condition(old.conditions, C.DEGRADED)
+    if crash and (crash_before is None or crash_before.reason != R.CRASH_LOOPING):
+        result.events.append(
+            Event("Warning", R.CRASH_LOOPING, f"pods crash looping: {crash}; {report.load_failure}")
+        )
