@@ -7,7 +7,6 @@ error, not something pruned with a warning.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
@@ -112,7 +111,3 @@ def test_invalid_manifest_is_refused_naming_the_field(client: Client, case: Inva
     assert case.field in (status.message or ""), (
         f"{case.id}: the message does not name {case.field!r}: {status.message}"
     )
-
-
-def test_examples_dir_exists() -> None:
-    assert Path(EXAMPLES).is_dir()
