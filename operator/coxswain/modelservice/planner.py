@@ -136,10 +136,6 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     result = Plan(status=status, memory=memory)
     actions = result.actions
 
-    service = builders.build_service(ms)
-    if _hash(obs.service) != _hash(service):
-        actions.append(Action(ActionKind.ENSURE_SERVICE, service))
-
     def cond(type_: C, value: bool | ConditionStatus, reason: str, message: str) -> None:
         status.conditions = set_condition(status.conditions, type_, value, reason, message, now, gen)
 
@@ -177,6 +173,11 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
             actions.append(Action(ActionKind.ENSURE_HPA, hpa))
     elif obs.hpa is not None:
         actions.append(Action(ActionKind.DELETE_HPA, obs.hpa))
+
+    # Made even before the model can be served: its DNS name and URL exist from the start.
+    service = builders.build_service(ms)
+    if _hash(obs.service) != _hash(service):
+        actions.append(Action(ActionKind.ENSURE_SERVICE, service))
 
     if isinstance(served, NotServable):
         return _not_servable(ms, result, served, report, cond)

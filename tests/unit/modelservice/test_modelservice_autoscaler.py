@@ -1,0 +1,80 @@
+"""The builtin autoscaler's decision: up at once, down after the delay, within the bounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from coxswain.api.modelservice import Autoscaling
+from coxswain.modelservice.autoscaler import Decision, LowDemand, decide
+
+pytestmark = pytest.mark.unit
+
+
+def auto(**kw: object) -> Autoscaling:
+    base: dict[str, object] = {
+        "minReplicas": 1,
+        "maxReplicas": 6,
+        "target": {"value": 8},
+        "scaleDownDelaySeconds": 30,
+    }
+    base.update(kw)
+    return Autoscaling.model_validate(base)
+
+
+def test_load_step_raises_replicas_at_once() -> None:
+    d = decide(current=1, load=30.0, auto=auto(), low=None, now=0.0)
+    assert d.replicas == 4 and "needs 4" in d.reason
+
+
+def test_exact_multiple_does_not_round_up() -> None:
+    assert decide(2, 16.0, auto(), None, 0.0).replicas == 2
+    assert decide(2, 16.01, auto(), None, 0.0).replicas == 3
+
+
+def test_max_holds_and_says_so() -> None:
+    d = decide(2, 1000.0, auto(), None, 0.0)
+    assert d.replicas == 6 and "capped at maxReplicas 6" in d.reason
+
+
+def test_idle_lowers_only_after_the_delay() -> None:
+    a = auto()
+    d = decide(4, 0.0, a, None, now=100.0)
+    assert d.replicas == 4 and d.low == LowDemand(100.0, 1)
+    d = decide(4, 0.0, a, d.low, now=120.0)
+    assert d.replicas == 4 and "20 s so far" in d.reason
+    d = decide(4, 0.0, a, d.low, now=130.0)
+    assert d.replicas == 1 and d.low is None
+
+
+def test_scale_down_goes_to_the_peak_seen_during_the_delay() -> None:
+    a = auto()
+    d = decide(5, 0.0, a, None, 0.0)
+    d = decide(5, 20.0, a, d.low, 10.0)  # a burst asking for 3
+    d = decide(5, 0.0, a, d.low, 31.0)
+    assert d.replicas == 3
+
+
+def test_demand_back_up_resets_the_delay() -> None:
+    a = auto()
+    d = decide(4, 0.0, a, None, 0.0)
+    d = decide(4, 32.0, a, d.low, 20.0)  # needs exactly 4 again
+    assert d.low is None
+    d = decide(4, 0.0, a, d.low, 40.0)
+    assert d.replicas == 4  # a fresh delay starts at 40
+
+
+def test_min_holds_and_the_floor_is_one() -> None:
+    assert decide(3, 0.0, auto(minReplicas=3), LowDemand(0.0, 3), 1000.0).replicas == 3
+    assert decide(0, None, auto(minReplicas=2), None, 0.0).replicas == 2
+    assert decide(1, 0.0, auto(minReplicas=0), LowDemand(0.0, 0), 1000.0).replicas == 1
+    assert decide(9, 0.0, auto(), None, 0.0).replicas == 6
+
+
+def test_no_metrics_keeps_replicas() -> None:
+    d = decide(3, None, auto(), LowDemand(0.0, 1), 1000.0)
+    assert d == Decision(3, d.reason, LowDemand(0.0, 1)) and "no server answered" in d.reason
+
+
+def test_rps_target() -> None:
+    d = decide(1, 250.0, auto(target={"metric": "rps", "value": 100}), None, 0.0)
+    assert d.replicas == 3 and "requests/s" in d.reason
