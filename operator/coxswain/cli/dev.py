@@ -55,7 +55,13 @@ def _register_cluster(groups: Any) -> None:
     actions.add_parser("env", help="print `export KUBECONFIG=... PATH=...` for eval").set_defaults(func=_env)
 
 
-DEV_GROUPS: list[Callable[[Any], None]] = [_register_cluster]
+def _register_agent(groups: Any) -> None:
+    from coxswain.cli.dev_agent import register_agent
+
+    register_agent(groups)
+
+
+DEV_GROUPS: list[Callable[[Any], None]] = [_register_cluster, _register_agent]
 
 
 def _setup_logging() -> None:

@@ -1,0 +1,104 @@
+"""Pod networking: one network namespace per pod, a veth pair to the agent's bridge.
+
+The host side of the bridge holds the gateway address, so processes on the host (the
+operator pulling /progress, tests, probes) reach pod IPs directly; pods on the bridge reach
+each other at layer 2. Everything is done with iproute2's `ip` (Debian's), as root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+
+from coxswain.nodeagent.config import short_id
+
+log = logging.getLogger(__name__)
+
+NETNS_PREFIX = "cxpod-"
+
+
+class NetworkError(RuntimeError):
+    """An `ip` command failed; the message carries its stderr."""
+
+
+async def ip(*args: str, check: bool = True) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "ip", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if check and proc.returncode != 0:
+        raise NetworkError(f"ip {' '.join(args)}: {err.decode(errors='replace').strip()}")
+    return out.decode()
+
+
+def sandbox_names(pod_uid: str) -> tuple[str, str]:
+    """(network namespace, host-side veth) for a pod: unique per pod UID, veth <= 15 chars."""
+    sid = short_id(pod_uid, 10)
+    return f"{NETNS_PREFIX}{sid}", f"cxh{sid}"
+
+
+async def ensure_bridge(bridge: str, gateway: ipaddress.IPv4Address, prefix: int) -> None:
+    await delete_link(bridge)
+    await ip("link", "add", "name", bridge, "type", "bridge")
+    await ip("addr", "add", f"{gateway}/{prefix}", "dev", bridge)
+    await ip("link", "set", bridge, "up")
+
+
+async def delete_link(name: str) -> None:
+    await ip("link", "del", name, check=False)
+
+
+async def create_sandbox(
+    netns: str,
+    veth_host: str,
+    pod_ip: ipaddress.IPv4Address,
+    prefix: int,
+    gateway: ipaddress.IPv4Address,
+    bridge: str,
+) -> None:
+    peer = f"cxc{veth_host[3:]}"
+    await delete_sandbox(netns, veth_host)
+    await ip("netns", "add", netns)
+    try:
+        await ip("link", "add", veth_host, "type", "veth", "peer", "name", peer)
+        await ip("link", "set", peer, "netns", netns)
+        await ip("link", "set", veth_host, "master", bridge, "up")
+        await ip("-n", netns, "link", "set", peer, "name", "eth0")
+        await ip("-n", netns, "addr", "add", f"{pod_ip}/{prefix}", "dev", "eth0")
+        await ip("-n", netns, "link", "set", "eth0", "up")
+        await ip("-n", netns, "link", "set", "lo", "up")
+        await ip("-n", netns, "route", "add", "default", "via", str(gateway))
+    except NetworkError:
+        await delete_sandbox(netns, veth_host)
+        raise
+
+
+async def delete_sandbox(netns: str, veth_host: str) -> None:
+    # Deleting the namespace deletes the veth inside it and with it the host end; the explicit
+    # delete covers a namespace that is already gone while the host end is not.
+    await ip("netns", "del", netns, check=False)
+    await delete_link(veth_host)
+
+
+async def list_netns() -> list[str]:
+    out = await ip("netns", "list", check=False)
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+class AddressPool:
+    """Pod IPs from the node's CIDR: .1 is the gateway, the rest are handed out lowest first."""
+
+    def __init__(self, network: ipaddress.IPv4Network) -> None:
+        self._free = list(network.hosts())[1:]
+        self._used: set[ipaddress.IPv4Address] = set()
+
+    def take(self) -> ipaddress.IPv4Address:
+        for addr in self._free:
+            if addr not in self._used:
+                self._used.add(addr)
+                return addr
+        raise NetworkError("the pod CIDR has no free address left: use a larger --pod-cidr")
+
+    def give_back(self, addr: ipaddress.IPv4Address) -> None:
+        self._used.discard(addr)

@@ -1,0 +1,206 @@
+"""Starting a container as a process tree of its own, and stopping it.
+
+`nsenter --net=<pod netns> unshare --mount --uts --pid --fork --kill-child --mount-proc sh -c
+<setup> <command...>`: the setup script bind-mounts the volumes (in the new mount
+namespace, so nothing is seen on the host), sets the hostname, changes directory and
+execs the command, which becomes PID 1 of a PID namespace of its own. When PID 1 dies the
+kernel kills everything else in that namespace, so no grandchild (torchrun's workers start
+their own sessions) can outlive its container. `--kill-child` and a parent-death signal
+chain the whole tree to the agent: if the agent dies, its containers die with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import shlex
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+NSENTER = "/usr/bin/nsenter"
+UNSHARE = "/usr/bin/unshare"
+SH = "/bin/sh"
+MOUNT = "/usr/bin/mount"
+HOSTNAME = "/bin/hostname"
+# Exit status of the setup script when the container never got to exec its command.
+START_ERROR_EXIT = 128
+START_ERROR_PREFIX = "coxswain-agent: cannot start container:"
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: Path
+    target: str
+    read_only: bool = False
+
+
+def setup_script(mounts: Sequence[Mount], hostname: str, workdir: str | None, started_marker: Path) -> str:
+    """The shell run inside the new namespaces before the container's command."""
+    q = shlex.quote
+    lines = [f'fail() {{ echo {q(START_ERROR_PREFIX)} "$*" >&2; exit {START_ERROR_EXIT}; }}']
+    # Parents first, so a mount below another lands inside it (as containerd orders them).
+    for m in sorted(mounts, key=lambda m: (m.target.rstrip("/").count("/"), m.target)):
+        src, dst = q(str(m.source)), q(m.target)
+        # A missing mount point is created (on the host file system: it is the same one).
+        lines.append(
+            f"if [ -d {src} ]; then mkdir -p {dst} || fail mkdir {dst}; "
+            f'else mkdir -p "$(dirname {dst})" && {{ [ -e {dst} ] || : > {dst}; }} || fail create {dst}; fi'
+        )
+        lines.append(f"{MOUNT} --bind {src} {dst} || fail mount {dst}")
+        if m.read_only:
+            lines.append(f"{MOUNT} -o remount,bind,ro {dst} || fail read-only {dst}")
+    lines.append(f"{HOSTNAME} {q(hostname)} || fail hostname")
+    if workdir:
+        lines.append(f"mkdir -p {q(workdir)} && cd {q(workdir)} || fail workingDir {q(workdir)}")
+    lines.append(
+        'command -v "$1" >/dev/null 2>&1 || fail "exec: \\"$1\\": executable file not found in $PATH"'
+    )
+    lines.append(f": > {q(str(started_marker))}")
+    lines.append('exec "$@"')
+    return "\n".join(lines)
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the agent dies, the container gets SIGKILL.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+async def spawn(
+    netns: str, script: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
+) -> asyncio.subprocess.Process:
+    cmd = [
+        NSENTER,
+        f"--net=/run/netns/{netns}",
+        "--",
+        UNSHARE,
+        "--mount",
+        "--uts",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "--",
+        SH,
+        "-c",
+        script,
+        "container",
+        *argv,
+    ]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=dict(env),
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+async def container_init_pid(launcher_pid: int, timeout: float = 5.0) -> int | None:
+    """The host PID of the container's PID 1 (unshare's forked child)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        kids = child_pids(launcher_pid)
+        if kids:
+            return kids[0]
+        await asyncio.sleep(0.01)
+    return None
+
+
+def signal_pid(pid: int | None, sig: signal.Signals) -> None:
+    if pid is None:
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def exit_code(returncode: int) -> int:
+    """A signal death (negative returncode) as the shell's 128+N, as runtimes report it."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def process_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat: tells a recorded PID from a reused one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+async def spawn_host_network(
+    script: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
+) -> asyncio.subprocess.Process:
+    """hostNetwork pods: the same namespaces but the host's network."""
+    cmd = [
+        UNSHARE,
+        "--mount",
+        "--uts",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "--",
+        SH,
+        "-c",
+        script,
+        "container",
+        *argv,
+    ]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=dict(env),
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+
+async def exec_in(init_pid: int | None, argv: Sequence[str], env: Mapping[str, str], timeout: float) -> int:
+    """Run a command inside a running container's namespaces (exec probes)."""
+    if init_pid is None:
+        return 126
+    proc = await asyncio.create_subprocess_exec(
+        NSENTER,
+        f"--target={init_pid}",
+        "--net",
+        "--mount",
+        "--uts",
+        "--pid",
+        "--",
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=dict(env),
+        start_new_session=True,
+    )
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return 124
