@@ -122,12 +122,17 @@ def test_indexed_job_makes_one_pod_per_completion_index_and_completes(
             {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "0"}}},
             namespace=namespace,
         )
-    job = wait_for(
-        lambda: (j := client.get(Job, "gang", namespace=namespace)).status.succeeded == 3 and j,
-        30,
-        "3 succeeded",
-    )
-    assert any(c.type == "Complete" and c.status == "True" for c in job.status.conditions)
+
+    # The Job controller counts the pods first (SuccessCriteriaMet) and sets Complete once their
+    # tracking finalizers are gone, so wait for the condition, not for the count.
+    def complete() -> Job | None:
+        job = client.get(Job, "gang", namespace=namespace)
+        conditions = job.status.conditions or []
+        return job if any(c.type == "Complete" and c.status == "True" for c in conditions) else None
+
+    job = wait_for(complete, 30, "the Job to be Complete")
+    assert job.status.succeeded == 3
+    assert job.status.completedIndexes == "0-2"
 
 
 def test_deleting_an_owner_garbage_collects_its_children(cluster: ClusterHandle, namespace: str) -> None:
