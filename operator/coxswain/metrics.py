@@ -7,7 +7,10 @@ number of live objects.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -73,7 +76,12 @@ RECONCILE_QUEUE = Gauge(
     registry=REGISTRY,
 )
 
-_PER_JOB = (TRAININGJOB_PROGRESS, TRAININGJOB_ETA, TRAININGJOB_LOSS, TRAININGJOB_RESTART_BUDGET)
+_PER_JOB: tuple[Gauge, ...] = (
+    TRAININGJOB_PROGRESS,
+    TRAININGJOB_ETA,
+    TRAININGJOB_LOSS,
+    TRAININGJOB_RESTART_BUDGET,
+)
 _phase_of: dict[str, str] = {}
 
 
@@ -193,3 +201,40 @@ def forget_modelservice(namespace: str, name: str) -> None:
     for direction in ("up", "down"):
         with contextlib.suppress(KeyError):
             MODELSERVICE_SCALE_DECISIONS.remove(namespace, name, direction)
+
+
+# --- Alerting and dashboard support (helm/coxswain rules and dashboards) ----------------
+TRAININGJOB_STALLED = Gauge(
+    "coxswain_trainingjob_stalled",
+    "1 while the job's Stalled condition is True (no training step for spec.stall.timeoutSeconds), else 0.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+# forget_job() removes every gauge in _PER_JOB when a job goes; this one goes with them.
+_PER_JOB = (*_PER_JOB, TRAININGJOB_STALLED)
+
+
+def record_trainingjob_stalled(namespace: str, name: str, stalled: bool) -> None:
+    """Mirror the Stalled condition, so an alert can name the job (the condition holds the why)."""
+    TRAININGJOB_STALLED.labels(namespace, name).set(1.0 if stalled else 0.0)
+
+
+def watch_reconcile_pending(kind: str, wakers: Mapping[Any, asyncio.Event]) -> None:
+    """Report `coxswain_reconcile_pending{kind}` from a controller's wake-up events.
+
+    A set event is an object that was woken (watch event, timer) and whose loop has not yet
+    started its next pass; the count is read when Prometheus scrapes, so the hot path pays
+    nothing.
+    """
+
+    def pending() -> float:
+        # The scrape runs in prometheus_client's thread while the event loop adds and removes
+        # keys; a copy that races a resize is simply retried.
+        for _ in range(3):
+            try:
+                return float(sum(1 for event in list(wakers.values()) if event.is_set()))
+            except RuntimeError:
+                continue
+        return 0.0
+
+    RECONCILE_QUEUE.labels(kind).set_function(pending)

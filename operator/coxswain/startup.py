@@ -7,6 +7,8 @@ from typing import Any
 
 import kopf
 
+from coxswain import metrics
+from coxswain.modelservice.controller import ServingState
 from coxswain.runtime import Runtime
 
 
@@ -28,6 +30,9 @@ async def configure(
     # Many objects: let kopf batch work per object instead of one task per event.
     settings.batching.worker_limit = 200
     memo["runtime"] = Runtime.create()
+    # coxswain_reconcile_pending: objects woken and waiting for their loop's next pass.
+    metrics.watch_reconcile_pending("TrainingJob", memo["runtime"].wakers)
+    metrics.watch_reconcile_pending("ModelService", ServingState.of(memo).wakers)
     logger.info("coxswain operator started")
 
 

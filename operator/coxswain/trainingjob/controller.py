@@ -191,6 +191,9 @@ def _record_metrics(tj: TrainingJob, plan: Any) -> None:
     elif plan.finished == Phase.FAILED:
         failed = next((c for c in status.conditions if c.type == "Failed"), None)
         metrics.TRAININGJOBS_FAILED.labels(failed.reason if failed else "Unknown").inc()
+    metrics.record_trainingjob_stalled(
+        ns, name, any(c.type == "Stalled" and c.status == "True" for c in status.conditions)
+    )
     budget = tj.spec.failure_policy.max_restarts
     metrics.TRAININGJOB_RESTART_BUDGET.labels(ns, name).set(
         (status.restarts or 0) / budget if budget else 0.0
