@@ -392,7 +392,7 @@ class PodRunner:
             await self.report()
             return process.START_ERROR_EXIT
         hostname = (self.pod.get("spec") or {}).get("hostname") or self.name
-        script = process.setup_script(mounts, hostname, spec.get("workingDir"), started_marker)
+        script = process.setup_script(mounts, hostname, spec.get("workingDir"), started_marker, cdir / "staging")
         netns = self.netns if not self.host_network else ""
         proc = await (
             process.spawn(netns, script, argv, env, log_path)
@@ -414,7 +414,7 @@ class PodRunner:
             self.name,
             rec.name,
             init_pid,
-            " ".join(argv)[:200],
+            " ".join(argv).replace("\n", " ")[:200],
         )
         if self.terminating.is_set() and self.kill_deadline is not None:
             self._stop_container(rec.name, r, self.kill_deadline)

@@ -38,16 +38,28 @@ class Mount:
     read_only: bool = False
 
 
-def setup_script(mounts: Sequence[Mount], hostname: str, workdir: str | None, started_marker: Path) -> str:
+def setup_script(
+    mounts: Sequence[Mount], hostname: str, workdir: str | None, started_marker: Path, staging: Path
+) -> str:
     """The shell run inside the new namespaces before the container's command."""
     q = shlex.quote
-    lines = [f'fail() {{ echo {q(START_ERROR_PREFIX)} "$*" >&2; exit {START_ERROR_EXIT}; }}']
+    lines = [f"fail() {{ echo {q(START_ERROR_PREFIX)} \"$*\" >&2; exit {START_ERROR_EXIT}; }}"]
+    ordered = sorted(mounts, key=lambda m: (m.target.rstrip("/").count("/"), m.target))
+    # Every source is first bound below `staging`: a later mount over one of its parents (a
+    # pod's /tmp over a hostPath in /tmp, say) would otherwise hide it.
+    for i, m in enumerate(ordered):
+        src, stage = q(str(m.source)), q(str(staging / str(i)))
+        lines.append(
+            f"if [ -d {src} ]; then mkdir -p {stage}; else : > {stage}; fi || fail stage {src}"
+        )
+        lines.append(f"{MOUNT} --bind {src} {stage} || fail mount {src}")
     # Parents first, so a mount below another lands inside it (as containerd orders them).
-    for m in sorted(mounts, key=lambda m: (m.target.rstrip("/").count("/"), m.target)):
-        src, dst = q(str(m.source)), q(m.target)
+    for i, m in enumerate(ordered):
+        src, dst = q(str(staging / str(i))), q(m.target)
         # A missing mount point is created (on the host file system: it is the same one).
         lines.append(
-            f"if [ -d {src} ]; then mkdir -p {dst} || fail mkdir {dst}; "
+            # An empty file where a directory belongs is a mount point an earlier file volume left.
+            f"if [ -d {src} ]; then {{ [ -f {dst} ] && [ ! -s {dst} ] && rm -f {dst}; mkdir -p {dst}; }} || fail mkdir {dst}; "
             f'else mkdir -p "$(dirname {dst})" && {{ [ -e {dst} ] || : > {dst}; }} || fail create {dst}; fi'
         )
         lines.append(f"{MOUNT} --bind {src} {dst} || fail mount {dst}")
@@ -56,9 +68,7 @@ def setup_script(mounts: Sequence[Mount], hostname: str, workdir: str | None, st
     lines.append(f"{HOSTNAME} {q(hostname)} || fail hostname")
     if workdir:
         lines.append(f"mkdir -p {q(workdir)} && cd {q(workdir)} || fail workingDir {q(workdir)}")
-    lines.append(
-        'command -v "$1" >/dev/null 2>&1 || fail "exec: \\"$1\\": executable file not found in $PATH"'
-    )
+    lines.append('command -v "$1" >/dev/null 2>&1 || fail "exec: \\"$1\\": executable file not found in $PATH"')
     lines.append(f": > {q(str(started_marker))}")
     lines.append('exec "$@"')
     return "\n".join(lines)
