@@ -27,3 +27,29 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "coxswain.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{/* Labels that select the operator's pods (stable across upgrades). */}}
+{{- define "coxswain.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "coxswain.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* The operator's ServiceAccount. */}}
+{{- define "coxswain.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "coxswain.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Watched namespaces, checked: exact names only (each gets a Role). */}}
+{{- define "coxswain.watchNamespaces" -}}
+{{- range .Values.watchNamespaces -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" .) -}}
+{{- fail (printf "watchNamespaces: %q is not a namespace name (globs are not allowed: each watched namespace gets a Role)" .) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson .Values.watchNamespaces -}}
+{{- end -}}
