@@ -37,8 +37,8 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path: Pat
     )
     one = launch(spec, tmp_path / "one", world_size=1)
     two = launch(spec, tmp_path / "two", world_size=2)
-    assert one.wait(90) == [0]
-    assert two.wait(90) == [0, 0]
+    assert one.wait() == [0]
+    assert two.wait() == [0, 0]
     a, b = _final_model(tmp_path / "one" / "checkpoints"), _final_model(tmp_path / "two" / "checkpoints")
     assert a.keys() == b.keys()
     for name in a:
@@ -59,13 +59,9 @@ def test_killed_rank_stops_the_gang_and_the_rerun_resumes_to_the_same_loss(tmp_p
             "checkpoint": {"intervalSteps": 25, "keep": 2},
         },
     )
-    reference = launch(spec, tmp_path / "reference", world_size=2)
-
     crashed_dir = tmp_path / "crashed"
     crashed = launch(spec, crashed_dir, world_size=2)
-    crashed.wait_for(
-        lambda: bool(_steps_in(crashed_dir / "checkpoints")), timeout=60, what="a first checkpoint"
-    )
+    crashed.wait_for(lambda: bool(_steps_in(crashed_dir / "checkpoints")), what="a first checkpoint")
     crashed.procs[1].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     code = crashed.procs[0].wait(timeout=30)
@@ -74,9 +70,11 @@ def test_killed_rank_stops_the_gang_and_the_rerun_resumes_to_the_same_loss(tmp_p
     assert crashed.find("peer_failed"), crashed.dump()
     interrupted_at = max(_steps_in(crashed_dir / "checkpoints"))
 
+    # The uninterrupted reference runs beside the rerun (not beside the crash, whose timing matters).
+    reference = launch(spec, tmp_path / "reference", world_size=2)
     resumed = launch(spec, crashed_dir, world_size=2, name="rerun")
-    assert resumed.wait(90) == [0, 0], resumed.dump()
-    assert reference.wait(90) == [0, 0], reference.dump()
+    assert resumed.wait() == [0, 0], resumed.dump()
+    assert reference.wait() == [0, 0], reference.dump()
     resume_events = resumed.find("resuming")
     assert resume_events, resumed.dump()
     assert resume_events[0]["step"] == interrupted_at

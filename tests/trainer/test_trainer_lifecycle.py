@@ -22,7 +22,7 @@ KEY_HEX = "ab" * 32
 def test_bad_config_exits_2_naming_the_field_before_any_work(tmp_path: Path) -> None:
     spec = merge(SMALL_SPEC, {"optimization": {"optimizer": {"name": "rmsprop"}}})
     gang = launch(spec, tmp_path)
-    assert gang.wait(60) == [2]
+    assert gang.wait() == [2]
     problems = [e["problem"] for e in gang.find("config_invalid")]
     assert "spec.optimization.optimizer.name: Input should be 'sgd', 'adam' or 'adamw'" in problems
     assert not gang.find("started")
@@ -44,7 +44,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_143_then_the_rerun_resumes(tmp_pa
     assert gang.find("stopped_by_signal")[0]["exit_code"] == 143
 
     rerun = launch(spec, tmp_path, name="rerun")
-    assert rerun.wait(60) == [0], rerun.dump()
+    assert rerun.wait() == [0], rerun.dump()
     assert rerun.find("resuming")[0]["step"] == step
     assert rerun.find("training_finished")[0]["step"] == 8 * 180
 
@@ -101,7 +101,7 @@ def test_progress_and_metrics_answer_during_a_run_and_the_export_is_verified(tmp
     ):
         assert name in text, name
 
-    assert gang.wait(90) == [0], gang.dump()
+    assert gang.wait() == [0], gang.dump()
     termination = json.loads((tmp_path / "termination-log-0").read_text())
     assert termination["exportedModel"] == {
         "uri": "pvc://models/digits-mlp",

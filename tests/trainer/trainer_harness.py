@@ -57,7 +57,7 @@ class Gang:
     workdir: Path
     started: float = field(default_factory=time.monotonic)
 
-    def wait(self, timeout: float = 60.0) -> list[int]:
+    def wait(self, timeout: float = 120.0) -> list[int]:
         deadline = time.monotonic() + timeout
         codes = []
         for proc in self.procs:
@@ -85,7 +85,9 @@ class Gang:
     def find(self, event: str, rank: int = 0) -> list[dict[str, Any]]:
         return [e for e in self.events(rank) if e.get("event") == event]
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    def wait_for(
+        self, predicate: Callable[[], bool], timeout: float = 120.0, what: str = "condition"
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
