@@ -10,27 +10,27 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from coxswain.api.trainingjob import GradientDescent, MetricMode, TrainingJobSpec
+from coxswain.api.trainingjob import GradientDescent, TrainingJobSpec
 from coxswain_trainer.checkpoint import CheckpointStore, capture_rng, gather_rng, restore_rng
-from coxswain_trainer.data import epoch_shard, eval_shard
+from coxswain_trainer.data import epoch_shard
 from coxswain_trainer.distributed import Topology
+from coxswain_trainer.evaluation import EarlyStopper, evaluate
 from coxswain_trainer.logs import log
 from coxswain_trainer.metrics import TrainerMetrics
 from coxswain_trainer.optim import OptimizerSettings, Schedule, ScheduleSettings, build_optimizer
 from coxswain_trainer.signals import Interrupted, StopRequest
 from coxswain_trainer.tasks import Task
 
-EVAL_BATCH = 4096
 CHECKPOINT_FORMAT = 1
 
 
@@ -67,33 +67,6 @@ def make_plan(spec: TrainingJobSpec, n_train: int, world_size: int) -> Plan:
     )
 
 
-class EarlyStopper:
-    def __init__(self, metric: str, mode: str, patience: int, min_delta: float) -> None:
-        self.metric, self.mode, self.patience, self.min_delta = metric, mode, patience, min_delta
-        self.best: float | None = None
-        self.bad = 0
-
-    def update(self, value: float) -> bool:
-        """Record one evaluation; True when it is time to stop."""
-        if self.best is None:
-            improved = True
-        elif self.mode == MetricMode.MAX.value:
-            improved = value > self.best + self.min_delta
-        else:
-            improved = value < self.best - self.min_delta
-        if improved:
-            self.best, self.bad = value, 0
-        else:
-            self.bad += 1
-        return self.bad >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad": self.bad}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.bad = state.get("best"), int(state.get("bad", 0))
-
-
 @dataclass
 class RunResult:
     step: int
@@ -109,8 +82,6 @@ def _seed_rank_generators(seed: int, rank: int, step: int) -> None:
     derived = int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
     torch.manual_seed(derived)
     np.random.seed(derived)
-    import random
-
     random.seed(derived)
 
 
@@ -247,46 +218,12 @@ class Trainer:
 
     # ---- evaluation --------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Metrics over the whole eval split: each rank scores its share, sums are all-reduced."""
-        data, module, topo = self.task.data, self.module, self.topo
-        if topo.is_main:
+        if self.topo.is_main:
             self.metrics.set_state("evaluating")
-        module.eval()
-        indices = eval_shard(len(data.eval), rank=topo.rank, world_size=topo.world_size, device=topo.device)
-        # loss*n, n, correct, squared error, sum y, sum y^2, target elements
-        sums = torch.zeros(7, dtype=torch.float64, device=topo.device)
-        classification = data.kind == "classification"
-        for start in range(0, int(indices.shape[0]), EVAL_BATCH):
-            idx = indices[start : start + EVAL_BATCH]
-            x, y = data.eval.batch(idx)
-            out = module(x)
-            n = idx.shape[0]
-            sums[0] += self.task.loss(out, y).double() * n
-            sums[1] += n
-            if classification:
-                sums[2] += (out.argmax(dim=-1) == y).sum()
-            else:
-                yd = y.double()
-                sums[3] += (out.double().reshape(yd.shape) - yd).pow(2).sum()
-                sums[4] += yd.sum()
-                sums[5] += yd.pow(2).sum()
-                sums[6] += yd.numel()
-        if topo.distributed:
-            dist.all_reduce(sums)
-        module.train()
-        loss_n, n, correct, sse, sum_y, sum_y2, elements = sums.tolist()
-        result = {"eval_loss": loss_n / max(n, 1.0)}
-        if classification:
-            result["accuracy"] = correct / max(n, 1.0)
-        elif elements > 0:
-            target_std = data.target_std
-            result["mse"] = sse / elements * target_std * target_std  # in the target's own units
-            sst = sum_y2 - sum_y * sum_y / elements
-            result["r2"] = 1.0 - sse / sst if sst > 0 else 0.0
+        result = evaluate(self.module, self.task.data, self.task.loss, self.topo)
         self.last_eval, self.last_eval_step = result, self.step
-        if topo.is_main:
+        if self.topo.is_main:
             for name, value in result.items():
                 self.metrics.eval_metric.labels(name=name).set(value)
             self.metrics.update(
