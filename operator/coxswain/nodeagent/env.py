@@ -90,7 +90,8 @@ def resource_value(
     raw = amounts.get(name)
     if raw is None:
         raw = node_allocatable.get(name, "0") if kind == "limits" else "0"
-    divisor = parse_quantity(ref.get("divisor") or "1")
+    # The API server fills an unset divisor in as "0"; it means 1.
+    divisor = parse_quantity(ref.get("divisor") or "1") or Decimal(1)
     value: Decimal = parse_quantity(raw) / divisor
     return str(math.ceil(value))
 

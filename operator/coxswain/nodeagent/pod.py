@@ -399,7 +399,7 @@ class PodRunner:
             if netns
             else process.spawn_host_network(script, argv, env, log_path)
         )
-        init_pid = await process.container_init_pid(proc.pid)
+        init_pid = await process.container_init_pid(proc)
         started_at = status.now()
         r = Running(proc, init_pid, env, started_at, log_path, message_path, started_marker)
         self.running[rec.name] = r
@@ -440,7 +440,7 @@ class PodRunner:
         self._save_state()
         assert proc.returncode is not None
         code = process.exit_code(proc.returncode)
-        started = started_marker.exists()
+        started = started_marker.exists() and started_marker.read_bytes().strip() == b"started"
         tail = _tail(log_path)
         if not started:
             lines = [

@@ -43,14 +43,20 @@ def setup_script(
 ) -> str:
     """The shell run inside the new namespaces before the container's command."""
     q = shlex.quote
-    lines = [f"fail() {{ echo {q(START_ERROR_PREFIX)} \"$*\" >&2; exit {START_ERROR_EXIT}; }}"]
+    # The marker is opened before any mount (a mount over its parent must not redirect it)
+    # and written just before exec, so the agent can tell a start failure from an exit.
+    lines = [
+        f"mkdir -p {q(str(staging))}",
+        f"fail() {{ echo {q(START_ERROR_PREFIX)} \"$*\" >&2; exit {START_ERROR_EXIT}; }}",
+        f"exec 9>{q(str(started_marker))} || fail marker",
+    ]
     ordered = sorted(mounts, key=lambda m: (m.target.rstrip("/").count("/"), m.target))
     # Every source is first bound below `staging`: a later mount over one of its parents (a
     # pod's /tmp over a hostPath in /tmp, say) would otherwise hide it.
     for i, m in enumerate(ordered):
         src, stage = q(str(m.source)), q(str(staging / str(i)))
         lines.append(
-            f"if [ -d {src} ]; then mkdir -p {stage}; else : > {stage}; fi || fail stage {src}"
+            f"if [ -d {src} ]; then mkdir -p {stage}; else true > {stage}; fi || fail stage {src}"
         )
         lines.append(f"{MOUNT} --bind {src} {stage} || fail mount {src}")
     # Parents first, so a mount below another lands inside it (as containerd orders them).
@@ -60,7 +66,7 @@ def setup_script(
         lines.append(
             # An empty file where a directory belongs is a mount point an earlier file volume left.
             f"if [ -d {src} ]; then {{ [ -f {dst} ] && [ ! -s {dst} ] && rm -f {dst}; mkdir -p {dst}; }} || fail mkdir {dst}; "
-            f'else mkdir -p "$(dirname {dst})" && {{ [ -e {dst} ] || : > {dst}; }} || fail create {dst}; fi'
+            f'else mkdir -p "$(dirname {dst})" && {{ [ -e {dst} ] || true > {dst}; }} || fail create {dst}; fi'
         )
         lines.append(f"{MOUNT} --bind {src} {dst} || fail mount {dst}")
         if m.read_only:
@@ -69,7 +75,7 @@ def setup_script(
     if workdir:
         lines.append(f"mkdir -p {q(workdir)} && cd {q(workdir)} || fail workingDir {q(workdir)}")
     lines.append('command -v "$1" >/dev/null 2>&1 || fail "exec: \\"$1\\": executable file not found in $PATH"')
-    lines.append(f": > {q(str(started_marker))}")
+    lines.append("echo started >&9; exec 9>&-")
     lines.append('exec "$@"')
     return "\n".join(lines)
 
@@ -122,12 +128,12 @@ def child_pids(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-async def container_init_pid(launcher_pid: int, timeout: float = 5.0) -> int | None:
-    """The host PID of the container's PID 1 (unshare's forked child)."""
+async def container_init_pid(launcher: asyncio.subprocess.Process, timeout: float = 5.0) -> int | None:
+    """The host PID of the container's PID 1 (unshare's forked child); None if it is gone."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        kids = child_pids(launcher_pid)
+    while loop.time() < deadline and launcher.returncode is None:
+        kids = child_pids(launcher.pid)
         if kids:
             return kids[0]
         await asyncio.sleep(0.01)
