@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--threads",
         type=int,
-        help="torch intra-op threads (default: the CPU limit, COXSWAIN_CPU_LIMIT or cgroup)",
+        help="torch intra-op threads (default: the CPU limit minus one for the event loop, at least 1; limit from COXSWAIN_CPU_LIMIT or the cgroup)",
     )
     a("--device", choices=["cpu", "cuda", "auto"])
     a(

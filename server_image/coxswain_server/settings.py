@@ -86,7 +86,10 @@ class ServerSettings(BaseModel):
     admin_token_file: Path | None = None
     key_file: Path | None = None
     threads: int | None = Field(
-        default=None, ge=1, le=1024, description="torch intra-op threads; default: the CPU limit"
+        default=None,
+        ge=1,
+        le=1024,
+        description="torch intra-op threads; default: the CPU limit minus one (the event loop's), at least 1",
     )
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     graceful_timeout_seconds: float = Field(default=30.0, ge=0)

@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 
@@ -28,7 +27,7 @@ log = logging.getLogger("coxswain_server.versions")
 
 
 class ServedVersion:
-    __slots__ = ("batcher", "header", "metrics", "model", "version")
+    __slots__ = ("active", "batcher", "header", "metrics", "model", "version")
 
     def __init__(self, model: LoadedModel, batcher: Batcher, metrics: VersionMetrics) -> None:
         self.model = model
@@ -36,6 +35,16 @@ class ServedVersion:
         self.header = model.version.encode()
         self.batcher = batcher
         self.metrics = metrics
+        self.active = 0  # requests routed here and not yet answered (some still reading their body)
+
+    async def retire(self, grace_seconds: float) -> None:
+        """Called once the version is out of routing: wait for the requests already routed here
+        (a body may still be arriving), then let the batcher finish what is queued."""
+        deadline = asyncio.get_running_loop().time() + grace_seconds
+        # polled, not an Event: setting one would cost every request on the hot path, for a rare unload
+        while self.active and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await self.batcher.close(max(0.0, deadline - asyncio.get_running_loop().time()))
 
 
 class ModelVersions:
@@ -148,7 +157,7 @@ class ModelVersions:
             if served is None:
                 raise NotFound(f"model {self.model} has no version {version} loaded")
             self._set_split({v: w for v, w in self.split.weights.items() if v != version})
-        await served.batcher.close(self.settings.graceful_timeout_seconds)
+        await served.retire(self.settings.graceful_timeout_seconds)
         served.metrics.set_weight(0)
         log.info("model %s version %s unloaded", self.model, version)
 
@@ -185,14 +194,14 @@ class ModelVersions:
         for version in leaving:
             served = self.served.pop(version, None)
             if served is not None:
-                await served.batcher.close(self.settings.graceful_timeout_seconds)
+                await served.retire(self.settings.graceful_timeout_seconds)
                 log.info(
                     "model %s version %s unloaded: the traffic file no longer names it", self.model, version
                 )
 
     async def close(self) -> None:
         for served in list(self.served.values()):
-            await served.batcher.close(self.settings.graceful_timeout_seconds)
+            await served.retire(self.settings.graceful_timeout_seconds)
         self._loader.shutdown(wait=False, cancel_futures=True)
 
     def versions_state(self) -> list[dict[str, object]]:
@@ -205,7 +214,3 @@ class ModelVersions:
             }
             for v in self.served
         ] + [{"version": v, "weight": 0, "trafficPercent": 0.0, "ready": False} for v in self._loading]
-
-    @staticmethod
-    def resolve_repository(path: Path) -> Path:
-        return path.expanduser().resolve()
