@@ -3,6 +3,8 @@ and exported-program formats, explicit versions, and the 4xx paths."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,3 +178,25 @@ def test_limits_and_routes(digits: RunningServer) -> None:
         assert client.get("/v2").json()["name"] == "coxswain-server"
         # without a token configured the admin endpoints are off, not open
         assert client.put("/admin/traffic", json={"weights": {"v2": 100}}).status_code == 403
+
+
+def test_metrics_pass_promtool_and_carry_version_and_code(digits: RunningServer) -> None:
+    httpx.post(digits.url + "/v2/models/digits/infer", content=b"{}")  # one 400 for the code label
+    text = httpx.get(digits.url + "/metrics").text
+    for name in (
+        "coxswain_server_requests_total",
+        "coxswain_server_request_duration_seconds_bucket",
+        "coxswain_server_batch_size_bucket",
+        "coxswain_server_queue_depth",
+        "coxswain_server_inflight_requests",
+        "coxswain_server_model_load_seconds",
+        "coxswain_server_traffic_weight",
+    ):
+        assert name in text, f"{name} missing from /metrics"
+    assert digits.metric("coxswain_server_requests_total", version="v1", code="400") >= 1
+    assert digits.metric("coxswain_server_model_load_seconds", version="v2") > 0
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (bash dev/install-system-deps.sh)")
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
