@@ -2,7 +2,8 @@
 
 `operator` (module): `coxswain operator run` watching namespaces `op-*` only, so other
 test sessions sharing the cluster are left alone. `op_namespace` (function): a fresh
-`op-…` namespace per test.
+`op-…` namespace per test. With $COXSWAIN_OPERATOR_KUBECONFIG set, the operator (only) uses
+that kubeconfig instead of the cluster's admin one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from lightkube.resources.core_v1 import Namespace, ServiceAccount
 from cluster_fixtures import ClusterHandle, wait_for
 
 NAMESPACE_PREFIX = "op-"
+KUBECONFIG_ENV = "COXSWAIN_OPERATOR_KUBECONFIG"
 
 
 def free_port() -> int:
@@ -58,12 +60,21 @@ class OperatorProcess:
                 "--health-port",
                 str(self.health_port),
             ],
-            env=self.cluster.env(),
+            env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
+
+    def env(self) -> dict[str, str]:
+        env = self.cluster.env()
+        # Optional: run the operator with another identity (tests/chart runs the controller
+        # tests as the chart's ServiceAccount, to prove its RBAC rules are enough).
+        override = os.environ.get(KUBECONFIG_ENV)
+        if override:
+            env["KUBECONFIG"] = override
+        return env
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -1,0 +1,129 @@
+"""Rendering, installing and impersonating the chart (helm/coxswain) in tests.
+
+Helper module with a unique name: test directories share one import namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "coxswain"
+RULES_FILE = CHART / "rules" / "coxswain-alerts.yaml"
+DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
+# The chart's kubeVersion is >=1.30; `helm template` assumes 1.20 unless told.
+KUBE_VERSION = "1.35.0"
+MONITORS_ON = {
+    "monitoring": {
+        "serviceMonitor": {"enabled": True},
+        "podMonitors": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+    }
+}
+
+
+def helm_binary() -> Path:
+    from coxswain.devcluster.binaries import locate_binaries
+
+    return locate_binaries() / "helm"
+
+
+def helm(
+    *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(helm_binary()), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"helm {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def values_args(values: dict[str, Any] | None, tmp: Path) -> list[str]:
+    if not values:
+        return []
+    path = tmp / f"values-{abs(hash(json.dumps(values, sort_keys=True)))}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return ["-f", str(path)]
+
+
+def render(
+    tmp: Path, values: dict[str, Any] | None = None, release: str = "cx", namespace: str = "coxswain-system"
+) -> list[dict[str, Any]]:
+    """The objects `helm template` makes (CRDs included, as `helm install` would apply them)."""
+    out = helm(
+        "template",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        KUBE_VERSION,
+        "--include-crds",
+        *values_args(values, tmp),
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def find(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def rules_of(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    found = find(objs, kind)
+    assert len(found) >= 1, f"no {kind} rendered"
+    return [rule for obj in found for rule in obj["rules"]]
+
+
+def service_account_kubeconfig(
+    admin_kubeconfig: Path, kubectl: Any, namespace: str, account: str, path: Path
+) -> Path:
+    """A kubeconfig that authenticates as system:serviceaccount:<namespace>:<account> with a
+    bound token from the TokenRequest API (what a pod of that ServiceAccount gets)."""
+    token = kubectl("create", "token", account, "-n", namespace, "--duration", "2h").stdout.strip()
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    cluster = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": account,
+                "context": {"cluster": cluster["name"], "user": account, "namespace": namespace},
+            }
+        ],
+        "current-context": account,
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, PromQL) for every query of every dashboard panel and template variable."""
+    queries = []
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            for target in panel.get("targets", []):
+                queries.append((f"{path.name}: {panel['title']} ({target['refId']})", target["expr"]))
+    return queries
+
+
+def alert_queries() -> list[tuple[str, str]]:
+    rules = yaml.safe_load(RULES_FILE.read_text())
+    return [(rule["alert"], rule["expr"]) for group in rules["groups"] for rule in group["rules"]]
+
+
+def concrete(expr: str, rate_interval: str = "1m") -> str:
+    """A dashboard query as Grafana sends it: variables replaced (all namespaces selected)."""
+    return expr.replace("$__rate_interval", rate_interval).replace("$namespace", ".*")
