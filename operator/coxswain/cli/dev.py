@@ -15,6 +15,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from coxswain.cli.demo import register_demo
+
 
 def register(sub: Any, name: str, help_text: str) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
@@ -61,7 +63,7 @@ def _register_agent(groups: Any) -> None:
     register_agent(groups)
 
 
-DEV_GROUPS: list[Callable[[Any], None]] = [_register_cluster, _register_agent]
+DEV_GROUPS: list[Callable[[Any], None]] = [_register_cluster, _register_agent, register_demo]
 
 
 def _setup_logging() -> None:
