@@ -9,48 +9,42 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
 import time
-import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable
 
 import orjson
 
 from coxswain_server import protocol_v1, protocol_v2
+from coxswain_server.admin import AdminEndpoints
 from coxswain_server.errors import (
-    BadRequest,
-    Forbidden,
     MethodNotAllowed,
     ModelLoadError,
     NotFound,
     NotReady,
     Overloaded,
-    PayloadTooLarge,
     ServerError,
-    Unauthorized,
-    UnsupportedMediaType,
+)
+from coxswain_server.http_io import (
+    JSON,
+    OCTETS,
+    ClientGone,
+    Handler,
+    Receive,
+    Scope,
+    Send,
+    check_bearer,
+    read_body,
+    send_response,
 )
 from coxswain_server.metrics import UNKNOWN_VERSION, ServerMetrics, VersionMetrics
 from coxswain_server.settings import ServerSettings
-from coxswain_server.traffic import parse_traffic_document, read_traffic_file, watch_traffic_file
+from coxswain_server.traffic import watch_traffic_file
 from coxswain_server.versions import ModelVersions, ServedVersion
 
 log = logging.getLogger("coxswain_server.app")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-JSON = b"application/json"
-OCTETS = b"application/octet-stream"
 SERVER_VERSION = "0.1.0"
-
-
-class ClientGone(Exception):
-    """The client disconnected before its body arrived."""
 
 
 class InferenceApp:
@@ -74,7 +68,7 @@ class InferenceApp:
         self.versions = versions
         self.metrics = metrics
         self._auth = b"Bearer " + auth_token.encode() if auth_token else None
-        self._admin = b"Bearer " + admin_token.encode() if admin_token else None
+        self._admin = AdminEndpoints(versions, admin_token, settings.max_body_bytes)
         self._on_fatal = on_fatal
         self.loaded = False  # every version asked for at start is loaded and warmed up
         self.draining = False  # SIGTERM seen: readiness false, in-flight work finishes
@@ -87,7 +81,6 @@ class InferenceApp:
         self._max_body = settings.max_body_bytes
         self._retry_after = b"1"
         # exact paths -> (handler, protected); versioned paths are parsed below
-        Handler = Callable[[Scope, Receive, Send, str | None], Awaitable[None]]
         self._routes: dict[str, tuple[Handler, bool]] = {
             "/v2/health/live": (self._live, False),
             "/v2/health/ready": (self._ready, False),
@@ -100,7 +93,7 @@ class InferenceApp:
             "/v1/models": (self._v1_models, True),
             f"/v1/models/{m}": (self._model_ready, True),
             f"/v1/models/{m}:predict": (self._infer_v1, True),
-            "/admin/traffic": (self._admin_traffic, True),
+            "/admin/traffic": (self._admin.traffic, True),
         }
         self._versioned = {
             "": self._model_metadata,
@@ -134,7 +127,7 @@ class InferenceApp:
             else:
                 handler, protected = route
             if protected and self._auth is not None and not path.startswith("/admin/"):
-                self._check(scope, self._auth, "this endpoint needs Authorization: Bearer <token>")
+                check_bearer(scope, self._auth, "this endpoint needs Authorization: Bearer <token>")
             await handler(scope, receive, send, version)
         except ServerError as exc:
             await self._send_error(send, exc, None)
@@ -144,9 +137,7 @@ class InferenceApp:
             log.exception("unexpected error on %s %s", scope.get("method"), path)
             await self._send_error(send, ServerError("internal error; see the server log"), None)
 
-    def _route_versioned(
-        self, path: str
-    ) -> tuple[Callable[[Scope, Receive, Send, str | None], Awaitable[None]], str | None]:
+    def _route_versioned(self, path: str) -> tuple[Handler, str | None]:
         if path.startswith(self._version_prefix):
             version, _, action = path[len(self._version_prefix) :].partition("/")
             handler = self._versioned.get(action)
@@ -159,7 +150,7 @@ class InferenceApp:
         elif path.startswith("/admin/versions/"):
             version, _, action = path[len("/admin/versions/") :].partition("/")
             if version and action in ("load", "unload"):
-                return (self._admin_load if action == "load" else self._admin_unload), version
+                return (self._admin.load if action == "load" else self._admin.unload), version
         elif path.startswith(("/v2/models/", "/v1/models/")):
             raise NotFound(f"this server serves model {self.settings.model!r} only; no route for {path}")
         raise NotFound(
@@ -168,34 +159,6 @@ class InferenceApp:
         )
 
     # --- helpers ------------------------------------------------------------------------
-
-    @staticmethod
-    def _check(scope: Scope, expected: bytes, message: str) -> None:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                if hmac.compare_digest(value, expected):
-                    return
-                raise Unauthorized("the bearer token is not valid")
-        raise Unauthorized(message)
-
-    @staticmethod
-    def _method(scope: Scope, *allowed: str) -> None:
-        if scope["method"] not in allowed:
-            raise MethodNotAllowed(f"{scope['method']} is not allowed here; use {' or '.join(allowed)}")
-
-    async def _send(
-        self,
-        send: Send,
-        status: int,
-        body: bytes,
-        content_type: bytes = JSON,
-        extra: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:
-        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-        if extra:
-            headers.extend(extra)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
     async def _send_error(self, send: Send, exc: ServerError, served: ServedVersion | None) -> None:
         extra: list[tuple[bytes, bytes]] = []
@@ -207,45 +170,7 @@ class InferenceApp:
             extra.append((b"allow", b"GET, POST"))
         if served is not None:
             extra.append((b"x-coxswain-version", served.header))
-        await self._send(send, exc.status, orjson.dumps({"error": exc.message}), JSON, extra)
-
-    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, int | None]:
-        """The request body (decompressed if gzip/deflate) and Inference-Header-Content-Length."""
-        length: int | None = None
-        header_length: int | None = None
-        encoding: bytes | None = None
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                length = _int_header(value, "Content-Length")
-            elif name == b"inference-header-content-length":
-                header_length = _int_header(value, "Inference-Header-Content-Length")
-            elif name == b"content-encoding":
-                encoding = value.lower()
-        limit = self._max_body
-        if length is not None and length > limit:
-            raise PayloadTooLarge(
-                f"the body is {length} bytes; this server takes at most {limit} (--max-body-bytes)"
-            )
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        body: bytes = message.get("body", b"")
-        if message.get("more_body"):
-            chunks = [body]
-            size = len(body)
-            while message.get("more_body"):
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"the body is over {limit} bytes (--max-body-bytes)")
-                chunks.append(chunk)
-            body = b"".join(chunks)
-        if encoding is not None and encoding != b"identity":
-            body = _decompress(body, encoding, limit)
-        return body, header_length
+        await send_response(send, exc.status, orjson.dumps({"error": exc.message}), JSON, extra)
 
     # --- inference ----------------------------------------------------------------------
 
@@ -265,7 +190,7 @@ class InferenceApp:
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
             served = self.versions.route(version)
             served.active += 1
-            body, header_length = await self._read_body(scope, receive)
+            body, header_length = await read_body(scope, receive, self._max_body)
             signature = served.model.signature
             if v1:
                 arrays, rows = protocol_v1.decode_request(body, signature)
@@ -314,17 +239,17 @@ class InferenceApp:
     # --- health and metadata ------------------------------------------------------------
 
     async def _live(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
-        await self._send(send, 200, b'{"live":true}')
+        await send_response(send, 200, b'{"live":true}')
 
     async def _ready(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
         if self.ready:
-            await self._send(send, 200, b'{"ready":true}')
+            await send_response(send, 200, b'{"ready":true}')
         else:
             reason = "draining (shutting down)" if self.draining else "loading models"
-            await self._send(send, 503, orjson.dumps({"ready": False, "reason": reason}))
+            await send_response(send, 503, orjson.dumps({"ready": False, "reason": reason}))
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
-        await self._send(send, 200, self.metrics.exposition(), b"text/plain; version=0.0.4; charset=utf-8")
+        await send_response(send, 200, self.metrics.exposition(), b"text/plain; version=0.0.4; charset=utf-8")
 
     async def _server_metadata(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
         body = {
@@ -332,7 +257,7 @@ class InferenceApp:
             "version": SERVER_VERSION,
             "extensions": ["binary_tensor_data", "model_configuration"],
         }
-        await self._send(send, 200, orjson.dumps(body))
+        await send_response(send, 200, orjson.dumps(body))
 
     def _stable(self, version: str | None) -> ServedVersion:
         """The version a metadata call is about: the named one, else the heaviest-weighted."""
@@ -350,14 +275,14 @@ class InferenceApp:
         body = protocol_v2.model_metadata(
             self.settings.model, versions, served.model.platform, served.model.signature
         )
-        await self._send(send, 200, body, JSON, [(b"x-coxswain-version", served.header)])
+        await send_response(send, 200, body, JSON, [(b"x-coxswain-version", served.header)])
 
     async def _model_config(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
         served = self._stable(version)
         body = protocol_v2.model_config(
             self.settings.model, served.model.platform, self.settings.max_batch_size, served.model.signature
         )
-        await self._send(send, 200, body)
+        await send_response(send, 200, body)
 
     async def _model_ready(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
         ready = (version in self.versions.served) if version is not None else self.ready
@@ -370,54 +295,10 @@ class InferenceApp:
         body = {"name": self.settings.model, "ready": ready}
         if version is not None:
             body["version"] = version
-        await self._send(send, 200 if ready else 503, orjson.dumps(body))
+        await send_response(send, 200 if ready else 503, orjson.dumps(body))
 
     async def _v1_models(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
-        await self._send(send, 200, orjson.dumps({"models": [self.settings.model]}))
-
-    # --- admin --------------------------------------------------------------------------
-
-    def _check_admin(self, scope: Scope) -> None:
-        if self._admin is None:
-            raise Forbidden(
-                "admin endpoints are off: start the server with --admin-token-file (or --auth-token-file) to use them"
-            )
-        self._check(scope, self._admin, "admin endpoints need Authorization: Bearer <admin token>")
-
-    def _traffic_state(self) -> bytes:
-        return orjson.dumps(
-            {"weights": self.versions.split.weights, "versions": self.versions.versions_state()}
-        )
-
-    async def _admin_traffic(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
-        self._check_admin(scope)
-        self._method(scope, "GET", "PUT")
-        if scope["method"] == "PUT":
-            body, _ = await self._read_body(scope, receive)
-            try:
-                document = orjson.loads(body)
-                weights = parse_traffic_document(document, "the request body")
-            except (orjson.JSONDecodeError, ValueError) as exc:
-                raise BadRequest(str(exc)) from None
-            await self.versions.set_weights(weights, load_missing=False, unload_others=False)
-        await self._send(send, 200, self._traffic_state())
-
-    async def _admin_load(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
-        self._check_admin(scope)
-        self._method(scope, "POST")
-        assert version is not None
-        try:
-            await self.versions.load(version)
-        except ModelLoadError as exc:
-            raise BadRequest(f"version {version} was not loaded: {exc}") from None
-        await self._send(send, 200, self._traffic_state())
-
-    async def _admin_unload(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
-        self._check_admin(scope)
-        self._method(scope, "POST")
-        assert version is not None
-        await self.versions.unload(version)
-        await self._send(send, 200, self._traffic_state())
+        await send_response(send, 200, orjson.dumps({"models": [self.settings.model]}))
 
     # --- lifespan -----------------------------------------------------------------------
 
@@ -437,19 +318,7 @@ class InferenceApp:
     async def _start(self) -> None:
         s = self.settings
         try:
-            weights = dict(s.weights)
-            wanted = s.initial_versions()
-            if s.traffic_file is not None and s.traffic_file.exists():
-                weights = read_traffic_file(s.traffic_file)
-                wanted = list(dict.fromkeys([*weights, *wanted]))
-                log.info("traffic file %s gives weights %s", s.traffic_file, weights)
-            if not wanted:
-                wanted = [self.versions.newest_in_repository()]
-                log.info("no --version given: serving the newest version in the repository, %s", wanted[0])
-            if not weights:
-                weights = {wanted[0]: 100}
-            await asyncio.gather(*(self.versions.load(v) for v in wanted))
-            await self.versions.set_weights(weights, load_missing=True, unload_others=False)
+            weights = await self.versions.load_initial()
         except (ModelLoadError, ValueError) as exc:
             message = f"cannot serve model {s.model}: {exc}"
             log.error(message)
@@ -480,29 +349,3 @@ class InferenceApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.versions.close()
-
-
-def _int_header(value: bytes, name: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"header {name} must be a whole number, got {value[:32]!r}") from None
-
-
-def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
-    if encoding == b"gzip":
-        wbits = 16 + zlib.MAX_WBITS
-    elif encoding == b"deflate":
-        wbits = zlib.MAX_WBITS
-    else:
-        raise UnsupportedMediaType(
-            f"Content-Encoding {encoding.decode(errors='replace')} is not supported; use gzip, deflate or none"
-        )
-    decompressor = zlib.decompressobj(wbits)
-    try:
-        out = decompressor.decompress(body, limit + 1)  # bounded: a small bomb cannot fill memory
-    except zlib.error as exc:
-        raise BadRequest(f"the body is not valid {encoding.decode()} data: {exc}") from None
-    if len(out) > limit or decompressor.unconsumed_tail:
-        raise PayloadTooLarge(f"the decompressed body is over {limit} bytes (--max-body-bytes)")
-    return out

@@ -21,7 +21,7 @@ from coxswain_server.errors import Conflict, ModelLoadError, NotFound, NotReady
 from coxswain_server.metrics import ServerMetrics, VersionMetrics
 from coxswain_server.model import LoadedModel, load_version
 from coxswain_server.settings import ServerSettings
-from coxswain_server.traffic import TrafficSplit
+from coxswain_server.traffic import TrafficSplit, read_traffic_file
 
 log = logging.getLogger("coxswain_server.versions")
 
@@ -98,6 +98,29 @@ class ModelVersions:
                 f"{self.settings.repository}/{self.model}/<version>/manifest.json); train one or check --repository"
             )
         return present[-1]
+
+    async def load_initial(self) -> dict[str, int]:
+        """Load what start-up asks for and put it in rotation; returns the weights.
+
+        Versions: those in the traffic file (if it exists), plus --version (or the keys of
+        --weights), else the newest in the repository. Weights: the file's, else --weights,
+        else all to the first version.
+        """
+        s = self.settings
+        weights = dict(s.weights)
+        wanted = s.initial_versions()
+        if s.traffic_file is not None and s.traffic_file.exists():
+            weights = read_traffic_file(s.traffic_file)
+            wanted = list(dict.fromkeys([*weights, *wanted]))
+            log.info("traffic file %s gives weights %s", s.traffic_file, weights)
+        if not wanted:
+            wanted = [self.newest_in_repository()]
+            log.info("no --version given: serving the newest version in the repository, %s", wanted[0])
+        if not weights:
+            weights = {wanted[0]: 100}
+        await asyncio.gather(*(self.load(v) for v in wanted))
+        await self.set_weights(weights, load_missing=True, unload_others=False)
+        return weights
 
     async def load(self, version: str) -> ServedVersion:
         """Load, verify and warm up `version` (once, even if asked twice at the same time)."""
