@@ -230,6 +230,7 @@ def main() -> int:
         ns = make_namespace(client, "bench-tj-")
         namespaces.append(ns)
         watch = PodWatch(client, ns, naming.LABEL_TRAININGJOB)
+        time.sleep(2)  # the operator's watches see the new namespace, as for one that existed
         cpu_a, _ = proc_stats(op.pid)
         items = [(f"t{i}", trainingjob(f"t{i}", args.gang, 2)) for i in range(args.jobs)]
         applied = apply_all(items, lambda obj: client.create(TRAININGJOB_RESOURCE(obj), namespace=ns))
