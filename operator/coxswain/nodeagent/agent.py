@@ -51,6 +51,11 @@ class AgentError(RuntimeError):
     """The agent cannot start (another agent holds the node, no root, no `ip`)."""
 
 
+def _directory(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _retry(e: Exception, count: int) -> OnErrorResult:
     return OnErrorResult(OnErrorAction.RETRY, sleep=min(5.0, 0.5 * count))
 
@@ -121,14 +126,10 @@ class Agent:
         if volume_name:
             pv = await self.client.get(PersistentVolume, volume_name)
             if pv.spec and pv.spec.hostPath is not None:
-                path = Path(pv.spec.hostPath.path)
-                path.mkdir(parents=True, exist_ok=True)
-                return path
+                return _directory(Path(pv.spec.hostPath.path))
             if pv.spec and pv.spec.local is not None:
                 return Path(pv.spec.local.path)
-        path = self.cfg.volumes_dir / namespace / claim
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return _directory(self.cfg.volumes_dir / namespace / claim)
 
     async def _token(self, namespace: str, service_account: str, seconds: int, audiences: list[str]) -> str:
         request = TokenRequest(spec=TokenRequestSpec(audiences=audiences, expirationSeconds=seconds))

@@ -392,13 +392,10 @@ class PodRunner:
             await self.report()
             return process.START_ERROR_EXIT
         hostname = (self.pod.get("spec") or {}).get("hostname") or self.name
-        script = process.setup_script(mounts, hostname, spec.get("workingDir"), started_marker, cdir / "staging")
-        netns = self.netns if not self.host_network else ""
-        proc = await (
-            process.spawn(netns, script, argv, env, log_path)
-            if netns
-            else process.spawn_host_network(script, argv, env, log_path)
+        script = process.setup_script(
+            mounts, hostname, spec.get("workingDir"), started_marker, cdir / "staging"
         )
+        proc = await process.spawn(None if self.host_network else self.netns, script, argv, env, log_path)
         init_pid = await process.container_init_pid(proc)
         started_at = status.now()
         r = Running(proc, init_pid, env, started_at, log_path, message_path, started_marker)
@@ -469,8 +466,8 @@ class PodRunner:
             return
         ip = str(self.ip)
 
-        async def run_exec(argv: Sequence[str], timeout: float) -> int:
-            return await process.exec_in(r.init_pid, argv, r.env, timeout)
+        async def run_exec(argv: Sequence[str], seconds: float) -> int:
+            return await process.exec_in(r.init_pid, argv, r.env, seconds)
 
         def readiness(ok: bool, message: str) -> None:
             if rec.ready != ok:

@@ -20,16 +20,16 @@ def _port(value: int | str, container: Mapping[str, Any]) -> int:
     raise ValueError(f"no container port named {value!r}")
 
 
-async def _http_get(host: str, port: int, path: str, headers: Mapping[str, str], timeout: float) -> bool:
+async def _http_get(host: str, port: int, path: str, headers: Mapping[str, str], seconds: float) -> bool:
     # A tiny HTTP/1.0 GET: 200-399 is success, as for the kubelet.
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), seconds)
     try:
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         writer.write(
             f"GET {path or '/'} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/coxswain\r\n{head}\r\n".encode()
         )
         await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout)
+        line = await asyncio.wait_for(reader.readline(), seconds)
         parts = line.split()
         return len(parts) >= 2 and 200 <= int(parts[1]) < 400
     finally:

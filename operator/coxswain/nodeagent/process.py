@@ -12,6 +12,7 @@ chain the whole tree to the agent: if the agent dies, its containers die with it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import shlex
@@ -19,6 +20,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 NSENTER = "/usr/bin/nsenter"
 UNSHARE = "/usr/bin/unshare"
@@ -47,7 +49,7 @@ def setup_script(
     # and written just before exec, so the agent can tell a start failure from an exit.
     lines = [
         f"mkdir -p {q(str(staging))}",
-        f"fail() {{ echo {q(START_ERROR_PREFIX)} \"$*\" >&2; exit {START_ERROR_EXIT}; }}",
+        f'fail() {{ echo {q(START_ERROR_PREFIX)} "$*" >&2; exit {START_ERROR_EXIT}; }}',
         f"exec 9>{q(str(started_marker))} || fail marker",
     ]
     ordered = sorted(mounts, key=lambda m: (m.target.rstrip("/").count("/"), m.target))
@@ -55,9 +57,7 @@ def setup_script(
     # pod's /tmp over a hostPath in /tmp, say) would otherwise hide it.
     for i, m in enumerate(ordered):
         src, stage = q(str(m.source)), q(str(staging / str(i)))
-        lines.append(
-            f"if [ -d {src} ]; then mkdir -p {stage}; else true > {stage}; fi || fail stage {src}"
-        )
+        lines.append(f"if [ -d {src} ]; then mkdir -p {stage}; else true > {stage}; fi || fail stage {src}")
         lines.append(f"{MOUNT} --bind {src} {stage} || fail mount {src}")
     # Parents first, so a mount below another lands inside it (as containerd orders them).
     for i, m in enumerate(ordered):
@@ -74,7 +74,9 @@ def setup_script(
     lines.append(f"{HOSTNAME} {q(hostname)} || fail hostname")
     if workdir:
         lines.append(f"mkdir -p {q(workdir)} && cd {q(workdir)} || fail workingDir {q(workdir)}")
-    lines.append('command -v "$1" >/dev/null 2>&1 || fail "exec: \\"$1\\": executable file not found in $PATH"')
+    lines.append(
+        'command -v "$1" >/dev/null 2>&1 || fail "exec: \\"$1\\": executable file not found in $PATH"'
+    )
     lines.append("echo started >&9; exec 9>&-")
     lines.append('exec "$@"')
     return "\n".join(lines)
@@ -86,13 +88,19 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
+def _open_log(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Handed to the child, closed by the caller right after the spawn.
+    return open(path, "ab")
+
+
 async def spawn(
-    netns: str, script: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
+    netns: str | None, script: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
 ) -> asyncio.subprocess.Process:
+    """Start the container; `netns` None keeps the host's network (hostNetwork pods)."""
+    enter = [NSENTER, f"--net=/run/netns/{netns}", "--"] if netns else []
     cmd = [
-        NSENTER,
-        f"--net=/run/netns/{netns}",
-        "--",
+        *enter,
         UNSHARE,
         "--mount",
         "--uts",
@@ -107,8 +115,8 @@ async def spawn(
         "container",
         *argv,
     ]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    log = _open_log(log_path)
+    try:
         return await asyncio.create_subprocess_exec(
             *cmd,
             stdin=asyncio.subprocess.DEVNULL,
@@ -118,6 +126,8 @@ async def spawn(
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
+    finally:
+        log.close()
 
 
 def child_pids(pid: int) -> list[int]:
@@ -128,10 +138,10 @@ def child_pids(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-async def container_init_pid(launcher: asyncio.subprocess.Process, timeout: float = 5.0) -> int | None:
+async def container_init_pid(launcher: asyncio.subprocess.Process, wait_seconds: float = 5.0) -> int | None:
     """The host PID of the container's PID 1 (unshare's forked child); None if it is gone."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + wait_seconds
     while loop.time() < deadline and launcher.returncode is None:
         kids = child_pids(launcher.pid)
         if kids:
@@ -143,10 +153,8 @@ async def container_init_pid(launcher: asyncio.subprocess.Process, timeout: floa
 def signal_pid(pid: int | None, sig: signal.Signals) -> None:
     if pid is None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def exit_code(returncode: int) -> int:
@@ -163,39 +171,7 @@ def process_start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-async def spawn_host_network(
-    script: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
-) -> asyncio.subprocess.Process:
-    """hostNetwork pods: the same namespaces but the host's network."""
-    cmd = [
-        UNSHARE,
-        "--mount",
-        "--uts",
-        "--pid",
-        "--fork",
-        "--kill-child",
-        "--mount-proc",
-        "--",
-        SH,
-        "-c",
-        script,
-        "container",
-        *argv,
-    ]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        return await asyncio.create_subprocess_exec(
-            *cmd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=dict(env),
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-
-
-async def exec_in(init_pid: int | None, argv: Sequence[str], env: Mapping[str, str], timeout: float) -> int:
+async def exec_in(init_pid: int | None, argv: Sequence[str], env: Mapping[str, str], seconds: float) -> int:
     """Run a command inside a running container's namespaces (exec probes)."""
     if init_pid is None:
         return 126
@@ -215,7 +191,7 @@ async def exec_in(init_pid: int | None, argv: Sequence[str], env: Mapping[str, s
         start_new_session=True,
     )
     try:
-        return await asyncio.wait_for(proc.wait(), timeout)
+        return await asyncio.wait_for(proc.wait(), seconds)
     except TimeoutError:
         proc.kill()
         await proc.wait()

@@ -51,6 +51,19 @@ def unsupported_volumes(pod: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _host_path(source: Mapping[str, Any]) -> Path:
+    path = Path(source["path"])
+    kind = source.get("type") or ""
+    if kind == "DirectoryOrCreate":
+        path.mkdir(parents=True, exist_ok=True)
+    elif kind == "FileOrCreate" and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    elif kind in ("Directory", "File") and not path.exists():
+        raise VolumeError(f"hostPath {path} does not exist (type {kind})")
+    return path
+
+
 def _write_file(path: Path, content: bytes, mode: int | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
@@ -116,16 +129,7 @@ async def prepare_volumes(
                 local.mkdir(parents=True, exist_ok=True)
                 out[name] = (local, False)
             elif vol.get("hostPath") is not None:
-                path = Path(vol["hostPath"]["path"])
-                kind = vol["hostPath"].get("type") or ""
-                if kind == "DirectoryOrCreate":
-                    path.mkdir(parents=True, exist_ok=True)
-                elif kind == "FileOrCreate" and not path.exists():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.touch()
-                elif kind in ("Directory", "File") and not path.exists():
-                    raise VolumeError(f"hostPath {path} does not exist (type {kind})")
-                out[name] = (path, False)
+                out[name] = (_host_path(vol["hostPath"]), False)
             elif vol.get("persistentVolumeClaim") is not None:
                 out[name] = (await sources.claim_path(ns, vol["persistentVolumeClaim"]["claimName"]), False)
             elif vol.get("configMap") is not None:
