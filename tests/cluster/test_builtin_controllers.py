@@ -13,9 +13,11 @@ from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Node, Pod
 
 from cluster_fixtures import ClusterHandle, wait_for
-from coxswain.devcluster.kwok_nodes import EXIT_CODE_ANNOTATION, FAKE_NODE_ANNOTATION
+from coxswain.devcluster.kwok_nodes import EXIT_CODE_ANNOTATION, FAKE_NODE_ANNOTATION, KWOK_NODE_SELECTOR
 
 pytestmark = pytest.mark.cluster
+
+# Pods here carry KWOK_NODE_SELECTOR: the shared cluster may also hold node-agent Nodes.
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
@@ -46,7 +48,7 @@ def test_deployment_makes_replicaset_and_pods_running_on_kwok_nodes(
                     "selector": {"matchLabels": {"app": "web"}},
                     "template": {
                         "metadata": {"labels": {"app": "web"}},
-                        "spec": {"containers": [container()]},
+                        "spec": {"nodeSelector": KWOK_NODE_SELECTOR, "containers": [container()]},
                     },
                 },
             }
@@ -91,7 +93,13 @@ def indexed_job(name: str, completions: int, **resources: Any) -> dict[str, Any]
             "completions": completions,
             "parallelism": completions,
             "backoffLimit": 0,
-            "template": {"spec": {"restartPolicy": "Never", "containers": [container(**resources)]}},
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "nodeSelector": KWOK_NODE_SELECTOR,
+                    "containers": [container(**resources)],
+                }
+            },
         },
     }
 
@@ -148,7 +156,7 @@ def test_deleting_an_owner_garbage_collects_its_children(cluster: ClusterHandle,
                     "selector": {"matchLabels": {"app": "owner"}},
                     "template": {
                         "metadata": {"labels": {"app": "owner"}},
-                        "spec": {"containers": [container()]},
+                        "spec": {"nodeSelector": KWOK_NODE_SELECTOR, "containers": [container()]},
                     },
                 },
             }

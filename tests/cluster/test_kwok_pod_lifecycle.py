@@ -13,7 +13,12 @@ from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Node, Pod
 
 from cluster_fixtures import ClusterHandle, wait_for
-from coxswain.devcluster.kwok_nodes import EXIT_CODE_ANNOTATION, EXIT_DELAY_ANNOTATION, EXIT_REASON_ANNOTATION
+from coxswain.devcluster.kwok_nodes import (
+    EXIT_CODE_ANNOTATION,
+    EXIT_DELAY_ANNOTATION,
+    EXIT_REASON_ANNOTATION,
+    KWOK_NODE_SELECTOR,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -27,6 +32,8 @@ def job_pod(
     }
     if node_name:
         spec["nodeName"] = node_name
+    else:
+        spec["nodeSelector"] = KWOK_NODE_SELECTOR  # the shared cluster may hold node-agent Nodes
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -100,6 +107,7 @@ def test_failed_job_pod_fails_the_job_with_backoff_limit_zero(cluster: ClusterHa
                         "metadata": {"annotations": {EXIT_CODE_ANNOTATION: "2"}},
                         "spec": {
                             "restartPolicy": "Never",
+                            "nodeSelector": KWOK_NODE_SELECTOR,
                             "containers": [{"name": "main", "image": "registry.invalid/none:1"}],
                         },
                     },

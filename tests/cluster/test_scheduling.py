@@ -10,20 +10,20 @@ from lightkube.codecs import from_dict
 from lightkube.resources.core_v1 import Node, Pod
 
 from cluster_fixtures import ClusterHandle, wait_for
-from coxswain.devcluster.kwok_nodes import GPU_RESOURCE, NODE_POOL_LABEL
+from coxswain.devcluster.kwok_nodes import GPU_RESOURCE, KWOK_NODE_SELECTOR, NODE_POOL_LABEL
 
 pytestmark = pytest.mark.cluster
 
 
 def pod(name: str, gpus: int = 0, node_selector: dict[str, str] | None = None) -> dict[str, Any]:
+    """A pod kept to kwok nodes: the shared cluster may also hold node-agent Nodes."""
     resources = {GPU_RESOURCE: str(gpus)} if gpus else {}
     spec: dict[str, Any] = {
         "containers": [
             {"name": "main", "image": "registry.invalid/none:1", "resources": {"limits": resources}}
         ]
     }
-    if node_selector:
-        spec["nodeSelector"] = node_selector
+    spec["nodeSelector"] = {**KWOK_NODE_SELECTOR, **(node_selector or {})}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -32,10 +32,14 @@ def pod(name: str, gpus: int = 0, node_selector: dict[str, str] | None = None) -
     }
 
 
+def kwok_nodes(cluster: ClusterHandle) -> list[Node]:
+    return list(cluster.client.list(Node, labels=KWOK_NODE_SELECTOR))  # type: ignore[arg-type]
+
+
 def gpu_nodes(cluster: ClusterHandle) -> set[str]:
     return {
         n.metadata.name
-        for n in cluster.client.list(Node)
+        for n in kwok_nodes(cluster)
         if int((n.status.allocatable or {}).get(GPU_RESOURCE, "0")) > 0
     }
 
@@ -44,7 +48,7 @@ def test_gpu_pods_land_only_on_gpu_nodes(cluster: ClusterHandle, namespace: str)
     client = cluster.client
     with_gpus = gpu_nodes(cluster)
     assert with_gpus, "the cluster has no GPU nodes"
-    for n in client.list(Node):
+    for n in kwok_nodes(cluster):
         if n.metadata.name in with_gpus:
             labels = n.metadata.labels
             assert labels["nvidia.com/gpu.present"] == "true"
@@ -84,7 +88,7 @@ def test_pod_asking_more_gpus_than_any_node_has_stays_pending_with_reason(
     cluster: ClusterHandle, namespace: str
 ) -> None:
     client = cluster.client
-    most = max(int(n.status.allocatable.get(GPU_RESOURCE, "0")) for n in client.list(Node))
+    most = max(int(n.status.allocatable.get(GPU_RESOURCE, "0")) for n in kwok_nodes(cluster))
     client.create(from_dict(pod("too-big", gpus=most * 2)), namespace=namespace)
 
     def unschedulable() -> Any:

@@ -16,6 +16,9 @@ FAKE_NODE_VALUE = "fake"
 NODE_POOL_LABEL = "coxswain.dev/node-pool"
 GPU_RESOURCE = "nvidia.com/gpu"
 STAGES_FILE = Path(__file__).with_name("kwok_stages.yaml")
+# Every kwok node carries this label: a nodeSelector keeping a pod off other nodes (the node
+# agent's real ones, say) when it shares a cluster with them.
+KWOK_NODE_SELECTOR = {"type": "kwok"}
 
 # Annotations a test sets on a pod bound to a kwok node to end it (see kwok_stages.yaml).
 EXIT_CODE_ANNOTATION = "coxswain.dev/kwok-exit"
