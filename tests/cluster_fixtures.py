@@ -32,6 +32,9 @@ from coxswain.devcluster.crds import apply_crds, wait_established
 REPO = Path(__file__).resolve().parents[1]
 CRDS_DIR = REPO / "crds"
 KEEP_ENV = "COXSWAIN_KEEP_CLUSTER"
+# How long a test waits for the controllers, scheduler or kwok to act. They take well under a
+# second when idle; 2 cores shared with torch training and Go builds stretch that a lot.
+SETTLE = 60.0
 
 T = TypeVar("T")
 
@@ -67,7 +70,7 @@ class ClusterHandle:
         )
 
 
-def wait_for(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
+def wait_for(probe: Callable[[], T | None], timeout: float = SETTLE, what: str = "condition") -> T:
     """Poll `probe` until it returns something truthy; fail the test with `what` otherwise."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -108,7 +111,9 @@ def namespace(cluster: ClusterHandle) -> Iterator[str]:
     client.create(Namespace(metadata=ObjectMeta(name=name)))
     # Pods are refused until the namespace's default ServiceAccount exists.
     wait_for(
-        lambda: client.get(ServiceAccount, "default", namespace=name), 30, f"ServiceAccount {name}/default"
+        lambda: client.get(ServiceAccount, "default", namespace=name),
+        SETTLE,
+        f"ServiceAccount {name}/default",
     )
     yield name
     client.delete(Namespace, name)

@@ -12,7 +12,7 @@ from lightkube.resources.apps_v1 import Deployment, ReplicaSet
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Node, Pod
 
-from cluster_fixtures import ClusterHandle, wait_for
+from cluster_fixtures import SETTLE, ClusterHandle, wait_for
 from coxswain.devcluster.kwok_nodes import EXIT_CODE_ANNOTATION, FAKE_NODE_ANNOTATION, KWOK_NODE_SELECTOR
 
 pytestmark = pytest.mark.cluster
@@ -55,7 +55,7 @@ def test_deployment_makes_replicaset_and_pods_running_on_kwok_nodes(
         ),
         namespace=namespace,
     )
-    replicasets = wait_for(lambda: list(client.list(ReplicaSet, namespace=namespace)), 30, "a ReplicaSet")
+    replicasets = wait_for(lambda: list(client.list(ReplicaSet, namespace=namespace)), SETTLE, "a ReplicaSet")
     assert replicasets[0].metadata.ownerReferences[0].kind == "Deployment"
     running = wait_for(
         lambda: (
@@ -64,7 +64,7 @@ def test_deployment_makes_replicaset_and_pods_running_on_kwok_nodes(
             and all(x.status.phase == "Running" for x in p)
             and p
         ),
-        30,
+        SETTLE,
         "3 Running pods",
     )
     fake_nodes = {
@@ -78,7 +78,7 @@ def test_deployment_makes_replicaset_and_pods_running_on_kwok_nodes(
         assert pod.status.podIP
     wait_for(
         lambda: (d := client.get(Deployment, "web", namespace=namespace)).status.readyReplicas == 3 and d,
-        30,
+        SETTLE,
         "Deployment ready 3/3",
     )
 
@@ -116,7 +116,7 @@ def test_indexed_job_makes_one_pod_per_completion_index_and_completes(
             and all(x.status.phase == "Running" for x in p)
             and p
         ),
-        30,
+        SETTLE,
         "3 Running Job pods",
     )
     indexes = sorted(int(p.metadata.annotations[COMPLETION_INDEX]) for p in pods)
@@ -138,7 +138,7 @@ def test_indexed_job_makes_one_pod_per_completion_index_and_completes(
         conditions = job.status.conditions or []
         return job if any(c.type == "Complete" and c.status == "True" for c in conditions) else None
 
-    job = wait_for(complete, 30, "the Job to be Complete")
+    job = wait_for(complete, SETTLE, "the Job to be Complete")
     assert job.status.succeeded == 3
     assert job.status.completedIndexes == "0-2"
 
@@ -163,7 +163,7 @@ def test_deleting_an_owner_garbage_collects_its_children(cluster: ClusterHandle,
         ),
         namespace=namespace,
     )
-    wait_for(lambda: len(pods_of(cluster, namespace, app="owner")) == 2, 30, "2 pods")
+    wait_for(lambda: len(pods_of(cluster, namespace, app="owner")) == 2, SETTLE, "2 pods")
     # Also an arbitrary object owned by another, as the operator's children will be.
     parent = client.create(
         from_dict({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "parent"}}),

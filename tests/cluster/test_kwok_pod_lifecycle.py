@@ -12,7 +12,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Node, Pod
 
-from cluster_fixtures import ClusterHandle, wait_for
+from cluster_fixtures import SETTLE, ClusterHandle, wait_for
 from coxswain.devcluster.kwok_nodes import (
     EXIT_CODE_ANNOTATION,
     EXIT_DELAY_ANNOTATION,
@@ -48,7 +48,7 @@ def finished(cluster: ClusterHandle, namespace: str, name: str) -> Pod:
             (p := cluster.client.get(Pod, name, namespace=namespace)).status.phase in ("Succeeded", "Failed")
             and p
         ),
-        30,
+        SETTLE,
         f"{name} to finish",
     )
 
@@ -56,7 +56,7 @@ def finished(cluster: ClusterHandle, namespace: str, name: str) -> Pod:
 def test_pod_runs_until_asked_then_succeeds(cluster: ClusterHandle, namespace: str) -> None:
     client = cluster.client
     client.create(from_dict(job_pod("ok")), namespace=namespace)
-    wait_for(lambda: client.get(Pod, "ok", namespace=namespace).status.phase == "Running", 30, "Running")
+    wait_for(lambda: client.get(Pod, "ok", namespace=namespace).status.phase == "Running", SETTLE, "Running")
     client.patch(Pod, "ok", {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "0"}}}, namespace=namespace)
     pod = finished(cluster, namespace, "ok")
     assert pod.status.phase == "Succeeded"
@@ -86,7 +86,9 @@ def test_exit_delay_keeps_the_pod_running_first(cluster: ClusterHandle, namespac
     client = cluster.client
     annotations = {EXIT_CODE_ANNOTATION: "3", EXIT_DELAY_ANNOTATION: "3s"}
     client.create(from_dict(job_pod("later", annotations)), namespace=namespace)
-    wait_for(lambda: client.get(Pod, "later", namespace=namespace).status.phase == "Running", 30, "Running")
+    wait_for(
+        lambda: client.get(Pod, "later", namespace=namespace).status.phase == "Running", SETTLE, "Running"
+    )
     pod = finished(cluster, namespace, "later")
     terminated = pod.status.containerStatuses[0].state.terminated
     assert terminated.exitCode == 3
@@ -122,7 +124,7 @@ def test_failed_job_pod_fails_the_job_with_backoff_limit_zero(cluster: ClusterHa
             and any(c.type == "Failed" and c.status == "True" for c in j.status.conditions or [])
             and j
         ),
-        30,
+        SETTLE,
         "Job Failed",
     )
     assert job.status.succeeded in (None, 0)
@@ -131,11 +133,13 @@ def test_failed_job_pod_fails_the_job_with_backoff_limit_zero(cluster: ClusterHa
 def test_deleted_running_pod_is_removed(cluster: ClusterHandle, namespace: str) -> None:
     client = cluster.client
     client.create(from_dict(job_pod("gone")), namespace=namespace)
-    wait_for(lambda: client.get(Pod, "gone", namespace=namespace).status.phase == "Running", 30, "Running")
+    wait_for(
+        lambda: client.get(Pod, "gone", namespace=namespace).status.phase == "Running", SETTLE, "Running"
+    )
     client.delete(Pod, "gone", namespace=namespace)
     wait_for(
         lambda: not [p for p in client.list(Pod, namespace=namespace) if p.metadata.name == "gone"],
-        30,
+        SETTLE,
         "removal",
     )
 

@@ -9,7 +9,7 @@ import pytest
 from lightkube.codecs import from_dict
 from lightkube.resources.core_v1 import Node, Pod
 
-from cluster_fixtures import ClusterHandle, wait_for
+from cluster_fixtures import SETTLE, ClusterHandle, wait_for
 from coxswain.devcluster.kwok_nodes import GPU_RESOURCE, KWOK_NODE_SELECTOR, NODE_POOL_LABEL
 
 pytestmark = pytest.mark.cluster
@@ -64,7 +64,7 @@ def test_gpu_pods_land_only_on_gpu_nodes(cluster: ClusterHandle, namespace: str)
             and all(p.status.phase == "Running" for p in ps)
             and ps
         ),
-        30,
+        SETTLE,
         "4 GPU pods Running",
     )
     for p in bound:
@@ -78,7 +78,7 @@ def test_pod_selecting_gpu_labels_lands_on_gpu_node(cluster: ClusterHandle, name
     )
     running = wait_for(
         lambda: (p := client.get(Pod, "by-label", namespace=namespace)).status.phase == "Running" and p,
-        30,
+        SETTLE,
         "Running",
     )
     assert running.spec.nodeName in gpu_nodes(cluster)
@@ -98,7 +98,7 @@ def test_pod_asking_more_gpus_than_any_node_has_stays_pending_with_reason(
                 return p, c
         return None
 
-    p, condition = wait_for(unschedulable, 30, "PodScheduled=False/Unschedulable")
+    p, condition = wait_for(unschedulable, SETTLE, "PodScheduled=False/Unschedulable")
     assert p.status.phase == "Pending"
     assert p.spec.nodeName is None
     assert f"Insufficient {GPU_RESOURCE}" in condition.message
