@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -507,3 +509,65 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_liveness_failure_restarts_the_container_and_init_containers_run_first(
+    cluster: ClusterHandle, agent: AgentProcess, namespace: str
+) -> None:
+    # Healthy for 2 s, then /healthz fails: the liveness probe must restart the container.
+    script = """
+import http.server, time
+start = time.monotonic()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if time.monotonic() - start < 2 else 500); self.end_headers()
+    def log_message(self, *a): pass
+print(open("/shared/init.txt").read(), flush=True)
+http.server.HTTPServer(("0.0.0.0", 8000), H).serve_forever()
+"""
+    manifest = pod(
+        agent,
+        "sickly",
+        script,
+        restartPolicy="Always",
+        terminationGracePeriodSeconds=1,
+        container={
+            "livenessProbe": {
+                "httpGet": {"path": "/healthz", "port": 8000},
+                "periodSeconds": 1,
+                "failureThreshold": 2,
+            },
+            "startupProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 1, "failureThreshold": 30},
+            "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+        },
+        volumes=[{"name": "shared", "emptyDir": {}}],
+    )
+    manifest["spec"]["initContainers"] = [
+        {
+            "name": "prepare",
+            "image": "busybox",
+            "command": ["sh", "-c", "echo prepared by init > /shared/init.txt"],
+            "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+        }
+    ]
+    apply(cluster, namespace, manifest)
+
+    def restarted() -> dict[str, Any] | None:
+        p = pod_dict(cluster, namespace, "sickly")
+        statuses = p["status"].get("containerStatuses") or []
+        return p if statuses and statuses[0]["restartCount"] >= 1 else None
+
+    p = wait_for(restarted, 60, "a liveness restart")
+    init = p["status"]["initContainerStatuses"][0]
+    assert init["state"]["terminated"]["exitCode"] == 0
+    assert p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] != 0
+    # `coxswain logs` reads the agent's files: the current run and the one before it.
+    for extra in ([], ["--previous"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "coxswain", "logs", "sickly", "-n", namespace, "-c", "main", *extra],
+            capture_output=True,
+            text=True,
+            env={**cluster.env(), "COXSWAIN_AGENT_DIR": str(agent.data_dir.parent)},
+            check=True,
+        ).stdout
+        assert "prepared by init" in out

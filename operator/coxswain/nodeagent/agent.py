@@ -155,6 +155,8 @@ class Agent:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
             await clean_leftovers(self.cfg)
+            # Logs outlive their pods until the next start, for post-mortems (`coxswain logs`).
+            shutil.rmtree(self.cfg.logs_dir, ignore_errors=True)
             await network.ensure_bridge(self.cfg.bridge, self.cfg.gateway, self.cfg.network.prefixlen)
             try:
                 node_uid = await self._register()
