@@ -37,6 +37,9 @@ from coxswain.modelservice.scrape import PodSample
 from coxswain.modelservice.source import NotServable, ServedModel, resolve
 
 
+MIN_RATE_SECONDS = 2.0
+
+
 class Reason(StrEnum):
     """Reasons api/conditions.py does not have yet (CamelCase, defined once, here)."""
 
@@ -148,7 +151,9 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     current = ms.spec.replicas
     effective = current if current is not None else autoscaler.floor_replicas(auto)
     win = window(memory.previous, obs.samples) if memory.previous and obs.samples else None
-    if obs.samples:
+    # Rates over less than MIN_RATE_SECONDS (passes woken by pod events come close
+    # together) are noise: keep the older sample as the base until the window is long enough.
+    if obs.samples and (win is None or win.pods == 0 or win.seconds >= MIN_RATE_SECONDS):
         memory.previous = dict(obs.samples)
     status.load = _load(obs.samples, win)
     if auto.mode == AutoscalingMode.BUILTIN and not isinstance(served, NotServable):
@@ -167,6 +172,11 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
             actions.append(Action(ActionKind.SET_REPLICAS, replicas=effective))
             verb = "ScaledUp" if effective > (current or 0) else "ScaledDown"
             result.events.append(Event("Normal", verb, f"replicas {current or 0} -> {effective}: {why}"))
+    elif current is None:
+        # The scale subresource (kubectl scale, an HPA) fails while spec.replicas is unset.
+        why = f"initial replicas {effective} (autoscaling.mode {auto.mode.value})"
+        status.last_scale_decision = ScaleDecision(time=now, from_=0, to=effective, reason=why)
+        actions.append(Action(ActionKind.SET_REPLICAS, replicas=effective))
     if auto.mode == AutoscalingMode.HPA:
         hpa = builders.build_hpa(ms)
         if _hash(obs.hpa) != _hash(hpa):

@@ -137,8 +137,11 @@ def test_training_job_not_ready_creates_no_deployment() -> None:
 
 
 def test_hpa_mode_makes_an_hpa_and_leaves_replicas_alone() -> None:
-    p = plan(make(autoscaling={"mode": "hpa"}), observed(), Memory(), NOW, 0.0)
+    p = plan(make(replicas=3, autoscaling={"mode": "hpa"}), observed(), Memory(), NOW, 0.0)
     assert ActionKind.ENSURE_HPA in kinds(p) and ActionKind.SET_REPLICAS not in kinds(p)
+    # The scale subresource needs spec.replicas to exist before an HPA can read it.
+    p = plan(make(autoscaling={"mode": "hpa", "minReplicas": 2}), observed(), Memory(), NOW, 0.0)
+    assert [a.replicas for a in p.actions if a.kind == ActionKind.SET_REPLICAS] == [2]
     hpa = builders.build_hpa(make(autoscaling={"mode": "hpa"}))
     p = plan(make(replicas=1), observed(hpa=hpa), Memory(), NOW, 0.0)
     assert ActionKind.DELETE_HPA in kinds(p)
