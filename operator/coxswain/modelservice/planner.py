@@ -36,7 +36,6 @@ from coxswain.modelservice.readiness import inspect_pods, load_failure_reason, w
 from coxswain.modelservice.scrape import PodSample
 from coxswain.modelservice.source import NotServable, ServedModel, resolve
 
-
 MIN_RATE_SECONDS = 2.0
 
 
