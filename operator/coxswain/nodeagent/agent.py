@@ -81,6 +81,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._stopping = False
         self._services: list[dict[str, Any]] = []
+        self._started_at = node.micro_now()[:19] + "Z"
 
     # ---- PodHost ------------------------------------------------------------------------------
     def changed(self) -> None:
@@ -225,7 +226,7 @@ class Agent:
     async def _patch_node_status(
         self, ready: bool, message: str = "the coxswain node agent is running pods"
     ) -> None:
-        body = {"status": node.node_status(self.cfg, ready, message)}
+        body = {"status": node.node_status(self.cfg, ready, message, self._started_at)}
         await self.client.patch(Node.Status, self.cfg.node_name, body, patch_type=PatchType.STRATEGIC)
 
     async def _heartbeat(self, node_uid: str) -> None:

@@ -87,16 +87,21 @@ async def list_netns() -> list[str]:
 
 
 class AddressPool:
-    """Pod IPs from the node's CIDR: .1 is the gateway, the rest are handed out lowest first."""
+    """Pod IPs from the node's CIDR: .1 is the gateway; the rest are handed out round-robin,
+    so a freed address is not reused at once (the host's ARP cache may still point at the
+    old pod's veth for a few seconds)."""
 
     def __init__(self, network: ipaddress.IPv4Network) -> None:
-        self._free = list(network.hosts())[1:]
+        self._all = list(network.hosts())[1:]
         self._used: set[ipaddress.IPv4Address] = set()
+        self._next = 0
 
     def take(self) -> ipaddress.IPv4Address:
-        for addr in self._free:
+        for i in range(len(self._all)):
+            addr = self._all[(self._next + i) % len(self._all)]
             if addr not in self._used:
                 self._used.add(addr)
+                self._next = (self._next + i + 1) % len(self._all)
                 return addr
         raise NetworkError("the pod CIDR has no free address left: use a larger --pod-cidr")
 

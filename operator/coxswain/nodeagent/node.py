@@ -56,9 +56,14 @@ def node_manifest(cfg: AgentConfig) -> dict[str, Any]:
 
 
 def node_status(
-    cfg: AgentConfig, ready: bool = True, message: str = "the coxswain node agent is running pods"
+    cfg: AgentConfig,
+    ready: bool = True,
+    message: str = "the coxswain node agent is running pods",
+    since: str | None = None,
 ) -> dict[str, Any]:
+    """`since`: when the conditions last changed (the agent's start); heartbeats keep it."""
     now = micro_now()[:19] + "Z"
+    since = since or now
 
     def cond(type_: str, status: bool, reason: str, msg: str) -> dict[str, Any]:
         return {
@@ -67,7 +72,7 @@ def node_status(
             "reason": reason,
             "message": msg,
             "lastHeartbeatTime": now,
-            "lastTransitionTime": now,
+            "lastTransitionTime": since,
         }
 
     uname = platform.uname()
