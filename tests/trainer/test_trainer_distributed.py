@@ -87,3 +87,18 @@ def test_killed_rank_stops_the_gang_and_the_rerun_resumes_to_the_same_loss(tmp_p
     a, b = _final_model(tmp_path / "reference" / "checkpoints"), _final_model(crashed_dir / "checkpoints")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+def test_hung_rank_makes_the_other_exit_3_after_the_collective_timeout(tmp_path: Path) -> None:
+    spec = merge(SMALL_SPEC, {"optimization": {"batchSize": 8, "epochs": 50}})
+    gang = launch(spec, tmp_path, world_size=2, env={"COXSWAIN_COLLECTIVE_TIMEOUT_SECONDS": "10"})
+    try:
+        gang.wait_for(lambda: bool(gang.find("training_started")), what="training to start")
+        gang.procs[1].send_signal(signal.SIGSTOP)  # alive but stuck: no closed socket to notice
+        stopped_at = time.monotonic()
+        code = gang.procs[0].wait(timeout=60)
+        assert code == 3, gang.dump()
+        assert time.monotonic() - stopped_at < 40
+        assert gang.find("peer_failed"), gang.dump()
+    finally:
+        gang.kill()
