@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,77 @@ def alert_queries() -> list[tuple[str, str]]:
 def concrete(expr: str, rate_interval: str = "1m") -> str:
     """A dashboard query as Grafana sends it: variables replaced (all namespaces selected)."""
     return expr.replace("$__rate_interval", rate_interval).replace("$namespace", ".*")
+
+
+@dataclass
+class Release:
+    """A release of the chart on the local cluster and the identity of its ServiceAccount."""
+
+    name: str
+    namespace: str
+    service_account: str
+    kubeconfig: Path  # authenticates as the ServiceAccount
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> int:
+        """One real API request as the ServiceAccount; returns the HTTP status."""
+        import base64
+        import ssl
+
+        import httpx
+
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        cluster = config["clusters"][0]["cluster"]
+        token = config["users"][0]["user"]["token"]
+        context = ssl.create_default_context(
+            cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
+        )
+        content_type = "application/merge-patch+json" if method == "PATCH" else "application/json"
+        response = httpx.request(
+            method,
+            cluster["server"] + path,
+            json=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": content_type, **(headers or {})},
+            verify=context,
+            timeout=30,
+        )
+        return response.status_code
+
+
+def install(
+    cluster: Any, tmp: Path, name: str, values: dict[str, Any], namespace: str | None = None
+) -> Release:
+    """`helm install` (CRDs are already applied by the cluster fixture, as helm would skip them)."""
+    namespace = namespace or name
+    # A unique peering name: ClusterKopfPeering objects are cluster-wide, releases are not.
+    values = {"peering": {"name": name}, **values}
+    helm(
+        "install",
+        name,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "120s",
+        *values_args(values, tmp),
+        env=cluster.env(),
+    )
+    account = f"{name}-coxswain" if "coxswain" not in name else name
+    kubeconfig = service_account_kubeconfig(
+        cluster.kubeconfig, cluster.kubectl, namespace, account, tmp / f"{name}.kubeconfig"
+    )
+    return Release(name, namespace, account, kubeconfig)
+
+
+def uninstall(cluster: Any, release: Release) -> None:
+    helm(
+        "uninstall", release.name, "--namespace", release.namespace, "--wait", env=cluster.env(), check=False
+    )
+    cluster.kubectl(
+        "delete", "namespace", release.namespace, "--wait=false", "--ignore-not-found", check=False
+    )
