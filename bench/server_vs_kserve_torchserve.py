@@ -281,13 +281,40 @@ class Bench:
         return out
 
 
+def measure(
+    bench: Bench, target: Target, model: str, tmp: Path, load: Callable[[str, Path], Load]
+) -> Load | None:
+    """Start `target` serving `model`, warm it up, run `load` against it, stop it."""
+    port = free_port() if target.name != "torchserve" else _free_port_triple()
+    body_file = tmp / f"{target.name}-{model}.json"
+    body_file.write_bytes(target.body(model))
+    log(f"{target.name} {model}: starting on port {port}")
+    process = target.start(model, tmp / f"{target.name}-{model}.log", port)
+    try:
+        url = target.infer_url(model, port)
+        if target.ready_url is not None:
+            wait_until(target.ready_url(model, port), None, process)
+        wait_until(url, body_file.read_bytes(), process)
+        run_wrk(url, body_file, 2)  # warm-up: JIT profiling, allocator pools, connections
+        return load(url, body_file)
+    except Exception as exc:  # one server failing must not hide the others' numbers
+        log(f"{target.name} {model}: FAILED: {exc}")
+        return None
+    finally:
+        process.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument(
-        "--rate", type=float, default=2000.0, help="requests/s for the fixed-rate latency runs"
+        "--rate",
+        type=float,
+        default=0.0,
+        help="requests/s for the fixed-rate latency runs (default: half the slowest server's saturated rate, "
+        "so every server runs below saturation)",
     )
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--only", default="", help="comma-separated server names to run (default: all)")
@@ -296,59 +323,62 @@ def main() -> int:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: bash dev/install-system-deps.sh")
     baselines = None if args.no_baselines else ensure_baselines_venv()
-    results: dict[tuple[str, str], tuple[Load, Load]] = {}
-    with tempfile.TemporaryDirectory(prefix="coxswain-bench-") as tmp:
-        bench = Bench(Path(tmp), baselines)
+    saturated: dict[tuple[str, str], Load] = {}
+    fixed: dict[tuple[str, str], Load] = {}
+    rates: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="coxswain-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        bench = Bench(tmp, baselines)
         only = set(filter(None, args.only.split(",")))
+        targets = [t for t in bench.targets() if not only or t.name in only]
         for model in args.models.split(","):
-            for target in bench.targets():
-                if only and target.name not in only:
-                    continue
-                port = free_port() if target.name != "torchserve" else _free_port_triple()
-                body_file = Path(tmp) / f"{target.name}-{model}.json"
-                body_file.write_bytes(target.body(model))
-                log(f"{target.name} {model}: starting on port {port}")
-                process = target.start(model, Path(tmp) / f"{target.name}-{model}.log", port)
-                try:
-                    url = target.infer_url(model, port)
-                    if target.ready_url is not None:
-                        wait_until(target.ready_url(model, port), None, process)
-                    wait_until(url, body_file.read_bytes(), process)
-                    run_wrk(url, body_file, 2)  # warm-up: JIT profiling, allocator pools, connections
-                    saturated = run_wrk(url, body_file, args.duration)
-                    fixed = run_wrk(url, body_file, args.duration, rate=args.rate)
-                except Exception as exc:  # one server failing must not hide the others' numbers
-                    log(f"{target.name} {model}: FAILED: {exc}")
-                    continue
-                finally:
-                    process.stop()
-                results[(target.name, model)] = (saturated, fixed)
-                print(
-                    f"raw {target.name} {model} saturation rps={saturated.rps:.0f} p50_ms={saturated.p50_ms:.2f} "
-                    f"p99_ms={saturated.p99_ms:.2f} requests={saturated.requests} bad={saturated.bad} | "
-                    f"fixed_rate rps={fixed.rps:.0f} p50_ms={fixed.p50_ms:.2f} p99_ms={fixed.p99_ms:.2f} bad={fixed.bad}",
-                    flush=True,
+            for target in targets:
+                result = measure(bench, target, model, tmp, partial(run_wrk, seconds=args.duration))
+                if result is not None:
+                    saturated[(target.name, model)] = result
+                    print(
+                        f"raw {target.name} {model} saturation c={CONNECTIONS} rps={result.rps:.0f} "
+                        f"p50_ms={result.p50_ms:.2f} p99_ms={result.p99_ms:.2f} requests={result.requests} bad={result.bad}",
+                        flush=True,
+                    )
+            measured = [saturated[(t.name, model)].rps for t in targets if (t.name, model) in saturated]
+            rate = args.rate or (0.5 * min(measured) if measured else 100.0)
+            rates[model] = rate
+            for target in targets:
+                result = measure(
+                    bench,
+                    target,
+                    model,
+                    tmp,
+                    partial(run_wrk, seconds=args.duration, rate=rate),
                 )
+                if result is not None:
+                    fixed[(target.name, model)] = result
+                    print(
+                        f"raw {target.name} {model} fixed_rate target={rate:.0f} rps={result.rps:.0f} "
+                        f"p50_ms={result.p50_ms:.2f} p99_ms={result.p99_ms:.2f} requests={result.requests} bad={result.bad}",
+                        flush=True,
+                    )
     print()
-    print(f"{'server':<13} {'model':<5} {'req/s (c=32)':>12} {'p50 ms':>7} {'p99 ms':>7} | "
-          f"{'req/s @rate':>11} {'p50 ms':>7} {'p99 ms':>7}")  # fmt: skip
-    for (name, model), (s, f) in results.items():
-        print(
-            f"{name:<13} {model:<5} {s.rps:>12.0f} {s.p50_ms:>7.2f} {s.p99_ms:>7.2f} | {f.rps:>11.0f} {f.p50_ms:>7.2f} {f.p99_ms:>7.2f}"
-        )
+    print(f"{'server':<13} {'model':<5} {'req/s c=32':>10} {'p50 ms':>7} {'p99 ms':>7} | "
+          f"{'fixed rate':>10} {'p50 ms':>7} {'p99 ms':>7}")  # fmt: skip
+    for (name, model), s in saturated.items():
+        f = fixed.get((name, model))
+        tail = f"{f.rps:>10.0f} {f.p50_ms:>7.2f} {f.p99_ms:>7.2f}" if f else f"{'-':>10} {'-':>7} {'-':>7}"
+        print(f"{name:<13} {model:<5} {s.rps:>10.0f} {s.p50_ms:>7.2f} {s.p99_ms:>7.2f} | {tail}")
     print()
     for model in args.models.split(","):
         for ours in ("coxswain-v1", "coxswain-v2"):
-            if (ours, model) not in results:
-                continue
-            s, f = results[(ours, model)]
             for other in ("kserve", "torchserve", "bare-asgi"):
-                if (other, model) not in results:
-                    continue
-                so, fo = results[(other, model)]
-                print(f"ratio throughput_{ours}_vs_{other}_{model} {s.rps / so.rps:.2f}")
-                print(f"ratio p99_saturated_{other}_over_{ours}_{model} {so.p99_ms / s.p99_ms:.2f}")
-                print(f"ratio p99_fixed_rate_{other}_over_{ours}_{model} {fo.p99_ms / f.p99_ms:.2f}")
+                if (ours, model) in saturated and (other, model) in saturated:
+                    s, so = saturated[(ours, model)], saturated[(other, model)]
+                    print(f"ratio throughput_{ours}_vs_{other}_{model} {s.rps / so.rps:.2f}")
+                    print(f"ratio p99_saturated_{other}_over_{ours}_{model} {so.p99_ms / s.p99_ms:.2f}")
+                if (ours, model) in fixed and (other, model) in fixed:
+                    f, fo = fixed[(ours, model)], fixed[(other, model)]
+                    print(
+                        f"ratio p99_at_{rates[model]:.0f}rps_{other}_over_{ours}_{model} {fo.p99_ms / f.p99_ms:.2f}"
+                    )
     return 0
 
 
