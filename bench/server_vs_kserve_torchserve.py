@@ -199,7 +199,7 @@ class Bench:
         from server_models import write_model
 
         for model in ITEM_SHAPES:
-            write_model(self.repo, model, "v1", model, seed=0)  # type: ignore[arg-type]
+            write_model(self.repo, model, "v1", model, seed=0)
 
     def model_file(self, model: str) -> Path:
         return self.repo / model / "v1" / "model.pt"
