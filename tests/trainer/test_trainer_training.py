@@ -15,6 +15,7 @@ from trainer_harness import merge
 
 from coxswain.api.trainingjob import TrainingJobSpec
 from coxswain_trainer.checkpoint import CheckpointStore
+from coxswain_trainer.config import ConfigError
 from coxswain_trainer.distributed import Topology
 from coxswain_trainer.loop import RunResult, Trainer
 from coxswain_trainer.metrics import TrainerMetrics
@@ -136,3 +137,14 @@ def test_custom_task_example_trains(tmp_path: Path) -> None:
     assert trainer.task.architecture_kind == "custom"
     assert result.eval_metrics["r2"] > 0.9
     assert result.eval_metrics["eval_loss"] < 0.05
+
+
+def test_early_stopping_on_a_metric_the_task_lacks_is_a_config_error(tmp_path: Path) -> None:
+    spec = {
+        "task": DIABETES_LINEAR,
+        "evaluation": {"earlyStopping": {"metric": "accuracy", "mode": "max"}},
+    }
+    with pytest.raises(
+        ConfigError, match=r"spec\.evaluation\.earlyStopping\.metric: accuracy .* eval_loss, mse, r2"
+    ):
+        train(tmp_path, spec)

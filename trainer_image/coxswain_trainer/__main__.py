@@ -88,8 +88,17 @@ def run(config: TrainerConfig) -> int:
     log.rank = topo.rank
     torch.set_num_threads(threads_per_process(topo.local_world_size))
     if topo.is_main:
-        port = metrics.serve(config.metrics_port)
-        log.info("metrics_listening", port=port, paths="/metrics /progress")
+        try:
+            port = metrics.serve(config.metrics_port)
+            log.info("metrics_listening", port=port, paths="/metrics /progress")
+        except OSError as exc:
+            # Training matters more than its progress report: go on without them.
+            log.error(
+                "metrics_unavailable",
+                port=config.metrics_port,
+                error=str(exc),
+                action="free the port or set COXSWAIN_METRICS_PORT; /metrics and /progress are off for this run",
+            )
     log.info(
         "started",
         world_size=topo.world_size,
@@ -128,6 +137,10 @@ def run(config: TrainerConfig) -> int:
             write_termination_log(config.termination_log, exported, result.step)
             metrics.set_state("finished")
         code = EXIT_OK
+    except ConfigError as exc:
+        # Found only once the task is built (e.g. an early-stopping metric the task lacks).
+        code = EXIT_CONFIG
+        log.error("config_invalid", problem=str(exc), action="fix the TrainingJob spec")
     except Interrupted:
         assert trainer is not None
         trainer.save_checkpoint_alone("signal")

@@ -169,6 +169,20 @@ def _export_target(spec: TrainingJobSpec, job: JobIdentity, env: Mapping[str, st
     return ExportTarget(repository, uri, name, export.version, key)
 
 
+def _check_writable(directory: Path, variable: str, what: str) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        writable = os.access(directory, os.W_OK | os.X_OK)
+        reason = "permission denied"
+    except OSError as exc:
+        writable, reason = False, exc.strerror or str(exc)
+    if not writable:
+        raise ConfigError(
+            f"{variable}: cannot write to {directory} ({reason}); mount {what} there writable, or point "
+            f"{variable} at a writable directory"
+        )
+
+
 def check_world(spec: TrainingJobSpec, world_size: int) -> None:
     """Checks that need the real world size (torchrun's WORLD_SIZE, which may differ from
     nodes * procsPerNode in a run by hand)."""
@@ -208,11 +222,18 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         port = spec.ports.metrics
     if not 0 <= port <= 65535:
         raise ConfigError(f"COXSWAIN_METRICS_PORT: {port} is not a port (0..65535; 0 picks a free one)")
+    checkpoint_dir = Path(env.get("COXSWAIN_CHECKPOINT_DIR") or DEFAULT_CHECKPOINT_DIR)
+    export = _export_target(spec, job, env)
+    if (_int_env(env, "RANK", 0) or 0) == 0:
+        # Rank 0 writes both; finding out after hours of training would waste them.
+        _check_writable(checkpoint_dir, "COXSWAIN_CHECKPOINT_DIR", "the checkpoint volume")
+        if export is not None:
+            _check_writable(export.repository, "COXSWAIN_MODEL_REPOSITORY", "spec.export.repository")
     return TrainerConfig(
         spec=spec,
         job=job,
-        checkpoint_dir=Path(env.get("COXSWAIN_CHECKPOINT_DIR") or DEFAULT_CHECKPOINT_DIR),
-        export=_export_target(spec, job, env),
+        checkpoint_dir=checkpoint_dir,
+        export=export,
         metrics_port=port,
         termination_log=Path(env.get("COXSWAIN_TERMINATION_LOG") or "/dev/termination-log"),
     )

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from coxswain.api.trainingjob import GradientDescent, TrainingJobSpec
 from coxswain_trainer.checkpoint import CheckpointStore, capture_rng, gather_rng, restore_rng
+from coxswain_trainer.config import ConfigError
 from coxswain_trainer.data import epoch_shard
 from coxswain_trainer.distributed import Topology
 from coxswain_trainer.evaluation import EarlyStopper, evaluate
@@ -121,6 +122,14 @@ class Trainer:
             self.plan.total_steps,
         )
         es = spec.evaluation.early_stopping
+        available = (
+            ("eval_loss", "accuracy") if task.data.kind == "classification" else ("eval_loss", "mse", "r2")
+        )
+        if es is not None and es.metric.value not in available:
+            raise ConfigError(
+                f"spec.evaluation.earlyStopping.metric: {es.metric.value} is not measured for a "
+                f"{task.data.kind} task; use one of {', '.join(available)}"
+            )
         self.early = EarlyStopper(es.metric.value, es.mode.value, es.patience, es.min_delta) if es else None
         kind = task.data.kind
         self.headline_metric = es.metric.value if es else ("accuracy" if kind == "classification" else "r2")
