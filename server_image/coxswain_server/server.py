@@ -115,7 +115,7 @@ def run(settings: ServerSettings) -> int:
         server_header=False,
         date_header=False,
         backlog=4096,
-        timeout_graceful_shutdown=int(settings.graceful_timeout_seconds) or None,
+        timeout_graceful_shutdown=max(1, round(settings.graceful_timeout_seconds)),  # None would wait forever
         timeout_keep_alive=75,  # longer than typical load balancers' idle timeout (60 s)
     )
     server = _Server(config, app, settings.drain_seconds)
