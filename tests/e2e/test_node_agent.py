@@ -563,11 +563,15 @@ http.server.HTTPServer(("0.0.0.0", 8000), H).serve_forever()
     assert p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] != 0
     # `coxswain logs` reads the agent's files: the current run and the one before it.
     for extra in ([], ["--previous"]):
-        out = subprocess.run(
-            [sys.executable, "-m", "coxswain", "logs", "sickly", "-n", namespace, "-c", "main", *extra],
-            capture_output=True,
-            text=True,
-            env={**cluster.env(), "COXSWAIN_AGENT_DIR": str(agent.data_dir.parent)},
-            check=True,
-        ).stdout
-        assert "prepared by init" in out
+
+        def logs(extra: list[str] = extra) -> str | None:
+            out = subprocess.run(
+                [sys.executable, "-m", "coxswain", "logs", "sickly", "-n", namespace, "-c", "main", *extra],
+                capture_output=True,
+                text=True,
+                env={**cluster.env(), "COXSWAIN_AGENT_DIR": str(agent.data_dir.parent)},
+                check=True,
+            ).stdout
+            return out if "prepared by init" in out else None
+
+        wait_for(logs, 20, f"`coxswain logs {' '.join(extra)}` showing the container's output")
