@@ -80,8 +80,9 @@ def _read_token(path: Path | None, value: str | None, what: str) -> str | None:
 def run(settings: ServerSettings) -> int:
     """Serve until SIGTERM/SIGINT; the process exit code."""
     # The event loop (HTTP, JSON, batching) keeps one CPU busy under load; giving torch that
-    # CPU too makes its threads and the loop take turns on it. Measured on 2 CPUs: 1 torch thread
-    # served ~1.4x the requests of 2.
+    # CPU too makes its threads and the loop take turns on it (OpenMP threads spin while they
+    # wait). Measured on 2 busy CPUs, MLP, wrk -c32: 1 torch thread cost 71 us of CPU per
+    # request; 2 threads cost 210-380 us and served 3-5x fewer requests.
     threads = settings.threads or max(1, cpu_limit() - 1)
     configure_torch(threads)
     device = resolve_device(settings.device)
