@@ -244,6 +244,7 @@ for _ in range(100):
         seen["peer_ip"] = socket.gethostbyname(f"{peer}.peers")
         seen["fqdn"] = socket.gethostbyname(f"{peer}.peers.{os.environ['NS']}.svc.cluster.local")
         seen["service"] = sorted({a[4][0] for a in socket.getaddrinfo("peers", 8080, type=socket.SOCK_STREAM)})
+        seen["front"] = urllib.request.urlopen("http://front:8080/", timeout=2).read().decode()
         break
     except OSError as e:
         seen["error"] = str(e)
@@ -269,6 +270,13 @@ def test_two_pods_listen_on_one_port_and_reach_each_other_by_dns(
                 "selector": {"app": "peer"},
                 "ports": [{"port": 8080}],
             },
+        },
+        # A ClusterIP Service: its name resolves to one ready pod (no virtual IP here).
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "front"},
+            "spec": {"selector": {"app": "peer"}, "ports": [{"port": 8080}]},
         },
     )
     for me, other in (("a", "b"), ("b", "a")):
@@ -296,6 +304,7 @@ def test_two_pods_listen_on_one_port_and_reach_each_other_by_dns(
     assert seen_a["peer"] == "b" and seen_a["peer_ip"] == ip_b and seen_a["fqdn"] == ip_b, seen_a
     assert seen_b["peer"] == "a" and seen_b["peer_ip"] == ip_a, seen_b
     assert set(seen_a["service"]) == {ip_a, ip_b}
+    assert seen_a["front"] in ("a", "b") and seen_b["front"] == seen_a["front"]
 
 
 def test_readiness_probe_gates_ready(cluster: ClusterHandle, agent: AgentProcess, namespace: str) -> None:
