@@ -50,7 +50,9 @@ def _steps_in(path: Path) -> list[int]:
     return CheckpointStore(path, keep=100).steps()
 
 
-def test_killed_rank_stops_the_gang_and_the_rerun_resumes_to_the_same_loss(tmp_path: Path) -> None:
+def test_killed_rank_stops_the_gang_and_the_rerun_resumes_to_the_same_loss_past_a_corrupt_checkpoint(
+    tmp_path: Path,
+) -> None:
     spec: dict[str, Any] = merge(
         SMALL_SPEC,
         {
@@ -61,14 +63,18 @@ def test_killed_rank_stops_the_gang_and_the_rerun_resumes_to_the_same_loss(tmp_p
     )
     crashed_dir = tmp_path / "crashed"
     crashed = launch(spec, crashed_dir, world_size=2)
-    crashed.wait_for(lambda: bool(_steps_in(crashed_dir / "checkpoints")), what="a first checkpoint")
+    crashed.wait_for(lambda: len(_steps_in(crashed_dir / "checkpoints")) >= 2, what="two checkpoints")
     crashed.procs[1].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     code = crashed.procs[0].wait(timeout=30)
     assert time.monotonic() - killed_at < 15, "the surviving rank took too long to notice its dead peer"
     assert code == 3, crashed.dump()
     assert crashed.find("peer_failed"), crashed.dump()
-    interrupted_at = max(_steps_in(crashed_dir / "checkpoints"))
+    # The newest checkpoint is damaged as well: the rerun must fall back to the one before.
+    newest, previous = _steps_in(crashed_dir / "checkpoints")[:2]
+    damaged = CheckpointStore(crashed_dir / "checkpoints", keep=2).path_for(newest)
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    interrupted_at = previous
 
     # The uninterrupted reference runs beside the rerun (not beside the crash, whose timing matters).
     reference = launch(spec, tmp_path / "reference", world_size=2)
