@@ -145,3 +145,18 @@ def test_unwritable_checkpoint_dir_is_refused_before_training(tmp_path: Path, ma
         load_config(_write(tmp_path, make_spec()), env=env)
     # Only rank 0 writes checkpoints; other ranks do not need the directory.
     load_config(_write(tmp_path, make_spec()), env={**env, "RANK": "1"})
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "examples").glob("trainingjob-*.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_example_trainingjob_is_a_valid_trainer_config(
+    tmp_path: Path, example: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(example.parent))  # the image puts examples/ on PYTHONPATH
+    env = _env(tmp_path, COXSWAIN_MODEL_REPOSITORY=str(tmp_path / "models"), WORLD_SIZE="2")
+    config = load_config(example, env=env)
+    assert config.job.name
+    if config.export is not None:
+        assert config.export.model_name
