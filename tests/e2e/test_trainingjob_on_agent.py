@@ -10,13 +10,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from lightkube.codecs import from_dict
+from lightkube.models.apps_v1 import DeploymentStatus
+from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Pod
 
 from agent_fixtures import AgentProcess, cmdline, descendants
 from cluster_fixtures import ClusterHandle, wait_for
+from coxswain.api.modelservice import ModelService
 from coxswain.artifacts.repository import read_verified_files
 from coxswain.kube import TRAININGJOB_RESOURCE
+from coxswain.modelservice import builders as ms_builders
+from coxswain.modelservice.source import ServedModel, resolve
 from coxswain.trainingjob import naming
 from operator_fixtures import OperatorProcess
 
@@ -95,6 +102,56 @@ def test_cnn_trainingjob_runs_to_succeeded_on_the_agent(
     assert exported["modelName"] == "digits-cnn"
     manifest, files = read_verified_files(tmp_path / "models" / "digits-cnn" / exported["version"])
     assert manifest.name == "digits-cnn" and files
+    serve_on_agent(cluster, agent, op_namespace, tmp_path / "models", exported)
+
+
+def serve_on_agent(
+    cluster: ClusterHandle, agent: AgentProcess, ns: str, repository: Path, exported: dict[str, Any]
+) -> None:
+    """The serving half: the ModelService builders' Deployment, Service and traffic ConfigMap,
+    pinned to the agent (ModelService has no nodeSelector yet), become Ready through the
+    server's real startup and readiness probes and answer an inference over the pod network."""
+    ms = ModelService.model_validate(
+        {
+            "apiVersion": "coxswain.dev/v1alpha1",
+            "kind": "ModelService",
+            "metadata": {"name": "digits", "namespace": ns, "uid": "00000000-0000-0000-0000-000000000000"},
+            "spec": {
+                "model": {"uri": exported["uri"]},
+                "repository": {"hostPath": {"path": str(repository)}},
+                "versions": {"stable": exported["version"]},
+                "resources": {"cpu": "1", "memory": "1Gi"},
+            },
+        }
+    )
+    model = resolve(ms, None)
+    assert isinstance(model, ServedModel)
+    deployment = ms_builders.build_deployment(ms, model, 1)
+    deployment["spec"]["template"]["spec"]["nodeSelector"] = agent.selector
+    objects = [
+        ms_builders.build_traffic_config_map(ms, {exported["version"]: 100}),
+        ms_builders.build_service(ms),
+        deployment,
+    ]
+    for obj in objects:
+        # No ModelService object exists: an ownerReference to it would get these collected.
+        obj["metadata"].pop("ownerReferences", None)
+        cluster.client.create(from_dict(obj), namespace=ns)  # type: ignore[call-overload]
+    name = deployment["metadata"]["name"]
+    wait_for(
+        lambda: (
+            (cluster.client.get(Deployment, name, namespace=ns).status or DeploymentStatus()).readyReplicas
+            == 1
+        ),
+        120,
+        f"Deployment {name} ready on the agent",
+    )
+    (pod,) = cluster.client.list(Pod, namespace=ns, labels=deployment["spec"]["selector"]["matchLabels"])
+    assert pod.status is not None and pod.status.podIP
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.25] * 64}]}
+    answer = httpx.post(f"http://{pod.status.podIP}:8080/v2/models/digits-cnn/infer", json=body, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"]
 
 
 def rank_pod(cluster: ClusterHandle, ns: str, job: str, attempt: int, rank: int) -> str | None:
