@@ -309,6 +309,9 @@ class Agent:
                     runner.request_termination(0)
                     await runner.finished.wait()
         self.refresh_hosts()
+        for runner in list(self.pods.values()):
+            if runner.report_owed:
+                await runner.report()
 
     def refresh_hosts(self) -> None:
         addresses = [a for r in self.pods.values() if (a := r.address()) is not None]

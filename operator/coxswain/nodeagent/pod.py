@@ -115,6 +115,7 @@ class PodRunner:
         self.finished = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self._hosts_text = ""
+        self.report_owed = False
 
     # ---- what other pods and the agent see -------------------------------------------------
     def address(self) -> PodAddress | None:
@@ -473,7 +474,7 @@ class PodRunner:
             if rec.ready != ok:
                 rec.ready = ok
                 self.host.changed()
-                asyncio.get_running_loop().create_task(self.report())
+                r.tasks.append(asyncio.get_running_loop().create_task(self.report()))
 
         def liveness(ok: bool, message: str) -> None:
             if not ok:
@@ -550,7 +551,17 @@ class PodRunner:
         return out
 
     async def report(self) -> None:
-        await self.host.patch_pod_status(self.namespace, self.name, self.uid, self.build_status())
+        """Send the status; on an API error keep it owed: the agent's sync loop sends it again
+        (status is rebuilt from the current state, so a late report loses nothing)."""
+        try:
+            await self.host.patch_pod_status(self.namespace, self.name, self.uid, self.build_status())
+            self.report_owed = False
+        except Exception as e:  # the API server restarting must not kill the pod's runner
+            if not self.report_owed:
+                log.warning(
+                    "pod %s/%s: status not sent (%s); the agent retries", self.namespace, self.name, e
+                )
+            self.report_owed = True
 
 
 def _tail(path: Path, size: int = 16384) -> bytes:
