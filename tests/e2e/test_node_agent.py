@@ -93,6 +93,9 @@ def test_pod_runs_command_and_reports_exit_code_and_message(
     assert "last words on stdout" in terminated(fallback)["message"]
     log = agent.log_file(namespace, "ok", "main")
     assert log is not None and log.read_text() == "hello from a pod\n"
+    # `kubectl logs` works too: the API server proxies it to the agent's kubelet port.
+    assert cluster.kubectl("-n", namespace, "logs", "ok").stdout == "hello from a pod\n"
+    assert "last words" in cluster.kubectl("-n", namespace, "logs", "fallback", "--tail=1").stdout
 
 
 def test_env_value_from_and_volumes_appear_at_their_paths(

@@ -37,6 +37,7 @@ from lightkube.types import OnErrorAction, OnErrorResult, PatchType
 from coxswain.nodeagent import network, node, process
 from coxswain.nodeagent.config import AgentConfig
 from coxswain.nodeagent.dns import host_entries, hosts_file
+from coxswain.nodeagent.kubelet_api import KubeletApi
 from coxswain.nodeagent.pod import PodRunner
 from coxswain.nodeagent.volumes import Sources, decode_secret
 
@@ -151,6 +152,11 @@ class Agent:
             if e.status.code not in (404, 409, 422):
                 raise
 
+    def _running(self, namespace: str, pod: str, container: str) -> bool:
+        return any(
+            r.namespace == namespace and r.name == pod and container in r.running for r in self.pods.values()
+        )
+
     # ---- start and stop -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +165,11 @@ class Agent:
             # Logs outlive their pods until the next start, for post-mortems (`coxswain logs`).
             shutil.rmtree(self.cfg.logs_dir, ignore_errors=True)
             await network.ensure_bridge(self.cfg.bridge, self.cfg.gateway, self.cfg.network.prefixlen)
+            kubelet_api = KubeletApi(
+                self.cfg.data_dir, str(self.cfg.gateway), self.cfg.node_name, self._running
+            )
             try:
+                await kubelet_api.start()
                 node_uid = await self._register()
                 log.info(
                     "node %s is Ready: pods %s, bridge %s at %s; data in %s",
@@ -184,6 +194,7 @@ class Agent:
                         log.error("the agent failed: %s", t.exception())
                 await asyncio.gather(*tasks, return_exceptions=True)
             finally:
+                await kubelet_api.stop()
                 await self._shutdown()
 
     @contextlib.contextmanager

@@ -35,10 +35,14 @@ def _restart(path: Path) -> int:
     return int(path.stem) if path.stem.isdigit() else -1
 
 
-def find_logs(pod: str, namespace: str, container: str | None, root: Path | None = None) -> ContainerLogs:
+def find_logs(
+    pod: str, namespace: str, container: str | None, root: Path | None = None, node_dir: Path | None = None
+) -> ContainerLogs:
+    """Under every agent of `root` (default: the agents' root), or under one agent's `node_dir`."""
     root = root or agents_root()
     pattern = re.compile(rf"^{re.escape(namespace)}_{re.escape(pod)}_[0-9a-f-]+$")
-    candidates = [d for d in root.glob("*/logs/*") if d.is_dir() and pattern.match(d.name)]
+    dirs = node_dir.glob("logs/*") if node_dir is not None else root.glob("*/logs/*")
+    candidates = [d for d in dirs if d.is_dir() and pattern.match(d.name)]
     if not candidates:
         raise LogNotFound(f"no node agent under {root} has logs of pod {namespace}/{pod}")
     pod_dir = max(candidates, key=lambda d: d.stat().st_mtime)  # the newest pod of that name

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coxswain.nodeagent.config import AgentConfig
+from coxswain.nodeagent.kubelet_api import KUBELET_PORT
 
 GPU_RESOURCE = "nvidia.com/gpu"
 LEASE_NAMESPACE = "kube-node-lease"
@@ -85,11 +86,10 @@ def node_status(
             cond("DiskPressure", False, "KubeletHasNoDiskPressure", "no disk pressure"),
             cond("PIDPressure", False, "KubeletHasSufficientPID", "no PID pressure"),
         ],
-        "addresses": [
-            {"type": "InternalIP", "address": str(cfg.gateway)},
-            {"type": "Hostname", "address": cfg.node_name},
-        ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        # No Hostname address: the API server would prefer it for `kubectl logs`, and the
+        # node name does not resolve on the host.
+        "addresses": [{"type": "InternalIP", "address": str(cfg.gateway)}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET_PORT}},
         "nodeInfo": {
             "machineID": "coxswain-agent",
             "systemUUID": cfg.node_name,
