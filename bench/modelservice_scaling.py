@@ -45,6 +45,7 @@ from serving_harness import BODY, INFER_PATH, LocalServer, write_repository, wri
 from coxswain.devcluster import DevCluster  # noqa: E402
 from coxswain.devcluster.bootstrap import make_client  # noqa: E402
 from coxswain.devcluster.crds import apply_crds, wait_established  # noqa: E402
+from coxswain.devcluster.kwok_nodes import KWOK_NODE_SELECTOR  # noqa: E402
 from coxswain.kube import MODELSERVICE_RESOURCE  # noqa: E402
 from coxswain.modelservice import naming  # noqa: E402
 from coxswain.modelservice.controller import SCRAPE_INTERVAL  # noqa: E402
@@ -83,6 +84,7 @@ def modelservice(host_path: str) -> dict[str, Any]:
                 "scaleDownDelaySeconds": DELAY,
             },
             "versions": {"stable": "v1"},
+            "nodeSelector": KWOK_NODE_SELECTOR,
         },
     }
 

@@ -18,6 +18,7 @@ from lightkube.resources.core_v1 import ConfigMap, Pod, Service
 from lightkube.types import PatchType
 
 from cluster_fixtures import ClusterHandle, wait_for
+from coxswain.devcluster.kwok_nodes import KWOK_NODE_SELECTOR
 from coxswain.kube import MODELSERVICE_RESOURCE, TRAININGJOB_RESOURCE
 from coxswain.modelservice import naming
 from operator_fixtures import OperatorProcess
@@ -32,6 +33,8 @@ def modelservice(name: str, **spec: Any) -> dict[str, Any]:
         "repository": {"hostPath": {"path": "/var/lib/coxswain/models"}},
         "resources": {"cpu": "500m", "memory": "512Mi"},
         "versions": {"stable": "v1"},
+        # The shared cluster may also hold node-agent Nodes: these pods belong on kwok.
+        "nodeSelector": KWOK_NODE_SELECTOR,
     }
     base.update(spec)
     return {
@@ -319,7 +322,7 @@ def test_training_job_ref_waits_for_the_job_then_serves_its_export(
             "nodes": 1,
             "resources": {"cpu": "1", "memory": "1Gi"},
             # A kwok node: this test plays the trainer's part by writing the pod's status.
-            "nodeSelector": {"type": "kwok"},
+            "nodeSelector": KWOK_NODE_SELECTOR,
             "export": {
                 "repository": {"persistentVolumeClaim": {"claimName": "models"}},
                 "modelName": "digits",

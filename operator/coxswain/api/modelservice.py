@@ -17,6 +17,7 @@ from coxswain.api.common import (
     RepositoryVolume,
     SecretKeyRef,
     ServingResources,
+    Toleration,
     VersionName,
 )
 from coxswain.api.rules import CelRule, RuleReason
@@ -206,6 +207,18 @@ class ModelServiceSpec(ApiModel):
     )
     autoscaling: Autoscaling = Field(default=Autoscaling(), description="Autoscaling.")
     versions: Versions = Field(description="Versions served and their traffic split.")
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict,
+        description="Node labels the server pods require (a GPU pool, say); a change rolls the pods.",
+        max_length=64,
+        json_schema_extra={"default": {}},
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Taints the server pods tolerate (nvidia.com/gpu is added when gpus > 0).",
+        json_schema_extra={"default": []},
+    )
 
 
 class VersionStatus(ApiModel):

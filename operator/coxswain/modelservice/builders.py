@@ -264,9 +264,14 @@ def build_pod_template(ms: ModelService, model: ServedModel) -> dict[str, Any]:
         ],
         "volumes": volumes,
     }
-    if spec.resources.gpus > 0:
+    tolerations = [t.to_dict() for t in spec.tolerations]
+    if spec.resources.gpus > 0 and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
         # GPU node pools are commonly tainted nvidia.com/gpu:NoSchedule.
-        pod_spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
     return {
         "metadata": {
             "labels": common_labels(ms),

@@ -213,3 +213,16 @@ def test_training_job_ref_waits_then_serves_the_export() -> None:
     assert model.repository is not None and model.repository.persistent_volume_claim is not None
     assert model.repository.persistent_volume_claim.claim_name == "m"
     assert model.encryption_key is not None and model.encryption_key.name == "key"
+
+
+def test_node_selector_and_tolerations_reach_the_pods() -> None:
+    ms = make(
+        nodeSelector={"pool": "gpu"},
+        tolerations=[{"key": "dedicated", "operator": "Equal", "value": "serving", "effect": "NoSchedule"}],
+        resources={"gpus": 1},
+    )
+    pod = builders.build_deployment(ms, served(ms), 1)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert [t["key"] for t in pod["tolerations"]] == ["dedicated", "nvidia.com/gpu"]
+    plain = builders.build_deployment(make(), served(make()), 1)["spec"]["template"]["spec"]
+    assert "nodeSelector" not in plain and "tolerations" not in plain
