@@ -83,3 +83,15 @@ async def test_a_failing_batch_fails_each_of_its_requests_and_the_batcher_goes_o
         out = await batcher.submit([np.ones((1, 2))], 1)
         np.testing.assert_array_equal(out[0], np.full((1, 2), 2.0))
         await batcher.close(1)
+
+
+async def test_a_burst_goes_when_arrivals_stop_not_at_the_latency_deadline() -> None:
+    forward = Doubler()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = make(forward, executor, max_latency_s=2.0, max_batch_size=1000)
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(*(batcher.submit([np.ones((1, 2))], 1) for _ in range(30)))
+        waited = asyncio.get_running_loop().time() - started
+        await batcher.close(1)
+    assert forward.batches == [30]
+    assert waited < 0.5, f"a finished burst waited {waited:.2f}s for a batch that could not fill"
