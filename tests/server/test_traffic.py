@@ -99,6 +99,15 @@ def test_weight_changes_under_load_fail_no_request(repo: Path, tmp_path: Path, s
     assert admin.put("/admin/traffic", json={"weights": {"v1": 0}}).status_code == 400
     assert httpx.put(server.url + "/admin/traffic", json={"weights": {"v1": 1}}).status_code == 401
     assert server.metric("coxswain_server_traffic_weight", version="v2") == 100
+    # load and unload a version at run time
+    loaded = admin.post("/admin/versions/v3/load")
+    assert loaded.status_code == 200, loaded.text
+    v3 = httpx.post(server.url + "/v2/models/digits/versions/v3/infer", json=BODY)
+    assert v3.headers["x-coxswain-version"] == "v3"
+    assert admin.post("/admin/versions/v3/unload").status_code == 200
+    assert httpx.post(server.url + "/v2/models/digits/versions/v3/infer", json=BODY).status_code == 404
+    assert admin.post("/admin/versions/v2/unload").status_code == 409  # it takes all the traffic
+    assert admin.post("/admin/versions/v9/load").status_code == 400  # not in the repository
     admin.close()
 
 
