@@ -324,7 +324,7 @@ def test_training_job_ref_waits_for_the_job_then_serves_its_export(
             # A kwok node: this test plays the trainer's part by writing the pod's status.
             "nodeSelector": KWOK_NODE_SELECTOR,
             "export": {
-                "repository": {"persistentVolumeClaim": {"claimName": "models"}},
+                "repository": {"hostPath": {"path": "/var/lib/coxswain/models"}},
                 "modelName": "digits",
             },
         },
