@@ -166,6 +166,11 @@ try:
 except OSError:
     out["ro"] = True
 open("/scratch/shared.txt", "w").write("scratch")
+try:
+    open("/var/coxswain-root-write-test", "w")
+    out["root_ro"] = False
+except OSError:
+    out["root_ro"] = True
 print(json.dumps(out))
 """
         apply(
@@ -177,6 +182,7 @@ print(json.dumps(out))
                 script,
                 container={
                     "workingDir": "/work/here",
+                    "securityContext": {"readOnlyRootFilesystem": True},
                     "resources": {"limits": {"cpu": "2", "memory": "1Gi"}},
                     "env": [
                         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -219,7 +225,8 @@ print(json.dumps(out))
         assert out["CPUS"] == "2" and out["OMP_NUM_THREADS"] == "2"
         assert out["cwd"] == "/work/here"
         assert out["config"] == "a: 1\n" and out["secret"] == "s3cret" and out["host"] == "host file"
-        assert out["ro"] is True
+        assert out["ro"] is True and out["root_ro"] is True
+        assert not Path("/var/coxswain-root-write-test").exists()
         # The claim is the PV's hostPath; the subPath was made in it.
         assert (claim_dir / "one" / "two" / "written.txt").read_text() == "on the claim"
         # Nothing leaked onto the host's own paths: the mounts lived in the pod's namespace.
@@ -471,7 +478,11 @@ subprocess.Popen(["sleep", "600"], start_new_session=True)
 print("started", flush=True)
 time.sleep(600)
 """
-    apply(cluster, namespace, pod(own, "sleeper", script, restartPolicy="Always"))
+    apply(
+        cluster,
+        namespace,
+        pod(own, "sleeper", script, restartPolicy="Always", terminationGracePeriodSeconds=2),
+    )
     wait_phase(cluster, namespace, "sleeper", ("Running",))
     wait_for(
         lambda: (

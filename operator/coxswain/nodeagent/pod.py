@@ -394,7 +394,12 @@ class PodRunner:
             return process.START_ERROR_EXIT
         hostname = (self.pod.get("spec") or {}).get("hostname") or self.name
         script = process.setup_script(
-            mounts, hostname, spec.get("workingDir"), started_marker, cdir / "staging"
+            mounts,
+            hostname,
+            spec.get("workingDir"),
+            started_marker,
+            cdir / "staging",
+            read_only_root=bool((spec.get("securityContext") or {}).get("readOnlyRootFilesystem")),
         )
         proc = await process.spawn(None if self.host_network else self.netns, script, argv, env, log_path)
         init_pid = await process.container_init_pid(proc)

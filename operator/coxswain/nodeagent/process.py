@@ -41,15 +41,24 @@ class Mount:
 
 
 def setup_script(
-    mounts: Sequence[Mount], hostname: str, workdir: str | None, started_marker: Path, staging: Path
+    mounts: Sequence[Mount],
+    hostname: str,
+    workdir: str | None,
+    started_marker: Path,
+    staging: Path,
+    read_only_root: bool = False,
 ) -> str:
     """The shell run inside the new namespaces before the container's command."""
     q = shlex.quote
     # The marker is opened before any mount (a mount over its parent must not redirect it)
     # and written just before exec, so the agent can tell a start failure from an exit.
+    # The marker's directory is bound onto itself first: an open file there then belongs to
+    # that mount, not to /, which a read-only remount of / would otherwise refuse (EBUSY).
+    marker_dir = q(str(started_marker.parent))
     lines = [
-        f"mkdir -p {q(str(staging))}",
         f'fail() {{ echo {q(START_ERROR_PREFIX)} "$*" >&2; exit {START_ERROR_EXIT}; }}',
+        f"mkdir -p {q(str(staging))} || fail staging",
+        f"{MOUNT} --bind {marker_dir} {marker_dir} || fail mount {marker_dir}",
         f"exec 9>{q(str(started_marker))} || fail marker",
     ]
     ordered = sorted(mounts, key=lambda m: (m.target.rstrip("/").count("/"), m.target))
@@ -74,6 +83,10 @@ def setup_script(
     lines.append(f"{HOSTNAME} {q(hostname)} || fail hostname")
     if workdir:
         lines.append(f"mkdir -p {q(workdir)} && cd {q(workdir)} || fail workingDir {q(workdir)}")
+    if read_only_root:
+        # readOnlyRootFilesystem: a bind remount changes this namespace's view of / only (a
+        # plain remount would change the host's file system); volumes stay as mounted.
+        lines.append(f"{MOUNT} -o remount,bind,ro / || fail read-only root file system")
     lines.append(
         'command -v "$1" >/dev/null 2>&1 || fail "exec: \\"$1\\": executable file not found in $PATH"'
     )
