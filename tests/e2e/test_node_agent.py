@@ -451,6 +451,30 @@ sys.exit(0 if n >= 2 else 1)
     assert status["lastState"]["terminated"]["exitCode"] == 1
 
 
+def test_memory_limit_is_enforced_and_an_oom_kill_reported(
+    cluster: ClusterHandle, agent: AgentProcess, namespace: str
+) -> None:
+    from coxswain.nodeagent.cgroups import _own_memory_cgroup
+
+    if _own_memory_cgroup() is None:
+        pytest.skip("no cgroup v1 memory controller on this machine: the agent cannot enforce memory limits")
+    apply(
+        cluster,
+        namespace,
+        pod(
+            agent,
+            "hog",
+            "b = b'x' * (512 * 1024 * 1024); print('survived')",
+            container={"resources": {"limits": {"memory": "100Mi"}}},
+        ),
+    )
+    p = wait_phase(cluster, namespace, "hog", ("Succeeded", "Failed"))
+    assert p["status"]["phase"] == "Failed"
+    assert terminated(p)["reason"] == "OOMKilled", terminated(p)
+    # Killed by the kernel (137), or MemoryError when a large allocation is refused outright.
+    assert terminated(p)["exitCode"] in (1, 137)
+
+
 def test_unsupported_pod_fails_with_a_clear_reason(
     cluster: ClusterHandle, agent: AgentProcess, namespace: str
 ) -> None:

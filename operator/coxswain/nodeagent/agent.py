@@ -35,6 +35,7 @@ from lightkube.resources.core_v1 import (
 from lightkube.types import OnErrorAction, OnErrorResult, PatchType
 
 from coxswain.nodeagent import network, node, process
+from coxswain.nodeagent.cgroups import MemoryCgroups
 from coxswain.nodeagent.config import AgentConfig
 from coxswain.nodeagent.dns import host_entries, hosts_file
 from coxswain.nodeagent.kubelet_api import KubeletApi
@@ -83,6 +84,7 @@ class Agent:
         self._stopping = False
         self._services: list[dict[str, Any]] = []
         self._started_at = node.micro_now()[:19] + "Z"
+        self.cgroups = MemoryCgroups(cfg.node_name)
 
     # ---- PodHost ------------------------------------------------------------------------------
     def changed(self) -> None:
@@ -162,6 +164,7 @@ class Agent:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
             await clean_leftovers(self.cfg)
+            self.cgroups.remove_all()
             # Logs outlive their pods until the next start, for post-mortems (`coxswain logs`).
             shutil.rmtree(self.cfg.logs_dir, ignore_errors=True)
             await network.ensure_bridge(self.cfg.bridge, self.cfg.gateway, self.cfg.network.prefixlen)
@@ -373,6 +376,10 @@ class Agent:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(r.finished.wait(), self.cfg.stop_grace_seconds + 15)
         await clean_leftovers(self.cfg)
+        self.cgroups.remove_all()
+        if self.cgroups.base is not None:
+            with contextlib.suppress(OSError):
+                self.cgroups.base.rmdir()
         await network.delete_link(self.cfg.bridge)
         with contextlib.suppress(ApiError, httpx2.HTTPError):
             await self.client.delete(Node, self.cfg.node_name)

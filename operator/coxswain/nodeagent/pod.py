@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from coxswain.nodeagent import network, process, status
+from coxswain.nodeagent.cgroups import MemoryCgroups
 from coxswain.nodeagent.config import AgentConfig, image_entry
 from coxswain.nodeagent.dns import PodAddress, resolv_conf
 from coxswain.nodeagent.env import EnvError, build_env, cpu_threads, expand
 from coxswain.nodeagent.probes import probe_loop
+from coxswain.nodeagent.quantity import parse_quantity
 from coxswain.nodeagent.volumes import (
     Sources,
     VolumeError,
@@ -43,6 +45,7 @@ class PodHost(Protocol):
     sources: Sources
     node_allocatable: dict[str, str]
     backoff_seconds: float
+    cgroups: MemoryCgroups
 
     async def config_map_text(self, namespace: str, name: str) -> dict[str, str] | None: ...
     async def secret_text(self, namespace: str, name: str) -> dict[str, str] | None: ...
@@ -401,7 +404,12 @@ class PodRunner:
             cdir / "staging",
             read_only_root=bool((spec.get("securityContext") or {}).get("readOnlyRootFilesystem")),
         )
-        proc = await process.spawn(None if self.host_network else self.netns, script, argv, env, log_path)
+        cgroup = self.host.cgroups.create(
+            f"{self.uid[:8]}-{rec.name}-{rec.restart_count}", _memory_limit(spec)
+        )
+        proc = await process.spawn(
+            None if self.host_network else self.netns, script, argv, env, log_path, cgroup
+        )
         init_pid = await process.container_init_pid(proc)
         started_at = status.now()
         r = Running(proc, init_pid, env, started_at, log_path, message_path, started_marker)
@@ -443,6 +451,9 @@ class PodRunner:
         self._save_state()
         assert proc.returncode is not None
         code = process.exit_code(proc.returncode)
+        # Like containerd: any OOM kill in the container's cgroup makes a failure OOMKilled.
+        oom = code != 0 and MemoryCgroups.oom_killed(cgroup)
+        MemoryCgroups.remove(cgroup)
         started = started_marker.exists() and started_marker.read_bytes().strip() == b"started"
         tail = _tail(log_path)
         if not started:
@@ -461,7 +472,9 @@ class PodRunner:
             msg = status.termination_message(
                 message_path.read_bytes(), spec.get("terminationMessagePolicy"), code, tail
             )
-            rec.state = status.terminated_state(code, started_at, msg, None, rec.container_id)
+            rec.state = status.terminated_state(
+                code, started_at, msg, "OOMKilled" if oom else None, rec.container_id
+            )
         rec.ready = False
         log.info("pod %s/%s: container %s exited with %d", self.namespace, self.name, rec.name, code)
         await self.report()
@@ -567,6 +580,11 @@ class PodRunner:
                     "pod %s/%s: status not sent (%s); the agent retries", self.namespace, self.name, e
                 )
             self.report_owed = True
+
+
+def _memory_limit(spec: Mapping[str, Any]) -> int | None:
+    limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
+    return None if limit is None else int(parse_quantity(limit))
 
 
 def _tail(path: Path, size: int = 16384) -> bytes:

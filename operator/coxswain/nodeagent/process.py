@@ -17,7 +17,7 @@ import ctypes
 import os
 import shlex
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -95,10 +95,16 @@ def setup_script(
     return "\n".join(lines)
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the agent dies, the container gets SIGKILL.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+def _child_setup(cgroup: Path | None) -> Callable[[], None]:
+    def setup() -> None:
+        # Runs in the child between fork and exec: if the agent dies, the container gets
+        # SIGKILL; its whole tree is accounted (and limited) in its memory cgroup.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if cgroup is not None:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    return setup
 
 
 def _open_log(path: Path) -> BinaryIO:
@@ -108,7 +114,12 @@ def _open_log(path: Path) -> BinaryIO:
 
 
 async def spawn(
-    netns: str | None, script: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
+    netns: str | None,
+    script: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    log_path: Path,
+    cgroup: Path | None = None,
 ) -> asyncio.subprocess.Process:
     """Start the container; `netns` None keeps the host's network (hostNetwork pods)."""
     enter = [NSENTER, f"--net=/run/netns/{netns}", "--"] if netns else []
@@ -137,7 +148,7 @@ async def spawn(
             stderr=log,
             env=dict(env),
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup(cgroup),
         )
     finally:
         log.close()
