@@ -197,9 +197,11 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     )
     pct = canary.canary_traffic(ms.spec.versions.canary_percent, ms.spec.versions.analysis, record)
     weights = canary.weights(served.stable, served.canary, pct)
-    applied = bool(obs.samples) and all(weights_applied(weights, s.weights) for s in obs.samples.values())
+    # Only ready pods get requests: a pod still loading answers /metrics without weights yet.
+    ready_samples = {n: s for n, s in obs.samples.items() if n in report.ready_names}
+    applied = bool(ready_samples) and all(weights_applied(weights, s.weights) for s in ready_samples.values())
     if record is not None and record.phase == CanaryPhase.PROGRESSING and served.canary is not None:
-        record, weights = _analyse(ms, served, record, weights, applied, obs, memory, clock, result)
+        record, weights = _analyse(ms, served, record, weights, applied, ready_samples, memory, clock, result)
     status.canary = record
     result.weights = weights
 
@@ -212,7 +214,7 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     elif ((obs.deployment or {}).get("spec") or {}).get("replicas") != effective:
         actions.append(Action(ActionKind.SCALE_DEPLOYMENT, replicas=effective))
 
-    weights_ok = applied or not obs.samples  # pods whose metrics we cannot read: trust readiness
+    weights_ok = applied or not ready_samples  # pods whose metrics we cannot read: trust readiness
     status.versions = [
         VersionStatus(version=v, traffic_percent=w, ready=report.ready > 0 and weights_ok)
         for v, w in weights.items()
@@ -227,7 +229,7 @@ def _analyse(
     record: CanaryStatus,
     weights: dict[str, int],
     applied: bool,
-    obs: Observed,
+    samples: dict[str, PodSample],
     memory: Memory,
     clock: float,
     result: Plan,
@@ -237,15 +239,15 @@ def _analyse(
     key = (served.canary, record.step or 0)
     if memory.window_key != key or memory.window_start is None:
         memory.window_key = key
-        memory.window_start = dict(obs.samples) if applied else None
+        memory.window_start = dict(samples) if applied else None
         memory.window_started_at = clock
         if not applied:
-            waiting = "no server pod answers /metrics" if not obs.samples else "pods are loading the weights"
+            waiting = "no server pod answers /metrics" if not samples else "pods are loading the weights"
             return record.model_copy(update={"message": f"analysis waits: {waiting}"}), weights
         return record, weights
     if not applied or clock - memory.window_started_at < analysis.interval_seconds:
         return record, weights
-    win = window(memory.window_start, obs.samples)
+    win = window(memory.window_start, samples)
     judgement = canary.judge(win.version(served.stable), win.version(served.canary), analysis)
     step = canary.advance(record, served.canary, analysis, judgement)
     if judgement.verdict != canary.Verdict.WAIT:

@@ -215,3 +215,18 @@ def test_analysis_waits_until_pods_apply_the_weights() -> None:
     assert p.status.canary is not None and "loading the weights" in p.status.canary.message
     assert cond(p, "Ready")[:2] == ("False", "WeightsPropagating")
     assert p.memory.window_start is None
+
+
+def test_a_starting_pod_without_weights_does_not_make_the_service_unready() -> None:
+    ms = make(replicas=2, versions={"stable": "v1", "canary": "v2", "canaryPercent": 10})
+    serving = PodSample("a", 0.0, weights={"v1": 90, "v2": 10})
+    starting = PodSample("b", 0.0)  # port open, model still loading: no weights yet
+    p = plan(
+        ms,
+        observed(pods=[pod("a"), pod("b", ready=False)], samples={"a": serving, "b": starting}),
+        Memory(),
+        NOW,
+        0.0,
+    )
+    assert cond(p, "Ready")[:2] == ("True", "ReplicasReady")
+    assert [v.ready for v in p.status.versions] == [True, True]
