@@ -6,12 +6,18 @@ Helper module with a unique name: test directories share one import namespace.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
+
+from operator_fixtures import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "coxswain"
@@ -140,6 +146,11 @@ class Release:
     kubeconfig: Path  # authenticates as the ServiceAccount
 
     @property
+    def fullname(self) -> str:
+        """The Deployment's, ServiceAccount's and RBAC objects' name (coxswain.fullname)."""
+        return self.name if "coxswain" in self.name else f"{self.name}-coxswain"
+
+    @property
     def user(self) -> str:
         return f"system:serviceaccount:{self.namespace}:{self.service_account}"
 
@@ -188,7 +199,7 @@ def install(
         *values_args(values, tmp),
         env=cluster.env(),
     )
-    account = f"{name}-coxswain" if "coxswain" not in name else name
+    account = name if "coxswain" in name else f"{name}-coxswain"
     kubeconfig = service_account_kubeconfig(
         cluster.kubeconfig, cluster.kubectl, namespace, account, tmp / f"{name}.kubeconfig"
     )
@@ -202,3 +213,58 @@ def uninstall(cluster: Any, release: Release) -> None:
     cluster.kubectl(
         "delete", "namespace", release.namespace, "--wait=false", "--ignore-not-found", check=False
     )
+
+
+class Replica:
+    """The operator Deployment's own container command and arguments, read back from the
+    cluster and run as a local process with the ServiceAccount's token: what its pod would
+    run, where the pod itself cannot (kwok nodes only pretend; the node agent gives pods no
+    route to the API server)."""
+
+    def __init__(self, cluster: Any, release: Release, pod_id: str, log: Path, own_ports: bool) -> None:
+        deploy = json.loads(
+            cluster.kubectl(
+                "get", "deployment", release.fullname, "-n", release.namespace, "-o", "json"
+            ).stdout
+        )
+        container = deploy["spec"]["template"]["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        self.health_port = ports["health"]
+        args = list(container["args"])
+        if own_ports:
+            # Pods each have a network namespace; two local processes need two port pairs.
+            self.health_port = free_port()
+            args[-1] = (
+                args[-1]
+                .replace(f"--health-port {ports['health']}", f"--health-port {self.health_port}")
+                .replace(f"--metrics-port {ports['metrics']}", f"--metrics-port {free_port()}")
+            )
+        self.pod_id = pod_id
+        env = {
+            **cluster.env(),
+            "KUBECONFIG": str(release.kubeconfig),
+            "POD_ID": pod_id,
+            # The image's PATH: this project's environment stands in for the operator image.
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        }
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                container["command"] + args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.log = log
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()

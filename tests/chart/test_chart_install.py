@@ -11,19 +11,15 @@ node agent can start it.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
-from chart_harness import CHART, MONITORS_ON, Release, helm, install, render, uninstall
+from chart_harness import CHART, MONITORS_ON, Replica, helm, install, render, uninstall
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Pod
 
@@ -95,59 +91,6 @@ def _priority(pod_id: str) -> int:
     # What `printf %s "$POD_ID" | cksum` prints: POSIX cksum is not zlib's CRC-32, so ask it.
     out = subprocess.run(["cksum"], input=pod_id, capture_output=True, text=True, check=True).stdout
     return int(out.split()[0])
-
-
-class Replica:
-    """The Deployment's container command, run as a local process (see the module docstring)."""
-
-    def __init__(
-        self, cluster: ClusterHandle, release: Release, pod_id: str, log: Path, own_ports: bool
-    ) -> None:
-        deploy = json.loads(
-            cluster.kubectl("get", "deployment", release.name + "-coxswain" if "coxswain" not in release.name else release.name,
-                            "-n", release.namespace, "-o", "json").stdout
-        )  # fmt: skip
-        container = deploy["spec"]["template"]["spec"]["containers"][0]
-        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        self.health_port = ports["health"]
-        args = list(container["args"])
-        if own_ports:
-            # Pods each have a network namespace; two local processes need two port pairs.
-            self.health_port = free_port()
-            args[-1] = (
-                args[-1]
-                .replace(f"--health-port {ports['health']}", f"--health-port {self.health_port}")
-                .replace(f"--metrics-port {ports['metrics']}", f"--metrics-port {free_port()}")
-            )
-        self.pod_id = pod_id
-        env = {
-            **cluster.env(),
-            "KUBECONFIG": str(release.kubeconfig),
-            "POD_ID": pod_id,
-            # The image's PATH: this project's environment stands in for the operator image.
-            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        }
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                container["command"] + args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        self.log = log
-
-    def healthy(self) -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 def _trainingjob(name: str) -> dict[str, Any]:
