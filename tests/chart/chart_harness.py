@@ -268,3 +268,21 @@ class Replica:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+def delete_custom_objects(cluster: Any, namespace: str, timeout: float = 90) -> None:
+    """Delete the namespace's TrainingJobs and ModelServices while the operator still runs:
+    each carries the operator's finalizer, which only a running operator removes (left
+    behind, the namespace would hang in Terminating)."""
+    from cluster_fixtures import wait_for
+    from coxswain.kube import MODELSERVICE_RESOURCE, TRAININGJOB_RESOURCE
+
+    resources = (TRAININGJOB_RESOURCE, MODELSERVICE_RESOURCE)
+    for resource in resources:
+        for obj in cluster.client.list(resource, namespace=namespace):
+            cluster.client.delete(resource, obj.metadata.name, namespace=namespace)
+    wait_for(
+        lambda: all(not list(cluster.client.list(r, namespace=namespace)) for r in resources) or None,
+        timeout,
+        f"TrainingJobs and ModelServices of {namespace} deleted (finalizers released)",
+    )

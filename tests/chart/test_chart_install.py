@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_harness import CHART, MONITORS_ON, Replica, helm, install, render, uninstall
+from chart_harness import CHART, MONITORS_ON, Replica, delete_custom_objects, helm, install, render, uninstall
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Pod
 
@@ -189,6 +189,7 @@ def test_install_operates_upgrade_changes_and_uninstall_leaves_nothing(
         )
 
         _run_to_success(cluster, first, "installed")
+        delete_custom_objects(cluster, first)
 
         helm("upgrade", name, str(CHART), "-n", release_ns, "--reuse-values", "--set", f"watchNamespaces={{{first},{second}}}",
              "--set", "logLevel=DEBUG", "--wait", env=cluster.env())  # fmt: skip

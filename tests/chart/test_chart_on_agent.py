@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_harness import Release, Replica, install, uninstall
+from chart_harness import Release, Replica, delete_custom_objects, install, uninstall
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 
@@ -85,5 +85,6 @@ def test_installed_operator_trains_a_model_on_the_node_agent(
         assert steps, "progress was pulled from rank 0 while the job ran"
         assert status["exportedModel"]["version"] == "v1"
         assert 'forbidden: User "system:serviceaccount' not in replica.log.read_text(errors="replace")
+        delete_custom_objects(cluster, ns)
     finally:
         replica.stop()

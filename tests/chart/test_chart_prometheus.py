@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from chart_harness import REPO, RULES_FILE, alert_queries, concrete, dashboard_queries
+from chart_harness import REPO, RULES_FILE, alert_queries, concrete, dashboard_queries, delete_custom_objects
 from lightkube.resources.core_v1 import Pod
 
 from cluster_fixtures import ClusterHandle, wait_for
@@ -348,6 +348,7 @@ def scraped(
                 proc.wait()
         if prom is not None:
             prom.stop()
+        delete_custom_objects(cluster, ns)
         cluster.client.delete(Namespace, ns)
 
 
