@@ -77,6 +77,65 @@ def wait_replicas(cluster: ClusterHandle, ns: str, name: str, n: int, timeout: f
     wait_for(probe, timeout, f"{name}: spec.replicas, Deployment and ready pods all {n}")
 
 
+def trainingjob(name: str, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "task": {"builtin": {"model": "mlp", "dataset": "digits"}},
+        "nodes": 1,
+        "resources": {"cpu": "1", "memory": "1Gi"},
+        # A kwok node: the test plays the trainer's part by writing the pod's status.
+        "nodeSelector": KWOK_NODE_SELECTOR,
+        "export": {"repository": {"hostPath": {"path": "/var/lib/coxswain/models"}}, "modelName": "digits"},
+    }
+    base.update(spec)
+    return {
+        "apiVersion": "coxswain.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": base,
+    }
+
+
+def finish_training(cluster: ClusterHandle, ns: str, job: str, version: str) -> None:
+    """Rank 0 exits 0 and writes the export to its termination log, as the trainer does."""
+    (pod,) = wait_for(
+        lambda: [
+            p
+            for p in cluster.client.list(Pod, namespace=ns, labels={"coxswain.dev/trainingjob": job})
+            if p.status and p.status.phase == "Running"
+        ],
+        60,
+        f"the training pod of {job} running",
+    )
+    assert pod.metadata is not None and pod.metadata.name is not None
+    exported = {
+        "exportedModel": {"uri": "pvc://models/digits", "modelName": "digits", "version": version},
+        "finalStep": 10,
+    }
+    terminated = {
+        "exitCode": 0,
+        "reason": "Completed",
+        "message": json.dumps(exported),
+        "startedAt": "2026-01-01T00:00:00Z",
+        "finishedAt": "2026-01-01T00:00:01Z",
+    }
+    container = {
+        "name": "trainer",
+        "image": "ghcr.io/coxswain-dev/trainer:0.1.0",
+        "imageID": "",
+        "ready": False,
+        "restartCount": 0,
+        "state": {"terminated": terminated},
+    }
+    status = {
+        "phase": "Succeeded",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
+        "containerStatuses": [container],
+    }
+    cluster.client.patch(
+        Pod.Status, pod.metadata.name, {"status": status}, namespace=ns, patch_type=PatchType.STRATEGIC
+    )
+
+
 def test_create_makes_deployment_service_traffic_and_url(
     cluster: ClusterHandle, operator: OperatorProcess, op_namespace: str
 ) -> None:
@@ -313,22 +372,7 @@ def test_training_job_ref_waits_for_the_job_then_serves_its_export(
         and "does not exist" in loaded["message"]
     )
 
-    job = {
-        "apiVersion": "coxswain.dev/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": "train"},
-        "spec": {
-            "task": {"builtin": {"model": "mlp", "dataset": "digits"}},
-            "nodes": 1,
-            "resources": {"cpu": "1", "memory": "1Gi"},
-            # A kwok node: this test plays the trainer's part by writing the pod's status.
-            "nodeSelector": KWOK_NODE_SELECTOR,
-            "export": {
-                "repository": {"hostPath": {"path": "/var/lib/coxswain/models"}},
-                "modelName": "digits",
-            },
-        },
-    }
+    job = trainingjob("train")
     cluster.client.create(TRAININGJOB_RESOURCE(job), namespace=ns)
     msg = wait_for(
         lambda: (
@@ -344,51 +388,7 @@ def test_training_job_ref_waits_for_the_job_then_serves_its_export(
     with pytest.raises(ApiError):
         cluster.client.get(Deployment, "served", namespace=ns)
 
-    # Rank 0 finishes and writes the export to its termination log, as the trainer does.
-    (pod,) = wait_for(
-        lambda: [
-            p
-            for p in cluster.client.list(Pod, namespace=ns, labels={"coxswain.dev/trainingjob": "train"})
-            if p.status and p.status.phase == "Running"
-        ],
-        60,
-        "the training pod running",
-    )
-    assert pod.metadata is not None and pod.metadata.name is not None
-    exported = {
-        "exportedModel": {"uri": "pvc://models/digits", "modelName": "digits", "version": "v7"},
-        "finalStep": 10,
-    }
-    cluster.client.patch(
-        Pod.Status,
-        pod.metadata.name,
-        {
-            "status": {
-                "phase": "Succeeded",
-                "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
-                "containerStatuses": [
-                    {
-                        "name": "trainer",
-                        "image": "ghcr.io/coxswain-dev/trainer:0.1.0",
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "state": {
-                            "terminated": {
-                                "exitCode": 0,
-                                "reason": "Completed",
-                                "message": json.dumps(exported),
-                                "startedAt": "2026-01-01T00:00:00Z",
-                                "finishedAt": "2026-01-01T00:00:01Z",
-                            }
-                        },
-                    }
-                ],
-            }
-        },
-        namespace=ns,
-        patch_type=PatchType.STRATEGIC,
-    )
+    finish_training(cluster, ns, "train", "v7")
     dep = wait_for(
         lambda: cluster.client.get(Deployment, "served", namespace=ns), 90, "the Deployment after success"
     )
@@ -410,4 +410,46 @@ def test_training_job_ref_waits_for_the_job_then_serves_its_export(
         lambda: condition(get(cluster, ns, "served"), "Ready").get("status") == "True",
         60,
         "Ready after the export",
+    )
+
+
+@pytest.mark.xfail(
+    reason="TrainingJob controller bug (reported): its executor runs the Handoff action with the "
+    "TrainingJob as read before the pass, whose status has no exportedModel yet, so handoff.py "
+    "finds nothing to roll in",
+    strict=False,
+)
+def test_a_succeeded_training_job_rolls_its_version_in_as_canary(
+    cluster: ClusterHandle, operator: OperatorProcess, op_namespace: str
+) -> None:
+    ns = op_namespace
+    create(cluster, ns, modelservice("digits"))
+    wait_for(
+        lambda: condition(get(cluster, ns, "digits"), "Ready").get("status") == "True", 60, "digits Ready"
+    )
+    serving = {"modelService": "digits", "rollout": "canary", "canaryPercent": 20}
+    cluster.client.create(TRAININGJOB_RESOURCE(trainingjob("retrain", serving=serving)), namespace=ns)
+    finish_training(cluster, ns, "retrain", "v2")
+    ms = wait_for(
+        lambda: m if (m := get(cluster, ns, "digits"))["spec"]["versions"].get("canary") == "v2" else None,
+        30,
+        "the handoff to patch the canary",
+    )
+    assert ms["spec"]["versions"]["canaryPercent"] == 20
+    wait_for(
+        lambda: (
+            json.loads(
+                (cluster.client.get(ConfigMap, "digits-traffic", namespace=ns).data or {})["traffic.json"]
+            )
+            == {"weights": {"v1": 80, "v2": 20}}
+        ),
+        30,
+        "the canary's weights for the pods",
+    )
+    wait_for(
+        lambda: (
+            [v["version"] for v in get(cluster, ns, "digits")["status"].get("versions", [])] == ["v1", "v2"]
+        ),
+        30,
+        "status.versions naming the canary",
     )

@@ -203,6 +203,11 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     if record is not None and record.phase == CanaryPhase.PROGRESSING and served.canary is not None:
         record, weights = _analyse(ms, served, record, weights, applied, ready_samples, memory, clock, result)
     status.canary = record
+    if served.canary is not None and served.canary not in {v.version for v in old.versions}:
+        how = f"analysis from {pct}%" if ms.spec.versions.analysis is not None else f"{pct}% of traffic"
+        result.events.append(
+            Event("Normal", "CanaryStarted", f"canary {served.canary} next to {served.stable}: {how}")
+        )
     result.weights = weights
 
     traffic = builders.build_traffic_config_map(ms, weights)
