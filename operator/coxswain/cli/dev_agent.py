@@ -74,7 +74,8 @@ def parse_labels(text: str) -> dict[str, str]:
 def _agent(args: argparse.Namespace) -> int:
     from coxswain.devcluster import DevCluster
     from coxswain.nodeagent.agent import Agent, AgentError
-    from coxswain.nodeagent.config import AgentConfig, default_data_dir, default_pod_cidr
+    from coxswain.nodeagent.config import AgentConfig, bridge_name, default_data_dir, default_pod_cidr
+    from coxswain.nodeagent.network import free_pod_cidr
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
@@ -105,7 +106,9 @@ def _agent(args: argparse.Namespace) -> int:
         node_name=args.node_name,
         kubeconfig=kubeconfig,
         data_dir=args.data_dir or default_data_dir(args.node_name),
-        pod_cidr=args.pod_cidr or default_pod_cidr(args.node_name),
+        # An explicit --pod-cidr is used as given; the default moves off a /24 another agent has.
+        pod_cidr=args.pod_cidr
+        or free_pod_cidr(default_pod_cidr(args.node_name), bridge_name(args.node_name)),
         cpu=args.cpu,
         memory=args.memory,
         gpus=args.gpus,

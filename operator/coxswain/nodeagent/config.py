@@ -33,6 +33,11 @@ def short_id(text: str, length: int = 8) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def bridge_name(node_name: str) -> str:
+    # Interface names are at most 15 characters.
+    return f"cxbr{short_id(node_name)}"
+
+
 @dataclass
 class AgentConfig:
     node_name: str
@@ -60,8 +65,7 @@ class AgentConfig:
 
     @property
     def bridge(self) -> str:
-        # Interface names are at most 15 characters.
-        return f"cxbr{short_id(self.node_name)}"
+        return bridge_name(self.node_name)
 
     @property
     def pods_dir(self) -> Path:

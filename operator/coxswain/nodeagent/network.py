@@ -107,3 +107,33 @@ class AddressPool:
 
     def give_back(self, addr: ipaddress.IPv4Address) -> None:
         self._used.discard(addr)
+
+
+def host_networks() -> list[tuple[str, ipaddress.IPv4Network]]:
+    """(interface, network) of every IPv4 address on the host."""
+    import subprocess
+
+    out = subprocess.run(
+        ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False
+    ).stdout
+    nets = []
+    for line in out.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            nets.append((fields[1], ipaddress.IPv4Network(fields[fields.index("inet") + 1], strict=False)))
+    return nets
+
+
+def free_pod_cidr(preferred: str, own_bridge: str) -> str:
+    """`preferred` unless another interface (another agent's bridge) already uses it; then
+    the next /24 of 10.245.0.0/16 that nothing on the host overlaps."""
+    taken = [net for name, net in host_networks() if name != own_bridge]
+    first = ipaddress.IPv4Network(preferred, strict=False)
+    base = ipaddress.IPv4Network("10.245.0.0/16")
+    subnets = list(base.subnets(new_prefix=24)) if first.subnet_of(base) else [first]
+    start = subnets.index(first) if first in subnets else 0
+    for i in range(len(subnets)):
+        candidate = subnets[(start + i) % len(subnets)]
+        if not any(candidate.overlaps(t) for t in taken):
+            return str(candidate)
+    raise NetworkError(f"no free /24 in {base} for pods: give --pod-cidr")
