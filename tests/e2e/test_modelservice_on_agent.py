@@ -26,7 +26,7 @@ from lightkube.resources.core_v1 import Pod
 
 from agent_fixtures import AgentProcess
 from cluster_fixtures import ClusterHandle, wait_for
-from coxswain.kube import MODELSERVICE_RESOURCE
+from coxswain.kube import MODELSERVICE_RESOURCE, TRAININGJOB_RESOURCE
 from coxswain.modelservice import naming
 from operator_fixtures import OperatorProcess
 
@@ -193,3 +193,54 @@ def test_a_model_that_cannot_load_crash_loops_and_is_not_ready(
     loaded = condition(ms, "ModelLoaded")
     assert loaded["status"] == "False" and loaded["reason"] == "ModelNotFound", loaded
     assert "v9" in loaded["message"]
+
+
+def test_a_modelservice_naming_a_trainingjob_serves_its_export_once_it_succeeds(
+    cluster: ClusterHandle, agent: AgentProcess, operator: OperatorProcess, op_namespace: str, tmp_path: Path
+) -> None:
+    ns = op_namespace
+    models = tmp_path / "models"
+    models.mkdir()
+    models.chmod(0o777)  # the trainer runs as the pods' non-root user
+    spec = {
+        "model": {"trainingJobRef": {"name": "mlp"}},
+        "resources": {"cpu": "1", "memory": "1Gi"},
+        "nodeSelector": agent.selector,
+        "versions": {"stable": "v1"},
+    }
+    ms_doc = {
+        "apiVersion": "coxswain.dev/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": "served"},
+        "spec": spec,
+    }
+    cluster.client.create(MODELSERVICE_RESOURCE(ms_doc), namespace=ns)
+    job = {
+        "apiVersion": "coxswain.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "mlp"},
+        "spec": {
+            "task": {"builtin": {"model": "mlp", "dataset": "digits"}},
+            "nodes": 1,
+            "nodeSelector": agent.selector,
+            "resources": {"cpu": "1", "memory": "1Gi"},
+            "optimization": {"batchSize": 128, "epochs": 3},
+            "export": {"repository": {"hostPath": {"path": str(models)}}, "modelName": "digits-mlp"},
+        },
+    }
+    cluster.client.create(TRAININGJOB_RESOURCE(job), namespace=ns)
+    waiting = condition(get(cluster, ns, "served"), "ModelLoaded")
+    assert waiting.get("reason") in (None, "TrainingJobNotReady"), waiting
+
+    def served() -> dict[str, Any] | None:
+        ms = get(cluster, ns, "served")
+        return ms if condition(ms, "Ready").get("status") == "True" else None
+
+    ms = wait_for(served, 300, "the ModelService Ready on the job's export")
+    exported = cluster.client.get(TRAININGJOB_RESOURCE, "mlp", namespace=ns)["status"]["exportedModel"]
+    assert [v["version"] for v in ms["status"]["versions"]] == [exported["version"]]
+    (ip,) = ready_pod_ips(cluster, ns, "served")
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.25] * 64}]}
+    answer = httpx.post(f"http://{ip}:{naming.HTTP_PORT}/v2/models/digits-mlp/infer", json=body, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-coxswain-version"] == exported["version"]
