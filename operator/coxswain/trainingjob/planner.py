@@ -25,6 +25,7 @@ from coxswain.api.trainingjob import (
     FailureAction,
     LastFailure,
     Progress,
+    ProgressState,
     TrainingJob,
     TrainingJobStatus,
 )
@@ -514,11 +515,13 @@ class Planner:
             self.status.exported_model = exported
         if self.status.progress is not None:
             total = self.status.progress.total_steps
+            # Short jobs finish between two pulls of /progress: the last pull may say "exporting".
             self.status.progress = self.status.progress.model_copy(
                 update={
                     "percent": 100.0,
                     "eta_seconds": 0.0,
                     "step": self.status.progress.step if total is None else total,
+                    "state": ProgressState.FINISHED,
                 }
             )
         where = f"; model exported to {exported.uri}" if exported else ""
