@@ -23,6 +23,7 @@ from coxswain.api.trainingjob import (
     CleanPodPolicy,
     ExportedModel,
     FailureAction,
+    LastCheckpoint,
     LastFailure,
     Progress,
     ProgressState,
@@ -187,6 +188,17 @@ def _merge_progress(old: Progress | None, fresh: dict[str, Any] | None, now: dat
     return new.model_copy(
         update={"last_update_time": now if stepped else old.last_update_time if old else now}
     )
+
+
+def _last_checkpoint(old: LastCheckpoint | None, fresh: dict[str, Any] | None) -> LastCheckpoint | None:
+    """Rank 0's newest checkpoint as /progress reports it (kept across attempts)."""
+    record = (fresh or {}).get("lastCheckpoint")
+    if not isinstance(record, dict):
+        return old
+    try:
+        return LastCheckpoint.model_validate(record)
+    except ValueError:
+        return old
 
 
 class Planner:
@@ -361,6 +373,7 @@ class Planner:
             self.succeed(pods)
             return
         self.status.progress = _merge_progress(self.status.progress, self.obs.progress, self.now)
+        self.status.last_checkpoint = _last_checkpoint(self.status.last_checkpoint, self.obs.progress)
         running = [p for p in pods if p.get("status", {}).get("phase") in ("Running", "Succeeded")]
         if len(running) >= self.spec.nodes:
             if self.status.phase != Phase.RUNNING:

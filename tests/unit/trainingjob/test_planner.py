@@ -327,3 +327,25 @@ def test_progress_merges_and_keeps_last_step_time() -> None:
 def test_backoff_doubles_and_caps() -> None:
     tj = make()
     assert [backoff_seconds(tj, n) for n in (1, 2, 3, 4, 5)] == [10, 20, 40, 60, 60]
+
+
+def test_last_checkpoint_comes_from_rank0_progress() -> None:
+    st = {"attempt": 1, "phase": "Running", "observedGeneration": 1}
+    fresh = {
+        "step": 100,
+        "lastCheckpoint": {
+            "step": 100,
+            "path": "/var/lib/coxswain/checkpoints/step-100.pt",
+            "time": NOW.isoformat(),
+        },
+    }
+    plan = plan_reconcile(
+        make(status=st), Observed(jobs=[job(1)], pods=[pod(1, 0), pod(1, 1)], progress=fresh), NOW
+    )
+    assert plan.status.last_checkpoint is not None and plan.status.last_checkpoint.step == 100
+    later = plan_reconcile(
+        make(status=plan.status.to_dict()),
+        Observed(jobs=[job(1)], pods=[pod(1, 0), pod(1, 1)], progress={"step": 120}),
+        NOW,
+    )
+    assert later.status.last_checkpoint is not None and later.status.last_checkpoint.step == 100
