@@ -28,7 +28,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for world in (1, 2):
             for name, run in (("bare_ddp", run_bare), ("coxswain_trainer", run_trainer)):
-                rate = run(channels, hidden, args.batch, args.steps, world)
+                rate, _ = run(channels, hidden, args.batch, args.steps, world)
                 figures.setdefault((name, world), []).append(rate)
                 print(f"{name} processes={world} samples_per_second {rate:.0f}", flush=True)
     # Best of the repeats: the figure least disturbed by other work on a shared machine.

@@ -424,5 +424,6 @@ class Trainer:
                 lr=lr,
                 samples_per_second=round(rate, 1),
                 samples_seen=self.samples_seen,
+                cpu_seconds=round(time.process_time(), 3),  # this process's CPU time: overhead shows here
                 eta_seconds=round(eta, 1) if eta is not None else None,
             )
