@@ -155,6 +155,8 @@ def run_wrk(url: str, body: Path, seconds: int, rate: float | None = None) -> Lo
         env=env, capture_output=True, text=True, check=True, timeout=seconds + 60,
     ).stdout  # fmt: skip
     percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)$", out, re.M))
+    if "99" not in percentiles:
+        raise RuntimeError(f"wrk gave no latency distribution (no request answered?):\n{out}")
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
@@ -299,7 +301,8 @@ def measure(
         run_wrk(url, body_file, 2)  # warm-up: JIT profiling, allocator pools, connections
         return load(url, body_file)
     except Exception as exc:  # one server failing must not hide the others' numbers
-        log(f"{target.name} {model}: FAILED: {exc}")
+        log(f"{target.name} {model}: FAILED: {type(exc).__name__}: {exc}")
+        log(f"last lines of {process.logfile}:\n{process.logfile.read_text(errors='replace')[-2000:]}")
         return None
     finally:
         process.stop()
