@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 from lightkube import ApiError
 from lightkube.resources.apps_v1 import Deployment
@@ -154,6 +155,19 @@ def test_create_makes_deployment_service_traffic_and_url(
     assert st["versions"] == [{"version": "v1", "trafficPercent": 100, "ready": True}]
     assert st["lastScaleDecision"]["to"] == 2
     assert condition(ms, "ModelLoaded")["status"] == "True"
+    # The serving series dashboards and alerts read (issue 10).
+    series = f'name="digits",namespace="{ns}"'
+
+    def scraped() -> str | None:
+        try:
+            text = operator.metrics()
+        except httpx.HTTPError:
+            return None  # the operator process may still be starting
+        return text if f"coxswain_modelservice_ready{{{series}}} 1.0" in text else None
+
+    text = wait_for(scraped, 30, "the operator's serving metrics")
+    assert f"coxswain_modelservice_ready_replicas{{{series}}} 2.0" in text
+    assert f"coxswain_modelservice_desired_replicas{{{series}}} 2.0" in text
 
     dep = cluster.client.get(Deployment, "digits", namespace=ns)
     assert dep.metadata is not None and dep.metadata.ownerReferences is not None

@@ -307,7 +307,8 @@ def _record_metrics(ms: ModelService, result: Plan) -> None:
         metrics.MODELSERVICE_INFLIGHT.labels(ns, name).set(status.load.inflight or 0.0)
         if status.load.rps is not None:
             metrics.MODELSERVICE_RPS.labels(ns, name).set(status.load.rps)
-    if result.scale is not None and result.scale.to != result.scale.from_:
+    # The first replica count of a new service is not a decision about load.
+    if result.scale is not None and ms.spec.replicas is not None and result.scale.to != result.scale.from_:
         direction = "up" if result.scale.to > result.scale.from_ else "down"
         metrics.MODELSERVICE_SCALE_DECISIONS.labels(ns, name, direction).inc()
     canary = ms.spec.versions.canary
