@@ -2,8 +2,12 @@
 to `max_batch_size` rows (or whatever arrived within `max_latency`, whichever comes first),
 run on the inference thread, and the output rows are handed back to each caller.
 
-The event loop never runs the model: while one batch runs on the inference thread, the loop
-parses the next requests, so batches fill by themselves under load. With `max_latency` 0
+The model runs on the inference thread: while one batch runs there, the loop parses the next
+requests, so batches fill by themselves under load. The exception is a model whose batches
+take less than `inline_below` (measured, smoothed): handing such a batch to a thread and back
+costs more than running it (two thread wake-ups, each a wait for a CPU on a busy node), and
+blocking the loop for that long delays it no more than parsing one large request would. A
+batch that gets slower than the bound goes back to the thread. With `max_latency` 0
 the worker still yields one loop turn before taking a batch, so requests that arrived in
 the same turn ride together at no added latency. With `max_latency` above 0, a batch that
 is not full also goes as soon as requests stop arriving (no arrival for twice the smoothed
@@ -57,6 +61,7 @@ class Batcher:
         max_latency_s: float,
         max_queue_size: int,
         label: str,
+        inline_below_s: float = 0.0,
         observe_batch: Callable[[int], None] | None = None,
         count_error: Callable[[], None] | None = None,
     ) -> None:
@@ -69,6 +74,8 @@ class Batcher:
         self._observe_batch = observe_batch
         self._count_error = count_error
         self._queue: collections.deque[_Pending] = collections.deque()
+        self._inline_below = inline_below_s
+        self._cost: float | None = None  # smoothed seconds per forward, measured on every batch
         self._last_arrival = 0.0
         self._gap = max_latency_s  # until measured, assume arrivals are sparse
         self._queued_rows = 0
@@ -151,6 +158,13 @@ class Batcher:
             if batch:
                 await self._run(batch)
 
+    def _timed_forward(self, arrays: Arrays) -> Arrays:
+        started = time.perf_counter()
+        outputs = self._forward(arrays)
+        spent = time.perf_counter() - started
+        self._cost = spent if self._cost is None else 0.8 * self._cost + 0.2 * spent
+        return outputs
+
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
         rows = 0
@@ -174,7 +188,11 @@ class Batcher:
         rows = sum(item.rows for item in batch)
         self._running = len(batch)
         try:
-            outputs = await self._loop.run_in_executor(self._executor, self._forward, arrays)
+            cost = self._cost
+            if cost is not None and cost < self._inline_below:
+                outputs = self._timed_forward(arrays)
+            else:
+                outputs = await self._loop.run_in_executor(self._executor, self._timed_forward, arrays)
         except Exception as exc:
             log.exception("version %s: a batch of %d rows failed in the model", self._label, rows)
             if self._count_error is not None:

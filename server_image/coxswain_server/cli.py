@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait for a batch to fill (default 0: run when the model is free)",
     )
     a("--max-queue-size", type=int, help="requests queued per version before 429 (default 1024)")
+    a(
+        "--inline-below-us",
+        type=float,
+        help="batches whose forward takes less than this run on the event loop, skipping the thread hand-off "
+        "(default 200; 0: always the inference thread)",
+    )
     a("--max-body-bytes", type=int, help="largest request body before 413 (default 8 MiB)")
     a(
         "--auth-token-file",

@@ -80,6 +80,13 @@ class ServerSettings(BaseModel):
         description="how long the first request of a batch may wait for more; 0: run as soon as the model is free",
     )
     max_queue_size: int = Field(default=1024, ge=1, le=1_000_000)
+    inline_below_us: float = Field(
+        default=200.0,
+        ge=0,
+        le=100_000,
+        description="run batches whose forward takes less than this on the event loop instead of the "
+        "inference thread (0: always the thread)",
+    )
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     auth_token_file: Path | None = None
     auth_token: str | None = Field(default=None, repr=False)

@@ -153,6 +153,7 @@ class ModelVersions:
             max_latency_s=s.max_latency_ms / 1000.0,
             max_queue_size=s.max_queue_size,
             label=version,
+            inline_below_s=s.inline_below_us / 1e6,
             observe_batch=metrics.batch_size.observe,
             count_error=metrics.inference_errors.inc,
         )

@@ -95,3 +95,45 @@ async def test_a_burst_goes_when_arrivals_stop_not_at_the_latency_deadline() -> 
         await batcher.close(1)
     assert forward.batches == [30]
     assert waited < 0.5, f"a finished burst waited {waited:.2f}s for a batch that could not fill"
+
+
+async def test_cheap_batches_run_inline_and_slow_ones_on_the_thread() -> None:
+    import threading
+
+    ran_on: list[str] = []
+
+    def forward(arrays: Sequence[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        ran_on.append(threading.current_thread().name)
+        return [arrays[0]]
+
+    with ThreadPoolExecutor(1, thread_name_prefix="inference") as executor:
+        batcher = Batcher(
+            forward,
+            executor,
+            max_batch_size=8,
+            max_latency_s=0.0,
+            max_queue_size=10,
+            label="v1",
+            inline_below_s=1.0,
+        )
+        batcher.start()
+        for _ in range(3):
+            await batcher.submit([np.ones((1, 2))], 1)
+        await batcher.close(1)
+        assert ran_on[0].startswith("inference")  # not measured yet: the thread
+        assert ran_on[1:] == [threading.current_thread().name] * 2  # measured cheap: inline
+        ran_on.clear()
+        slow = Batcher(
+            forward,
+            executor,
+            max_batch_size=8,
+            max_latency_s=0.0,
+            max_queue_size=10,
+            label="v2",
+            inline_below_s=0.0,
+        )
+        slow.start()
+        for _ in range(2):
+            await slow.submit([np.ones((1, 2))], 1)
+        await slow.close(1)
+        assert all(name.startswith("inference") for name in ran_on)
