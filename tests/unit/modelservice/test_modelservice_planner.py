@@ -230,3 +230,23 @@ def test_a_starting_pod_without_weights_does_not_make_the_service_unready() -> N
     )
     assert cond(p, "Ready")[:2] == ("True", "ReplicasReady")
     assert [v.ready for v in p.status.versions] == [True, True]
+
+
+def test_a_restarted_operator_carries_on_at_the_recorded_step() -> None:
+    versions = {"stable": "v1", "canary": "v2", "analysis": {"steps": [10, 50, 100]}}
+    status = {"canary": {"phase": "Progressing", "version": "v2", "step": 1, "message": "at 50%"}}
+    p = plan(
+        make(status=status, replicas=1, versions=versions), observed(pods=[pod("a")]), Memory(), NOW, 0.0
+    )
+    assert p.weights == {"v1": 50, "v2": 50}
+    assert p.status.canary is not None and p.status.canary.step == 1
+    rolled = {"canary": {"phase": "RolledBack", "version": "v2", "step": 0, "message": "bad"}}
+    p = plan(
+        make(status=rolled, replicas=1, versions=versions), observed(pods=[pod("a")]), Memory(), NOW, 0.0
+    )
+    assert p.weights == {"v1": 100, "v2": 0}
+    # A new canary version starts over at the first step.
+    newer = {**versions, "canary": "v3"}
+    p = plan(make(status=rolled, replicas=1, versions=newer), observed(pods=[pod("a")]), Memory(), NOW, 0.0)
+    assert p.weights == {"v1": 90, "v3": 10}
+    assert p.status.canary is not None and p.status.canary.version == "v3"
