@@ -19,7 +19,9 @@ def _final_model(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     return found[1]["model"]  # type: ignore[no-any-return]
 
 
-def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path: Path) -> None:
+def test_two_processes_match_one_process_on_the_concatenated_batch_also_with_accumulation(
+    tmp_path: Path,
+) -> None:
     # 800 training samples, global batch 100: each rank's 50 are half of the one process's 100.
     spec = merge(
         SMALL_SPEC,
@@ -35,15 +37,24 @@ def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path: Pat
             "checkpoint": {"intervalSteps": 1000},
         },
     )
+    # And with DDP's no_sync: 2 ranks x 2 accumulated micro-batches of 25 are the same 100 samples.
+    accumulated = merge(spec, {"optimization": {"batchSize": 50, "gradientAccumulationSteps": 2}})
     one = launch(spec, tmp_path / "one", world_size=1)
     two = launch(spec, tmp_path / "two", world_size=2)
+    two_acc = launch(accumulated, tmp_path / "two-acc", world_size=2)
     assert one.wait() == [0]
     assert two.wait() == [0, 0]
-    a, b = _final_model(tmp_path / "one" / "checkpoints"), _final_model(tmp_path / "two" / "checkpoints")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    assert two_acc.wait() == [0, 0]
+    a = _final_model(tmp_path / "one" / "checkpoints")
+    for other in ("two", "two-acc"):
+        b = _final_model(tmp_path / other / "checkpoints")
+        assert a.keys() == b.keys()
+        for name in a:
+            torch.testing.assert_close(
+                a[name], b[name], rtol=1e-4, atol=1e-5, msg=lambda m, n=f"{other} {name}": f"{n}: {m}"
+            )
     assert two.find("training_finished")[0]["step"] == one.find("training_finished")[0]["step"] == 24
+    assert two_acc.find("training_finished")[0]["step"] == 24
 
 
 def _steps_in(path: Path) -> list[int]:
