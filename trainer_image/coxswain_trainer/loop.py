@@ -141,6 +141,7 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = -1
         self.resumed_from: int | None = None
+        self._warned_diverged = False
         self.samples_seen = 0  # rank 0: global samples trained in this process's lifetime
         self.train_model: nn.Module = self.module
         self.progress_interval = progress_interval_seconds
@@ -402,6 +403,14 @@ class Trainer:
     ) -> None:
         """Rank 0: turn the window's sums into progress and metrics (the one `.item()` sync)."""
         train_loss = float(loss_sum.item()) / max(steps, 1)
+        if not math.isfinite(train_loss) and not self._warned_diverged:
+            self._warned_diverged = True
+            log.warning(
+                "loss_not_finite",
+                step=self.step,
+                loss=train_loss,
+                action="training diverged: lower optimization.optimizer.learningRate or set gradientClipNorm",
+            )
         rate = samples / elapsed if elapsed > 0 else 0.0
         self.samples_seen += samples
         eta = (self.plan.total_steps - self.step) * elapsed / steps if steps else None

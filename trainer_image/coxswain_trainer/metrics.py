@@ -8,6 +8,7 @@ the loop nothing but the lock-free assignments.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -113,7 +114,10 @@ class TrainerMetrics:
 
     def progress_json(self) -> bytes:
         with self._lock:
-            return json.dumps(asdict(self.progress)).encode()
+            record = asdict(self.progress)
+        # A diverged loss is NaN or inf, which strict JSON parsers (Go's, the API server's) refuse.
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        return json.dumps(clean).encode()
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the HTTP server in a daemon thread; returns the bound port (0 = any free one)."""

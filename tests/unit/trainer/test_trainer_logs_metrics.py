@@ -65,3 +65,11 @@ def test_threads_follow_omp_num_threads_or_the_cpus_shared_by_processes(
     assert threads_per_process(2) == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert threads_per_process(10_000) == 1
+
+
+def test_a_diverged_loss_is_null_in_progress_json() -> None:
+    metrics = TrainerMetrics()
+    metrics.update(step=3, totalSteps=10, trainLoss=float("nan"), evalMetric=float("inf"))
+    progress = json.loads(metrics.progress_json())
+    assert progress["trainLoss"] is None
+    assert progress["evalMetric"] is None
