@@ -103,7 +103,13 @@ async def run(kind: str, repo: Path, work: Path, args: argparse.Namespace) -> di
             await asyncio.sleep(1.0)
         merged = merge([read_counts(w) for w in wrks])
         await service.close()
-    merged.update(kind=kind, decided_at=decided_at, applied_at=applied_at)
+    record = service.history[-1].status.canary if service.history else None
+    merged.update(
+        kind=kind,
+        decided_at=decided_at,
+        applied_at=applied_at,
+        outcome=f"{record.phase}: {record.message}" if record is not None else "no canary",
+    )
     return merged
 
 
@@ -115,6 +121,7 @@ def report(r: dict[str, Any]) -> tuple[int, int]:
     rollout_failures = failed - canary_500
     by = ", ".join(f"{code}/{v}={n}" for (code, v), n in sorted(counts.items()))
     print(f"{r['kind']}: requests {total}, failed {failed} ({by}; socket errors {r['socket_errors']})")
+    print(f"{r['kind']}: {r['outcome']}")
     if r["decided_at"] is not None:
         print(f"{r['kind']}: decision at {r['decided_at']:.1f} s, weights on every server at "
               f"{r['applied_at'] if r['applied_at'] is None else round(r['applied_at'], 1)} s")  # fmt: skip
@@ -144,6 +151,11 @@ def main() -> int:
         print(f"ratio {kind}_requests_vs_baseline {total / base_total if base_total else 0:.3f}")
         print(f"ratio {kind}_rollout_failures_per_request {failures / total if total else 0:.6f}")
     ok = figures["promote"][1] == 0 and figures["rollback"][1] == 0
+    ok = (
+        ok
+        and results["promote"]["outcome"].startswith("Promoted")
+        and results["rollback"]["outcome"].startswith("RolledBack")
+    )
     return 0 if ok else 1
 
 

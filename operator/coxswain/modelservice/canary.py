@@ -29,6 +29,10 @@ from coxswain.modelservice.load import VersionWindow
 # Latency differences smaller than this are histogram-bucket noise at sub-10 ms latencies:
 # a 0.8 ms stable p99 against 1.3 ms is a "ratio" of 1.6 and no problem for anybody.
 P99_ABSOLUTE_SLACK_SECONDS = 0.005
+# A p99 of a few dozen requests is their slowest one or two: one scheduler hiccup on a busy
+# node would roll back a good canary. Below this many canary requests the latency verdict
+# waits (an error-rate failure still rolls back at once).
+P99_MIN_REQUESTS = 200
 
 
 class Verdict(StrEnum):
@@ -89,6 +93,12 @@ def judge(stable: VersionWindow, canary: VersionWindow, analysis: CanaryAnalysis
             Verdict.FAIL,
             f"canary error rate {c_err:.2%} vs stable {s_err:.2%} ({canary.errors:.0f} of "
             f"{canary.requests:.0f} requests failed; allowed increase {analysis.max_error_rate_increase:.2%})",
+        )
+    if canary.requests < P99_MIN_REQUESTS:
+        return Judgement(
+            Verdict.WAIT,
+            f"error rate fine ({c_err:.2%} vs {s_err:.2%}); {canary.requests:.0f} of {P99_MIN_REQUESTS} canary "
+            "requests needed to judge p99 latency",
         )
     c_p99, s_p99 = canary.quantile(0.99), stable.quantile(0.99)
     if c_p99 is not None and s_p99 is not None and s_p99 > 0 and stable.requests >= 1:

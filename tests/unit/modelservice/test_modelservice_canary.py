@@ -29,25 +29,31 @@ def test_too_few_canary_requests_waits() -> None:
     assert j.verdict == Verdict.WAIT and "20 of 50" in j.message
 
 
+def test_p99_waits_for_enough_requests_but_errors_fail_at_once() -> None:
+    slow = judge(vw(1000, fast=0.01), vw(100, fast=0.05), ANALYSIS)
+    assert slow.verdict == Verdict.WAIT and "p99" in slow.message
+    assert judge(vw(1000), vw(60, errors=30), ANALYSIS).verdict == Verdict.FAIL
+
+
 def test_error_rate_above_stable_fails() -> None:
     j = judge(vw(1000, errors=1), vw(100, errors=5), ANALYSIS)
     assert j.verdict == Verdict.FAIL and "5.00%" in j.message
 
 
 def test_small_error_increase_within_bounds_passes() -> None:
-    assert judge(vw(1000, errors=10), vw(100, errors=1.5), ANALYSIS).verdict == Verdict.PASS
+    assert judge(vw(1000, errors=10), vw(300, errors=4), ANALYSIS).verdict == Verdict.PASS
 
 
 def test_p99_ratio_fails_only_beyond_noise() -> None:
-    slow = judge(vw(1000, fast=0.01), vw(100, fast=0.05), ANALYSIS)
+    slow = judge(vw(1000, fast=0.01), vw(300, fast=0.05), ANALYSIS)
     assert slow.verdict == Verdict.FAIL and "p99" in slow.message
     # 0.8 ms vs 1.6 ms is a ratio of 2 but no difference anybody notices.
-    assert judge(vw(1000, fast=0.001), vw(100, fast=0.002), ANALYSIS).verdict == Verdict.PASS
+    assert judge(vw(1000, fast=0.001), vw(300, fast=0.002), ANALYSIS).verdict == Verdict.PASS
 
 
 def test_steps_walk_then_promote() -> None:
     record = CanaryStatus(phase=CanaryPhase.PROGRESSING, version="v2", step=0)
-    ok = judge(vw(1000), vw(100), ANALYSIS)
+    ok = judge(vw(1000), vw(300), ANALYSIS)
     seen = []
     for _ in range(3):
         result = advance(record, "v2", ANALYSIS, ok)
