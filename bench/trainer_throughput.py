@@ -166,6 +166,75 @@ def run_trainer(
     return samples / (t1 - t0), samples / (last["cpu_seconds"] - first["cpu_seconds"])
 
 
+def in_process_loops(
+    channels: list[int], hidden: list[int], batch: int, steps: int, rounds: int
+) -> tuple[list[float], list[float]]:
+    """CPU seconds of the trainer's loop and of the bare loop, one rank, alternating in this process.
+
+    Without DDP and without process start-up this isolates the per-step work the trainer adds;
+    CPU time (not wall time) keeps other work on the machine out of the figure.
+    """
+    import torch
+    from torch import nn
+
+    from coxswain.api.trainingjob import TrainingJobSpec
+    from coxswain_trainer.checkpoint import CheckpointStore
+    from coxswain_trainer.distributed import Topology
+    from coxswain_trainer.loop import Trainer
+    from coxswain_trainer.metrics import TrainerMetrics
+    from coxswain_trainer.signals import StopRequest
+    from coxswain_trainer.tasks import build_task
+
+    torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+    spec = TrainingJobSpec.model_validate(trainer_spec(channels, hidden, batch, steps))
+
+    def ours(tmp: Path) -> float:
+        task = build_task(spec, cpu)
+        topo = Topology(0, 1, 0, 1, cpu, "gloo")
+        trainer = Trainer(
+            spec,
+            topo,
+            task,
+            CheckpointStore(tmp, 1),
+            TrainerMetrics(),
+            StopRequest(),
+            log_interval_seconds=1e9,
+        )
+        trainer.start(None)
+        trainer.save_checkpoint = lambda reason: None  # type: ignore[method-assign]  # the loop only
+        trainer.evaluate = lambda: {}  # type: ignore[method-assign]
+        started = time.process_time()
+        trainer.run()
+        return time.process_time() - started
+
+    def bare() -> float:
+        task = build_task(spec, cpu)
+        x, y = task.data.train.x, task.data.train.y  # type: ignore[attr-defined]
+        model, loss_fn = task.model, nn.CrossEntropyLoss()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        step, epoch, started = 0, 0, time.process_time()
+        while step < steps:
+            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
+            for i in range(0, len(perm), batch):
+                idx = perm[i : i + batch]
+                opt.zero_grad(set_to_none=True)
+                loss_fn(model(x[idx]), y[idx]).backward()
+                opt.step()
+                step += 1
+                if step >= steps:
+                    break
+            epoch += 1
+        return time.process_time() - started
+
+    bare_times, our_times = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            bare_times.append(bare())
+            our_times.append(ours(Path(tmp)))
+    return bare_times, our_times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bare-worker", help=argparse.SUPPRESS)
@@ -209,6 +278,15 @@ def main() -> None:
     print(f"ratio trainer_vs_bare_ddp_samples_per_second {max(ours) / max(bare):.3f}")
     print(f"ratio trainer_vs_bare_ddp_samples_per_second_median {med(ours) / med(bare):.3f}")
     print(f"ratio trainer_vs_bare_ddp_samples_per_cpu_second {med(ours_cpu) / med(bare_cpu):.3f}")
+
+    from coxswain_trainer.logs import log
+
+    log.stream = open(os.devnull, "w")  # noqa: SIM115 - the in-process trainer's event lines
+    bare_t, our_t = in_process_loops(channels, hidden, args.batch // args.world, 300, 6)
+    print(
+        f"in_process_one_rank cpu_seconds bare {[round(t, 3) for t in bare_t]} trainer {[round(t, 3) for t in our_t]}"
+    )
+    print(f"ratio trainer_loop_vs_bare_loop_in_process_cpu {med(bare_t) / med(our_t):.3f}")
 
 
 if __name__ == "__main__":
