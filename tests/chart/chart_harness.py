@@ -242,6 +242,8 @@ class Replica:
         self.pod_id = pod_id
         env = {
             **cluster.env(),
+            # The container's plain env (PYTHONUNBUFFERED: its log reaches the file at once).
+            **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e},
             "KUBECONFIG": str(release.kubeconfig),
             "POD_ID": pod_id,
             # The image's PATH: this project's environment stands in for the operator image.

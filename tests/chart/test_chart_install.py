@@ -11,6 +11,7 @@ node agent can start it.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -91,6 +92,12 @@ def _priority(pod_id: str) -> int:
     # What `printf %s "$POD_ID" | cksum` prints: POSIX cksum is not zlib's CRC-32, so ask it.
     out = subprocess.run(["cksum"], input=pod_id, capture_output=True, text=True, check=True).stdout
     return int(out.split()[0])
+
+
+def _acting(replica: Replica) -> bool:
+    """Whether kopf's last word on peering in this replica's log was to act, not to pause."""
+    events = re.findall(r"(Resuming operations|Pausing operations)", replica.log.read_text(errors="replace"))
+    return bool(events) and events[-1] == "Resuming operations"
 
 
 def _trainingjob(name: str) -> dict[str, Any]:
@@ -182,14 +189,19 @@ def test_install_operates_upgrade_changes_and_uninstall_leaves_nothing(
         for replica in replicas:
             assert peers[replica.pod_id]["priority"] == _priority(replica.pod_id)
         standby = min(replicas, key=lambda r: _priority(r.pod_id))
-        wait_for(
-            lambda: "Pausing operations in favour of" in standby.log.read_text() or None,
-            60,
-            "the standby replica pausing",
-        )
+        active = max(replicas, key=lambda r: _priority(r.pod_id))
+        # kopf starts paused until the peering says it may act: the higher priority resumes,
+        # the lower stays paused (or pauses, if it had resumed before the other appeared).
+        wait_for(lambda: _acting(active) or None, 60, "the higher-priority replica acting")
 
         _run_to_success(cluster, first, "installed")
         delete_custom_objects(cluster, first)
+        assert not _acting(standby), "both replicas acted at once"
+
+        # Failover: the active replica stops (SIGTERM removes it from the peering) and the
+        # standby takes over.
+        active.stop()
+        wait_for(lambda: _acting(standby) or None, 60, "the standby replica taking over")
 
         helm("upgrade", name, str(CHART), "-n", release_ns, "--reuse-values", "--set", f"watchNamespaces={{{first},{second}}}",
              "--set", "logLevel=DEBUG", "--wait", env=cluster.env())  # fmt: skip
