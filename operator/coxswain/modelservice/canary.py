@@ -26,8 +26,8 @@ from coxswain.api.modelservice import (
 )
 from coxswain.modelservice.load import VersionWindow
 
-# Latency differences smaller than this are histogram-bucket noise at sub-10 ms latencies:
-# a 0.8 ms stable p99 against 1.3 ms is a "ratio" of 1.6 and no problem for anybody.
+# Latency differences smaller than this are no problem for anybody, whatever the ratio:
+# a 0.8 ms stable p99 against 1.3 ms is a "ratio" of 1.6.
 P99_ABSOLUTE_SLACK_SECONDS = 0.005
 # A p99 of a few dozen requests is their slowest one or two: one scheduler hiccup on a busy
 # node would roll back a good canary. Below this many canary requests the latency verdict
@@ -101,13 +101,20 @@ def judge(stable: VersionWindow, canary: VersionWindow, analysis: CanaryAnalysis
             "requests needed to judge p99 latency",
         )
     c_p99, s_p99 = canary.quantile(0.99), stable.quantile(0.99)
-    if c_p99 is not None and s_p99 is not None and s_p99 > 0 and stable.requests >= 1:
-        ratio = c_p99 / s_p99
-        if ratio > analysis.max_p99_ratio and c_p99 - s_p99 > P99_ABSOLUTE_SLACK_SECONDS:
+    c_bucket, s_bucket = canary.quantile_bucket(0.99), stable.quantile_bucket(0.99)
+    if c_p99 is not None and s_p99 is not None and c_bucket is not None and s_bucket is not None:
+        # A histogram only knows which bucket the p99 is in: the canary fails when even the
+        # bottom of its bucket is beyond the top of the stable's times the ratio. Neighbouring
+        # buckets (10 and 15 ms are a "ratio" of 1.5) are not evidence of anything.
+        slowest_stable, fastest_canary = s_bucket[1], c_bucket[0]
+        if (
+            fastest_canary > slowest_stable * analysis.max_p99_ratio
+            and fastest_canary - slowest_stable > P99_ABSOLUTE_SLACK_SECONDS
+        ):
             return Judgement(
                 Verdict.FAIL,
-                f"canary p99 {c_p99 * 1000:.1f} ms is {ratio:.2f}x the stable's {s_p99 * 1000:.1f} ms "
-                f"(allowed {analysis.max_p99_ratio:g}x)",
+                f"canary p99 {c_p99 * 1000:.1f} ms (over {fastest_canary * 1000:g} ms) vs the stable's "
+                f"{s_p99 * 1000:.1f} ms (under {slowest_stable * 1000:g} ms): more than {analysis.max_p99_ratio:g}x",
             )
     p99 = f", p99 {c_p99 * 1000:.1f} ms" if c_p99 is not None else ""
     stable_p99 = f" vs {s_p99 * 1000:.1f} ms" if s_p99 is not None and c_p99 is not None else ""

@@ -32,6 +32,9 @@ class VersionWindow:
     def quantile(self, q: float) -> float | None:
         return histogram_quantile(q, self.buckets)
 
+    def quantile_bucket(self, q: float) -> tuple[float, float] | None:
+        return quantile_bucket(q, self.buckets)
+
 
 @dataclass
 class Window:
@@ -109,3 +112,19 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
 
 def total_inflight(samples: dict[str, PodSample]) -> float:
     return sum(s.inflight for s in samples.values())
+
+
+def quantile_bucket(q: float, buckets: dict[float, float]) -> tuple[float, float] | None:
+    """(lower, upper) bounds of the bucket holding the q-quantile: all a histogram knows."""
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    lower = 0.0
+    for le in bounds:
+        if buckets[le] >= q * total:
+            return lower, le
+        lower = le
+    return lower, bounds[-1]

@@ -8,7 +8,7 @@ import pytest
 from coxswain.api.modelservice import CanaryAnalysis, CanaryPhase, CanaryStatus
 from coxswain.modelservice import canary
 from coxswain.modelservice.canary import Verdict, advance, judge
-from coxswain.modelservice.load import VersionWindow, histogram_quantile, window
+from coxswain.modelservice.load import VersionWindow, histogram_quantile, quantile_bucket, window
 from coxswain.modelservice.scrape import PodSample, parse_metrics
 
 pytestmark = pytest.mark.unit
@@ -18,10 +18,30 @@ ANALYSIS = CanaryAnalysis(
 )
 
 
-def vw(requests: float, errors: float = 0.0, fast: float = 0.004) -> VersionWindow:
+# The server's latency buckets (coxswain_server.metrics.LATENCY_BUCKETS).
+BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    float("inf"),
+)
+
+
+def vw(requests: float, errors: float = 0.0, fast: float = 0.005) -> VersionWindow:
     """`requests` with latencies all in the bucket ending at `fast` seconds."""
     good = requests - errors
-    return VersionWindow(requests, errors, {0.001: 0.0, fast: good, 0.1: good, float("inf"): good})
+    return VersionWindow(requests, errors, {le: (good if le >= fast else 0.0) for le in BUCKETS})
 
 
 def test_too_few_canary_requests_waits() -> None:
@@ -49,6 +69,11 @@ def test_p99_ratio_fails_only_beyond_noise() -> None:
     assert slow.verdict == Verdict.FAIL and "p99" in slow.message
     # 0.8 ms vs 1.6 ms is a ratio of 2 but no difference anybody notices.
     assert judge(vw(1000, fast=0.001), vw(300, fast=0.002), ANALYSIS).verdict == Verdict.PASS
+    # Stable p99 in (7.5, 10] ms: only a canary p99 surely above 15 ms, i.e. in a bucket that
+    # starts at or above 15 ms + 1 bucket, is surely 1.5x slower.
+    assert judge(vw(1000, fast=0.01), vw(300, fast=0.015), ANALYSIS).verdict == Verdict.PASS
+    assert judge(vw(1000, fast=0.01), vw(300, fast=0.025), ANALYSIS).verdict == Verdict.PASS
+    assert judge(vw(1000, fast=0.01), vw(300, fast=0.05), ANALYSIS).verdict == Verdict.FAIL
 
 
 def test_steps_walk_then_promote() -> None:
@@ -141,3 +166,4 @@ def test_histogram_quantile_interpolates_like_prometheus() -> None:
     assert histogram_quantile(0.99, buckets) == pytest.approx(0.001 + 0.009 * 0.99)
     assert histogram_quantile(0.5, {0.01: 0.0, float("inf"): 10.0}) == 0.01
     assert histogram_quantile(0.99, {}) is None
+    assert quantile_bucket(0.99, buckets) == (0.001, 0.01)
