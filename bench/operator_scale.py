@@ -174,6 +174,8 @@ def main() -> int:
     env = {**os.environ, "KUBECONFIG": str(dev.paths.kubeconfig)}
     log = Path(tempfile.mkdtemp(prefix="coxswain-bench-")) / "operator.log"
     with open(log, "wb") as out:
+        # Cluster-wide, as most installs run it: a namespace glob would add kopf's namespace
+        # discovery to the first burst in a namespace made just before it.
         op = subprocess.Popen(
             [
                 sys.executable,
@@ -182,8 +184,6 @@ def main() -> int:
                 "operator",
                 "run",
                 "--standalone",
-                "-n",
-                "bench-*",
                 "--metrics-port",
                 "0",
                 "--health-port",
