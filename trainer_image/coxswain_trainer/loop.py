@@ -13,6 +13,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -224,6 +225,9 @@ class Trainer:
         took = time.perf_counter() - started
         self.metrics.checkpoints.inc()
         self.metrics.checkpoint_seconds.observe(took)
+        self.metrics.update(
+            lastCheckpoint={"step": self.step, "path": str(path), "time": datetime.now(UTC).isoformat()}
+        )
         log.info("checkpoint_saved", step=self.step, path=str(path), reason=reason, seconds=round(took, 3))
 
     # ---- evaluation --------------------------------------------------------------------

@@ -55,6 +55,8 @@ class Progress:
     etaSeconds: float | None = None
     state: str = "starting"
     lastUpdateTime: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    # {step, path, time} of the newest checkpoint rank 0 wrote; the operator copies it to status.
+    lastCheckpoint: dict[str, Any] | None = None
 
 
 class TrainerMetrics:

@@ -55,6 +55,7 @@ def test_progress_json_has_the_status_progress_keys() -> None:
         "etaSeconds",
         "state",
         "lastUpdateTime",
+        "lastCheckpoint",
     }
 
 
