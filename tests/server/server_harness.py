@@ -40,10 +40,10 @@ class RunningServer:
         self._log_file.flush()
         return self.log.read_text(errors="replace")
 
-    def wait_live(self, timeout: float = 60) -> None:
+    def wait_live(self, timeout: float = 180) -> None:
         self._wait("/v2/health/live", timeout)
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 180) -> None:
         self._wait("/v2/health/ready", timeout)
 
     def _wait(self, path: str, timeout: float) -> None:

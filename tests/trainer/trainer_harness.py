@@ -57,7 +57,7 @@ class Gang:
     workdir: Path
     started: float = field(default_factory=time.monotonic)
 
-    def wait(self, timeout: float = 120.0) -> list[int]:
+    def wait(self, timeout: float = 300.0) -> list[int]:
         deadline = time.monotonic() + timeout
         codes = []
         for proc in self.procs:
@@ -86,7 +86,7 @@ class Gang:
         return [e for e in self.events(rank) if e.get("event") == event]
 
     def wait_for(
-        self, predicate: Callable[[], bool], timeout: float = 120.0, what: str = "condition"
+        self, predicate: Callable[[], bool], timeout: float = 300.0, what: str = "condition"
     ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
