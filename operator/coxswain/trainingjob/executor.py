@@ -37,8 +37,10 @@ async def execute(
 ) -> None:
     """Write the status first, then act (see planner: a restart is recorded before teardown)."""
     ns, name = tj.metadata.namespace or "default", tj.metadata.name or ""
+    # Actions see the status this pass decided (the handoff needs the exported model just read).
+    current = tj.model_copy(update={"status": plan.status})
     for action in plan.actions:
-        await _execute_one(client, tj, ns, name, action, log_)
+        await _execute_one(client, current, ns, name, action, log_)
 
 
 async def patch_status(client: AsyncClient, tj: TrainingJob, status: dict[str, Any]) -> dict[str, Any]:

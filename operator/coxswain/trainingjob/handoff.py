@@ -15,8 +15,14 @@ from coxswain.kube import MODELSERVICE_RESOURCE, is_not_found
 DEFAULT_CANARY_PERCENT = 10
 
 
-def handoff_patch(tj: TrainingJob, current_versions: dict[str, Any]) -> dict[str, Any] | None:
-    """The ModelService spec patch for the new version, or None when it is already there."""
+def handoff_patch(
+    tj: TrainingJob, current_versions: dict[str, Any], canary_status: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The ModelService spec patch for the new version, or None when it is already there.
+
+    A canary the analysis already promoted serves all traffic: it becomes the stable
+    version before the new one comes in as canary, so the rollback target is the right one.
+    """
     serving, exported = tj.spec.serving, tj.status.exported_model if tj.status else None
     if serving is None or exported is None:
         return None
@@ -28,7 +34,15 @@ def handoff_patch(tj: TrainingJob, current_versions: dict[str, Any]) -> dict[str
     if current_versions.get("canary") == version or current_versions.get("stable") == version:
         return None
     percent = serving.canary_percent or DEFAULT_CANARY_PERCENT
-    return {"spec": {"versions": {"canary": version, "canaryPercent": percent}}}
+    versions: dict[str, Any] = {"canary": version, "canaryPercent": percent}
+    promoted = (canary_status or {}).get("phase") == "Promoted"
+    if (
+        promoted
+        and current_versions.get("canary")
+        and (canary_status or {}).get("version") == current_versions["canary"]
+    ):
+        versions["stable"] = current_versions["canary"]
+    return {"spec": {"versions": versions}}
 
 
 async def hand_off(
@@ -48,7 +62,7 @@ async def hand_off(
         log.warning(message)
         return
     versions = dict(ms.get("spec", {}).get("versions", {}) or {})
-    patch = handoff_patch(tj, versions)
+    patch = handoff_patch(tj, versions, (ms.get("status") or {}).get("canary"))
     if patch is None:
         return
     await client.patch(

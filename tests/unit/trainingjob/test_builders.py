@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from coxswain.api.trainingjob import TrainingJob
+from coxswain.api.trainingjob import TrainingJob, TrainingJobStatus
 from coxswain.trainingjob import builders
 
 pytestmark = pytest.mark.unit
@@ -138,3 +138,24 @@ def test_user_env_is_appended_after_the_operators() -> None:
 )
 def test_cpu_threads(cpu: str, procs: int, threads: int) -> None:
     assert builders.cpu_threads(cpu, procs) == threads
+
+
+def test_handoff_rolls_a_new_version_in_as_canary_and_promoted_canary_becomes_stable() -> None:
+    from coxswain.trainingjob.handoff import handoff_patch
+
+    tj = make(serving={"modelService": "digits", "rollout": "canary", "canaryPercent": 20})
+    exported = TrainingJobStatus.model_validate(
+        {"exportedModel": {"uri": "/models/cnn/v3", "modelName": "cnn", "version": "v3"}}
+    )
+    tj = tj.model_copy(update={"status": exported})
+    assert handoff_patch(tj, {"stable": "v1"}) == {
+        "spec": {"versions": {"canary": "v3", "canaryPercent": 20}}
+    }
+    promoted = handoff_patch(tj, {"stable": "v1", "canary": "v2"}, {"phase": "Promoted", "version": "v2"})
+    assert promoted == {"spec": {"versions": {"canary": "v3", "canaryPercent": 20, "stable": "v2"}}}
+    assert handoff_patch(tj, {"stable": "v1", "canary": "v3"}) is None
+    stable = make(serving={"modelService": "digits", "rollout": "stable"})
+    stable = stable.model_copy(update={"status": tj.status})
+    assert handoff_patch(stable, {"stable": "v1", "canary": "v2"}) == {
+        "spec": {"versions": {"stable": "v3", "canary": None, "canaryPercent": None}}
+    }
