@@ -427,12 +427,6 @@ def test_training_job_ref_waits_for_the_job_then_serves_its_export(
     )
 
 
-@pytest.mark.xfail(
-    reason="TrainingJob controller bug (reported): its executor runs the Handoff action with the "
-    "TrainingJob as read before the pass, whose status has no exportedModel yet, so handoff.py "
-    "finds nothing to roll in",
-    strict=False,
-)
 def test_a_succeeded_training_job_rolls_its_version_in_as_canary(
     cluster: ClusterHandle, operator: OperatorProcess, op_namespace: str
 ) -> None:

@@ -366,6 +366,10 @@ class Planner:
         pods = self.pods_of_attempt(self.attempt)
         failed_job = _job_condition(job, "Failed")
         failure = root_cause(pods)
+        if failure is not None and failure.follower and failed_job is None:
+            # Only pods that were torn down (a suspend, a deleted pod the Job controller
+            # replaces): not a failure of the gang unless the Job itself failed.
+            failure = None
         if failure is not None or failed_job is not None:
             self.handle_failure(job, failure, failed_job)
             return
@@ -374,7 +378,12 @@ class Planner:
             return
         self.status.progress = _merge_progress(self.status.progress, self.obs.progress, self.now)
         self.status.last_checkpoint = _last_checkpoint(self.status.last_checkpoint, self.obs.progress)
-        running = [p for p in pods if p.get("status", {}).get("phase") in ("Running", "Succeeded")]
+        running = [
+            p
+            for p in pods
+            if p.get("status", {}).get("phase") in ("Running", "Succeeded")
+            and not p.get("metadata", {}).get("deletionTimestamp")
+        ]
         if len(running) >= self.spec.nodes:
             if self.status.phase != Phase.RUNNING:
                 self.event(

@@ -349,3 +349,25 @@ def test_last_checkpoint_comes_from_rank0_progress() -> None:
         NOW,
     )
     assert later.status.last_checkpoint is not None and later.status.last_checkpoint.step == 100
+
+
+def test_pods_torn_down_by_a_suspend_are_not_a_gang_failure() -> None:
+    st = {
+        "attempt": 1,
+        "phase": "Suspended",
+        "observedGeneration": 1,
+        "conditions": [
+            {
+                "type": "Suspended",
+                "status": "True",
+                "reason": "JobSuspended",
+                "lastTransitionTime": NOW.isoformat(),
+            }
+        ],
+    }
+    killed = pod(1, 0, "Failed", 137)
+    killed["metadata"]["deletionTimestamp"] = NOW.isoformat()
+    plan = plan_reconcile(make(status=st), Observed(jobs=[job(1, suspend=True)], pods=[killed]), NOW)
+    assert plan.status.phase != "Restarting"
+    assert plan.status.attempt == 1
+    assert (ActionKind.RESUME_JOB, "tj-1") in kinds(plan)
