@@ -236,7 +236,7 @@ def _serve_and_predict(client: Client, background: Background) -> None:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    instances = [digits.images[i].reshape(1, 8, 8).tolist() for i in range(3)]
+    instances = [digits.data[i].tolist() for i in range(3)]  # 64 raw pixel values each
     response = httpx.post(f"{base}/v1/models/{JOB}:predict", json={"instances": instances}, timeout=30)
     response.raise_for_status()
     body = response.json()

@@ -95,7 +95,8 @@ def classify_pod_failure(pod: dict[str, Any]) -> PodFailure | None:
         )
     # Killed by teardown (the Job controller ending the rest of a failed gang) or quitting
     # because a peer died: a consequence, not the cause.
-    torn_down = bool(meta.get("deletionTimestamp")) and exit_code in (137, SIGTERM_EXIT_CODE)
+    # Any exit code: torchrun itself exits 1 after its workers checkpointed on SIGTERM.
+    torn_down = bool(meta.get("deletionTimestamp"))
     follower = torn_down or exit_code in (PEER_DIED_EXIT_CODE, SIGTERM_EXIT_CODE)
     return PodFailure(name, FailureCause.USER_ERROR, exit_code, message, finished, follower=follower)
 

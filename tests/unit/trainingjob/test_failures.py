@@ -100,3 +100,8 @@ def test_root_cause_prefers_infrastructure_over_the_user_error_it_caused() -> No
     ]
     f = root_cause(pods)
     assert f is not None and f.cause == FailureCause.PREEMPTED
+
+
+def test_a_pod_deleted_by_teardown_is_a_follower_whatever_its_exit_code() -> None:
+    f = classify_pod_failure(pod("p", 1, deletionTimestamp="2026-01-01T00:00:08Z"))
+    assert f is not None and f.follower
