@@ -446,6 +446,19 @@ class Planner:
     def handle_failure(
         self, job: dict[str, Any], failure: PodFailure | None, failed_job: dict[str, Any] | None
     ) -> None:
+        if failure is not None and failure.follower:
+            # The Job failed, but only pods that were being torn down (a suspend, a deletion)
+            # ended: an interruption, not the training code's fault, so not charged.
+            interrupted = PodFailure(
+                failure.pod,
+                failure.cause,
+                failure.exit_code,
+                "pods were stopped while the gang ran (suspend or deletion)",
+                failure.finished_at,
+                follower=False,
+            )
+            self.restart_or_fail(interrupted, charged=False, cause_name="Interrupted")
+            return
         if failure is None:
             message = (failed_job or {}).get("message") or "the Job failed without a failed pod to inspect"
             failure = PodFailure("", FailureCause.USER_ERROR, None, message, "", follower=False)

@@ -371,3 +371,17 @@ def test_pods_torn_down_by_a_suspend_are_not_a_gang_failure() -> None:
     assert plan.status.phase != "Restarting"
     assert plan.status.attempt == 1
     assert (ActionKind.RESUME_JOB, "tj-1") in kinds(plan)
+
+
+def test_a_job_failed_only_by_torn_down_pods_restarts_without_charge() -> None:
+    st = {"attempt": 1, "phase": "Running", "restarts": 0, "observedGeneration": 1}
+    killed = pod(1, 0, "Failed", 137)
+    killed["metadata"]["deletionTimestamp"] = NOW.isoformat()
+    plan = plan_reconcile(
+        make(status=st, failurePolicy={"maxRestarts": 0}),
+        Observed(jobs=[job(1, "Failed")], pods=[killed]),
+        NOW,
+    )
+    assert plan.status.phase == "Restarting"
+    assert plan.status.restarts == 0 and plan.status.uncounted_restarts == 1
+    assert plan.status.last_failure is not None and plan.status.last_failure.cause == "Interrupted"
