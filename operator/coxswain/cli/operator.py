@@ -32,6 +32,21 @@ def register(sub: Any, name: str, help_text: str) -> None:
     run.set_defaults(func=_run)
 
 
+class _DropHandlerSuccess(logging.Filter):
+    """Drop kopf's "Handler 'trainingjob_seen' succeeded." INFO line, logged for every watch event.
+
+    Only that handler's: kopf's other per-object lines (and those of the handlers that still
+    log through kopf's logger) stay.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno <= logging.INFO
+            and isinstance(record.msg, str)
+            and record.msg.startswith("Handler 'trainingjob_seen'")
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
     import kopf
     from prometheus_client import start_http_server
@@ -45,6 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     # One line per HTTP request is noise for users; our own log lines say what changed.
     for name in ("httpx", "httpx2"):  # lightkube ships its httpx as httpx2
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("kopf.objects").addFilter(_DropHandlerSuccess())
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=REGISTRY)
     kopf.run(

@@ -1,20 +1,25 @@
-"""kopf wiring for TrainingJobs: watches wake one reconcile loop per job; the logic is elsewhere.
+"""kopf wiring for TrainingJobs: watch events queue the job for a reconcile pass; the logic is elsewhere.
 
 - `@kopf.index` keeps each job's batch Jobs and pods in memory (slimmed), so a reconcile
   pass reads no lists from the API server.
-- Watch events of Jobs, pods and the TrainingJob itself wake that job's loop (no polling of
-  the API). The loop also wakes on its own every few seconds while running, to pull rank
-  0's /progress (pulled by design: training pods hold no API credentials).
-- kopf starts the loop (a daemon) for every TrainingJob, also after an operator restart, and
-  cancels it when the object goes.
+- `@kopf.on.event` keeps the latest body of every TrainingJob (slimmed) and sees deletions.
+- Watch events of Jobs, pods and the TrainingJob itself add the job's key to a work queue
+  (`coxswain.workqueue`, no polling of the API) that a few workers serve, one pass per key at a
+  time. A pass asks for the next one after a delay: every few seconds while running, to pull
+  rank 0's /progress (pulled by design: training pods hold no API credentials), else a resync.
+- No daemon per object: those cost ~200 KB each and made kopf put a finalizer on every
+  TrainingJob (deletion hung while the operator was down). Nothing here needs a finalizer:
+  children go by ownerReference garbage collection, our bookkeeping on the DELETED event.
+- Peering: the workers wait while kopf holds this replica paused (see `startup`), and skip
+  bodies delivered before the end of the last pause (the re-listing brings fresh ones).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +30,7 @@ from coxswain import events, metrics
 from coxswain.api import GROUP, TRAININGJOB_PLURAL, VERSION
 from coxswain.api.conditions import TrainingJobPhase as Phase
 from coxswain.api.trainingjob import TrainingJob
-from coxswain.runtime import Runtime
+from coxswain.runtime import Key, Runtime
 from coxswain.trainingjob import naming
 from coxswain.trainingjob.executor import execute, fetch_progress, patch_status
 from coxswain.trainingjob.planner import ActionKind, Observed, plan_reconcile, rank0_pod
@@ -33,6 +38,15 @@ from coxswain.trainingjob.planner import ActionKind, Observed, plan_reconcile, r
 PROGRESS_INTERVAL = 5.0  # seconds between /progress pulls while running
 RESYNC_INTERVAL = 60.0  # a safety net; watches do the real waking
 LABELS = {naming.LABEL_TRAININGJOB: kopf.PRESENT}
+WORKERS = 8  # concurrent reconcile passes (of different jobs); a pass mostly awaits the API
+
+log = logging.getLogger("coxswain.trainingjob")
+
+# Large and never read by the planner or the builders: not kept in memory for every job.
+_DROPPED_ANNOTATIONS = (
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "coxswain.dev/last-handled-configuration",
+)
 
 _POD_STATUS_KEYS = ("phase", "reason", "message", "podIP", "conditions", "containerStatuses", "startTime")
 
@@ -57,10 +71,12 @@ def _slim(body: kopf.Body, status_keys: tuple[str, ...] | None = None) -> dict[s
     }
 
 
-# Index functions run on every watch event of their resource; they also wake the job's loop
-# (kopf logs every on.event handler call; an indexer is silent and runs anyway).
+# Index functions run on every watch event of their resource; they also queue the job
+# (kopf logs every on.event handler call; an indexer is silent and runs anyway). They are
+# async so that they run on the event loop (kopf runs sync handlers in threads): the work
+# queue is not thread-safe.
 @kopf.index("batch", "v1", "jobs", labels=LABELS)
-def trainingjob_jobs(
+async def trainingjob_jobs(
     *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     key = (namespace or "", labels[naming.LABEL_TRAININGJOB])
@@ -69,7 +85,7 @@ def trainingjob_jobs(
 
 
 @kopf.index("", "v1", "pods", labels=LABELS)
-def trainingjob_pods(
+async def trainingjob_pods(
     *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     key = (namespace or "", labels[naming.LABEL_TRAININGJOB])
@@ -77,68 +93,88 @@ def trainingjob_pods(
     return {key: _slim(body, _POD_STATUS_KEYS)}
 
 
-@kopf.index(GROUP, VERSION, TRAININGJOB_PLURAL)
-def trainingjob_wakeup(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Spec changes (suspend, deadline, ...) take effect at once."""
-    Runtime.of(memo).wake(namespace or "", name)
+def _slim_trainingjob(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = dict(body.get("metadata", {}) or {})
+    meta.pop("managedFields", None)
+    annotations = meta.get("annotations")
+    if annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in _DROPPED_ANNOTATIONS}
+    return {**body, "metadata": meta}
+
+
+# kopf's "Handler 'trainingjob_seen' succeeded." INFO line on every event is dropped by a log
+# filter (cli/operator.py).
+@kopf.on.event(GROUP, VERSION, TRAININGJOB_PLURAL)
+async def trainingjob_seen(
+    *, type: str | None, namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """Keep the latest body and queue the job: spec changes (suspend, deadline, ...) act at once."""
+    runtime = Runtime.of(memo)
+    key = (namespace or "", name)
+    if type == "DELETED":
+        # Children go by ownerReference garbage collection; only our own bookkeeping is left.
+        metrics.forget_job(key[0], name, body.get("metadata", {}).get("uid", ""))
+        runtime.forget(*key)
+        log.info(
+            "[%s/%s] TrainingJob deleted; its Jobs, pods, Service and ConfigMap are garbage-collected", *key
+        )
+        return
+    runtime.bodies[key] = (_slim_trainingjob(body), asyncio.get_running_loop().time())
+    runtime.wake(*key)
 
 
 @kopf.on.delete(GROUP, VERSION, TRAININGJOB_PLURAL, optional=True)
-def trainingjob_deleted(
-    *, namespace: str | None, name: str, uid: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+async def trainingjob_deleted(
+    *, namespace: str | None, name: str, uid: str, memo: kopf.Memo, **_: Any
 ) -> None:
-    # Children go by ownerReference garbage collection; only our own bookkeeping is left.
+    # Optional: no finalizer. Runs only when something else holds the object (a foreground
+    # deletion); the DELETED event (trainingjob_seen) does the same in every case.
     metrics.forget_job(namespace or "", name, uid)
     Runtime.of(memo).forget(namespace or "", name)
-    logger.info("TrainingJob deleted; its Jobs, pods, Service and ConfigMap are garbage-collected")
 
 
-@kopf.daemon(GROUP, VERSION, TRAININGJOB_PLURAL, cancellation_timeout=5.0)
-async def trainingjob_loop(
-    *,
-    body: kopf.Body,
-    namespace: str | None,
-    name: str,
-    memo: kopf.Memo,
-    logger: kopf.Logger,
-    stopped: kopf.DaemonStopped,
-    **kwargs: Any,
-) -> None:
-    # kopf injects indexes by their function's name.
-    jobs_index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["trainingjob_jobs"]
-    pods_index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["trainingjob_pods"]
-    runtime = Runtime.of(memo)
-    key = (namespace or "", name)
-    wake = runtime.waker(*key)
-    while not stopped:
-        wake.clear()
-        delay = RESYNC_INTERVAL
-        started = time.monotonic()
-        try:
-            delay = await reconcile(
-                body,
-                runtime,
-                logger,
-                list(jobs_index.get(key, [])),
-                list(pods_index.get(key, [])),
-            )
-        except ApiError as exc:
-            metrics.RECONCILE_ERRORS.labels("TrainingJob").inc()
-            logger.warning("reconcile failed, retrying in 5 s: %s", exc.status.message)
-            delay = 5.0
-        except ValueError as exc:
-            # The API server's schema should make this impossible; say so rather than loop.
-            metrics.RECONCILE_ERRORS.labels("TrainingJob").inc()
-            logger.error("this TrainingJob does not parse (is the CRD older than the operator?): %s", exc)
-            delay = RESYNC_INTERVAL
-        finally:
-            metrics.RECONCILE_DURATION.labels("TrainingJob").observe(time.monotonic() - started)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=delay)
+class _JobLog(logging.LoggerAdapter[logging.Logger]):
+    """The operator's lines about one job, prefixed like kopf's: "[namespace/name] ..."."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['key'] if self.extra else ''}] {msg}", kwargs
+
+
+async def process(runtime: Runtime, key: Key) -> float | None:
+    """One worker pass of one job; returns the seconds until its next pass (None: none)."""
+    seen = runtime.bodies.get(key)
+    if seen is None:
+        return None  # deleted, or its Jobs/pods came before its own watch event
+    body, received = seen
+    if received < runtime.resumed_at:
+        return None  # seen before a peering pause: the re-listing after it queues a fresh body
+    jobs_index = runtime.indexes.get("trainingjob_jobs", {})
+    pods_index = runtime.indexes.get("trainingjob_pods", {})
+    logger = _JobLog(log, {"key": f"{key[0]}/{key[1]}"})
+    started = time.monotonic()
+    try:
+        return await reconcile(
+            body,
+            runtime,
+            logger,
+            list(jobs_index.get(key, [])),
+            list(pods_index.get(key, [])),
+        )
+    except ApiError as exc:
+        metrics.RECONCILE_ERRORS.labels("TrainingJob").inc()
+        logger.warning("reconcile failed, retrying in 5 s: %s", exc.status.message)
+        return 5.0
+    except ValueError as exc:
+        # The API server's schema should make this impossible; say so rather than loop.
+        metrics.RECONCILE_ERRORS.labels("TrainingJob").inc()
+        logger.error("this TrainingJob does not parse (is the CRD older than the operator?): %s", exc)
+        return RESYNC_INTERVAL
+    finally:
+        metrics.RECONCILE_DURATION.labels("TrainingJob").observe(time.monotonic() - started)
 
 
 async def reconcile(
-    body: kopf.Body,
+    body: Mapping[str, Any],
     runtime: Runtime,
     logger: logging.Logger | logging.LoggerAdapter[Any],
     jobs: list[dict[str, Any]],
