@@ -59,8 +59,11 @@ async def configure(
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
-    # Many objects: let kopf batch work per object instead of one task per event.
-    settings.batching.worker_limit = 200
+    # No limit on kopf's per-object workers (each exits when its object is idle): with a limit,
+    # a restart that lists more objects of an indexed resource than the limit deadlocks, as
+    # every worker waits for all objects to be indexed and the rest never get a worker (seen
+    # with 300 TrainingJobs, which the ModelService controller indexes, and a limit of 200).
+    settings.batching.worker_limit = None
     runtime = memo["runtime"] = Runtime.create()
     # kopf injects its indexes (live views) by their function's name, also into start-up handlers.
     for index in ("trainingjob_jobs", "trainingjob_pods"):
