@@ -403,6 +403,7 @@ class PodRunner:
             started_marker,
             cdir / "staging",
             read_only_root=bool((spec.get("securityContext") or {}).get("readOnlyRootFilesystem")),
+            software=process.SOFTWARE_DIRS,
         )
         cgroup = self.host.cgroups.create(
             f"{self.uid[:8]}-{rec.name}-{rec.restart_count}", _memory_limit(spec)

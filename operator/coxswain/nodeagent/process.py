@@ -17,9 +17,10 @@ import ctypes
 import os
 import shlex
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 NSENTER = "/usr/bin/nsenter"
@@ -31,6 +32,13 @@ HOSTNAME = "/bin/hostname"
 START_ERROR_EXIT = 128
 START_ERROR_PREFIX = "coxswain-agent: cannot start container:"
 _PR_SET_PDEATHSIG = 1
+
+
+# Where the programs the agent starts live: this checkout (editable installs point into it)
+# and the venv, wherever CI cloned them (often below /tmp, which pods mount over).
+SOFTWARE_DIRS: tuple[PurePosixPath, ...] = tuple(
+    dict.fromkeys(PurePosixPath(p) for p in (str(Path(__file__).resolve().parents[3]), sys.prefix))
+)
 
 
 @dataclass(frozen=True)
@@ -47,8 +55,14 @@ def setup_script(
     started_marker: Path,
     staging: Path,
     read_only_root: bool = False,
+    software: Sequence[PurePosixPath] = (),
 ) -> str:
-    """The shell run inside the new namespaces before the container's command."""
+    """The shell run inside the new namespaces before the container's command.
+
+    `software` are host directories the container's programs live in (this project's
+    checkout and venv): a volume mounted over one of their parents (a pod's /tmp over a
+    checkout in /tmp, say) would hide them, so they are bound back on top.
+    """
     q = shlex.quote
     # The marker is opened before any mount (a mount over its parent must not redirect it)
     # and written just before exec, so the agent can tell a start failure from an exit.
@@ -68,6 +82,13 @@ def setup_script(
         src, stage = q(str(m.source)), q(str(staging / str(i)))
         lines.append(f"if [ -d {src} ]; then mkdir -p {stage}; else true > {stage}; fi || fail stage {src}")
         lines.append(f"{MOUNT} --bind {src} {stage} || fail mount {src}")
+    targets = [PurePosixPath(m.target) for m in ordered]
+    hidden = [p for p in software if any(p == t or t in p.parents for t in targets)]
+    for i, path in enumerate(hidden):
+        stage = q(str(staging / f"software-{i}"))
+        lines.append(
+            f"mkdir -p {stage} && {MOUNT} --bind {q(str(path))} {stage} || fail stage {q(str(path))}"
+        )
     # Parents first, so a mount below another lands inside it (as containerd orders them).
     for i, m in enumerate(ordered):
         src, dst = q(str(staging / str(i))), q(m.target)
@@ -80,6 +101,11 @@ def setup_script(
         lines.append(f"{MOUNT} --bind {src} {dst} || fail mount {dst}")
         if m.read_only:
             lines.append(f"{MOUNT} -o remount,bind,ro {dst} || fail read-only {dst}")
+    for i, path in enumerate(hidden):
+        stage = q(str(staging / f"software-{i}"))
+        lines.append(
+            f"mkdir -p {q(str(path))} && {MOUNT} --bind {stage} {q(str(path))} || fail mount {q(str(path))}"
+        )
     lines.append(f"{HOSTNAME} {q(hostname)} || fail hostname")
     if workdir:
         lines.append(f"mkdir -p {q(workdir)} && cd {q(workdir)} || fail workingDir {q(workdir)}")
