@@ -18,7 +18,10 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "generate": ("coxswain.cli.generate", "generate CRD YAML and chart files from the API types"),
     "dev": ("coxswain.cli.dev", "local development cluster: `coxswain dev cluster up|down|status|env`"),
     "operator": ("coxswain.cli.operator", "run the operator: `coxswain operator run`"),
-    "logs": ("coxswain.cli.logs", "logs of a pod run by the local node agent: `coxswain logs POD [-n NS] [-f]`"),
+    "logs": (
+        "coxswain.cli.logs",
+        "logs of a pod run by the local node agent: `coxswain logs POD [-n NS] [-f]`",
+    ),
     "get": ("coxswain.cli.inspect", "list TrainingJobs and ModelServices with progress"),
     "describe": ("coxswain.cli.inspect", "show one TrainingJob or ModelService: status, conditions, events"),
     "watch": ("coxswain.cli.inspect", "live progress bar of a TrainingJob until it finishes"),

@@ -14,8 +14,15 @@ RUNNING = {
         "phase": "Running",
         "restarts": 1,
         "progress": {
-            "step": 50, "totalSteps": 200, "percent": 25.0, "epoch": 2, "trainLoss": 0.3141,
-            "evalMetric": 0.91, "evalMetricName": "accuracy", "samplesPerSecond": 1234.5, "etaSeconds": 125,
+            "step": 50,
+            "totalSteps": 200,
+            "percent": 25.0,
+            "epoch": 2,
+            "trainLoss": 0.3141,
+            "evalMetric": 0.91,
+            "evalMetricName": "accuracy",
+            "samplesPerSecond": 1234.5,
+            "etaSeconds": 125,
         },
     },
 }
@@ -24,7 +31,10 @@ RUNNING = {
 def test_progress_line_has_step_loss_throughput_and_eta() -> None:
     fraction, line = progress_line(RUNNING)
     assert fraction == pytest.approx(0.25)
-    assert line == "Running | step 50/200 | epoch 2 | loss 0.3141 | accuracy 0.91 | 1234 samples/s | ETA 2m05s | restarts 1"
+    assert (
+        line
+        == "Running | step 50/200 | epoch 2 | loss 0.3141 | accuracy 0.91 | 1234 samples/s | ETA 2m05s | restarts 1"
+    )
 
 
 def test_progress_line_before_any_progress() -> None:
