@@ -57,7 +57,7 @@ def test_installed_operator_trains_a_model_on_the_node_agent(
                 "nodes": 1,
                 "nodeSelector": agent.selector,
                 "resources": {"cpu": "1", "memory": "1Gi"},
-                "optimization": {"batchSize": 64, "epochs": 150},
+                "optimization": {"batchSize": 64, "epochs": 1500},
                 "checkpoint": {
                     "intervalSteps": 200,
                     "volume": {"hostPath": {"path": str(tmp_path / "ckpt")}},
@@ -82,7 +82,10 @@ def test_installed_operator_trains_a_model_on_the_node_agent(
             time.sleep(0.5)
         log = replica.log.read_text(errors="replace")[-3000:]
         assert status.get("phase") == "Succeeded", f"{status}\n{log}\n{agent.log_tail()}"
-        assert steps, "progress was pulled from rank 0 while the job ran"
+        # Pulled every 5 s: a fast machine may finish between two pulls of a Running job, but
+        # the final status only carries progress if at least one pull reached rank 0.
+        final_step = (status.get("progress") or {}).get("step")
+        assert steps or final_step, "progress was pulled from rank 0 while the job ran"
         assert status["exportedModel"]["version"] == "v1"
         assert 'forbidden: User "system:serviceaccount' not in replica.log.read_text(errors="replace")
         delete_custom_objects(cluster, ns)
