@@ -24,9 +24,9 @@ from coxswain.api import API_VERSION, MODELSERVICE_KIND
 from coxswain.api.modelservice import ModelService, ScaleMetric
 from coxswain.modelservice import naming
 from coxswain.modelservice.source import ServedModel
+from coxswain.podsecurity import container_security_context, pod_security_context
 
 GPU_RESOURCE = "nvidia.com/gpu"
-RUN_AS_USER = 1000
 # After SIGTERM the server stays up (unready) this long so endpoint controllers and
 # kube-proxy stop sending it new requests, then finishes the in-flight ones (up to
 # GRACEFUL_SECONDS) and exits. The server does this itself, so the pod needs no preStop
@@ -230,13 +230,7 @@ def build_pod_template(ms: ModelService, model: ServedModel) -> dict[str, Any]:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "containers": [
             {
                 "name": naming.CONTAINER,
@@ -254,12 +248,7 @@ def build_pod_template(ms: ModelService, model: ServedModel) -> dict[str, Any]:
                 # The server writes why it could not load the model here (shown by describe pod
                 # and read by the operator for ModelLoaded's reason).
                 "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "runAsNonRoot": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
+                "securityContext": container_security_context(),
             }
         ],
         "volumes": volumes,

@@ -16,10 +16,10 @@ import yaml
 
 from coxswain.api import API_VERSION, TRAININGJOB_KIND
 from coxswain.api.trainingjob import Backend, TrainingJob, TrainingJobSpec
+from coxswain.podsecurity import container_security_context, pod_security_context
 from coxswain.trainingjob import naming
 
 GPU_RESOURCE = "nvidia.com/gpu"
-RUN_AS_USER = 1000
 # Time for the trainer to write a checkpoint after SIGTERM (suspend, restart, deletion).
 TERMINATION_GRACE_SECONDS = 60
 
@@ -262,13 +262,7 @@ def build_pod_template(tj: TrainingJob, attempt: int) -> dict[str, Any]:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "containers": [
             {
                 "name": "trainer",
@@ -283,12 +277,7 @@ def build_pod_template(tj: TrainingJob, attempt: int) -> dict[str, Any]:
                 "resources": build_resources(spec),
                 "volumeMounts": mounts,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "runAsNonRoot": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
+                "securityContext": container_security_context(),
             }
         ],
         "volumes": volumes,
