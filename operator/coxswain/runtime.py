@@ -12,17 +12,10 @@ import kopf
 from lightkube import AsyncClient
 
 from coxswain.kube import make_client
+from coxswain.own_writes import OwnWrites
 from coxswain.workqueue import WorkQueue
 
 Key = tuple[str, str]  # (namespace, name)
-
-
-def _resource_version(obj: dict[str, Any]) -> int:
-    # Opaque by contract, an etcd revision in practice; unknown shapes compare as oldest.
-    try:
-        return int(obj.get("metadata", {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
 
 
 @dataclass
@@ -42,9 +35,8 @@ class Runtime:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _process: Callable[[Key], Awaitable[float | None]] | None = None
     _workers: int = 0
-    # The object as our own last status write returned it: a pass that runs before the watch
-    # delivers that write must not act on the older body (it would restart a gang twice).
-    written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # Our own last status write of each TrainingJob (see own_writes).
+    written: OwnWrites = field(default_factory=OwnWrites)
 
     @classmethod
     def create(cls) -> Runtime:
@@ -65,7 +57,7 @@ class Runtime:
     def forget(self, namespace: str, name: str) -> None:
         self.queue.forget((namespace, name))
         self.bodies.pop((namespace, name), None)
-        self.written.pop((namespace, name), None)
+        self.written.forget((namespace, name))
 
     async def unpaused(self) -> None:
         """Return once kopf's peering does not hold this replica paused (at once if unknown)."""
@@ -94,19 +86,6 @@ class Runtime:
             await self.paused.wait_for(True)
             await self.paused.wait_for(False)
             self.resumed_at = loop.time()
-
-    def remember(self, obj: dict[str, Any]) -> None:
-        meta = obj.get("metadata", {})
-        self.written[(meta.get("namespace", ""), meta.get("name", ""))] = obj
-
-    def freshest(self, body: dict[str, Any]) -> dict[str, Any]:
-        meta = body.get("metadata", {})
-        key = (meta.get("namespace", ""), meta.get("name", ""))
-        mine = self.written.get(key)
-        if mine is None or _resource_version(body) >= _resource_version(mine):
-            self.written.pop(key, None)
-            return body
-        return mine
 
     async def close(self) -> None:
         await self.queue.stop()

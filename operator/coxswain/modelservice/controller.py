@@ -32,6 +32,7 @@ from coxswain.modelservice import naming
 from coxswain.modelservice.executor import execute, patch_status
 from coxswain.modelservice.planner import Memory, Observed, Plan, plan
 from coxswain.modelservice.scrape import scrape, scrape_targets
+from coxswain.own_writes import OwnWrites
 from coxswain.runtime import Runtime
 
 # Seconds between scrapes while the builtin autoscaler or a canary analysis needs them:
@@ -51,8 +52,8 @@ class ServingState:
 
     wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     memory: dict[tuple[str, str], Memory] = field(default_factory=dict)
-    # The object as our own last write returned it (see Runtime.freshest).
-    written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # Our own last write of each ModelService (see own_writes).
+    written: OwnWrites = field(default_factory=OwnWrites)
 
     @staticmethod
     def of(memo: kopf.Memo) -> ServingState:
@@ -68,24 +69,9 @@ class ServingState:
                 event.set()
 
     def forget(self, namespace: str, name: str) -> None:
-        for table in (self.wakers, self.memory, self.written):
-            table.pop((namespace, name), None)
-
-    def freshest(self, body: dict[str, Any]) -> dict[str, Any]:
-        meta = body.get("metadata", {})
-        key = (meta.get("namespace", ""), meta.get("name", ""))
-        mine = self.written.get(key)
-        if mine is None or _rv(body) >= _rv(mine):
-            self.written.pop(key, None)
-            return body
-        return mine
-
-
-def _rv(obj: dict[str, Any]) -> int:
-    try:
-        return int(obj.get("metadata", {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
+        self.wakers.pop((namespace, name), None)
+        self.memory.pop((namespace, name), None)
+        self.written.forget((namespace, name))
 
 
 def _slim(body: kopf.Body, status_keys: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -243,7 +229,7 @@ async def reconcile(
     indexes: dict[str, Any],
 ) -> float:
     """One pass; returns the seconds until the next pass is needed without a watch event."""
-    raw = state.freshest(dict(body))
+    raw = state.written.freshest(dict(body))
     if raw.get("metadata", {}).get("deletionTimestamp"):
         return RESYNC_INTERVAL
     ms = ModelService.model_validate(raw)
@@ -272,10 +258,10 @@ async def reconcile(
     new_status = result.status.to_dict()
     if new_status != old_status:
         cleared = {k: None for k in old_status if k not in new_status}
-        state.written[key] = await patch_status(runtime.client, ms, {**cleared, **new_status})
+        state.written.remember(await patch_status(runtime.client, ms, {**cleared, **new_status}))
     written = await execute(runtime.client, ms, result, logger)
     if written is not None:
-        state.written[key] = written
+        state.written.remember(written)
     if result.scale is not None and samples:
         metrics.MODELSERVICE_SCALE_DECISION_SECONDS.observe(time.monotonic() - scraped_at)
     for event in result.events:

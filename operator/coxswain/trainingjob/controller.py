@@ -181,7 +181,7 @@ async def reconcile(
     pods: list[dict[str, Any]],
 ) -> float:
     """One pass; returns the seconds until the next pass is needed without a watch event."""
-    raw = runtime.freshest(dict(body))
+    raw = runtime.written.freshest(dict(body))
     if raw.get("metadata", {}).get("deletionTimestamp"):
         return RESYNC_INTERVAL
     tj = TrainingJob.model_validate(raw)
@@ -199,7 +199,7 @@ async def reconcile(
     if new_status != old_status:
         # Nulls clear fields a merge patch would otherwise keep.
         cleared = {k: None for k in old_status if k not in new_status}
-        runtime.remember(await patch_status(runtime.client, tj, {**cleared, **new_status}))
+        runtime.written.remember(await patch_status(runtime.client, tj, {**cleared, **new_status}))
     await execute(runtime.client, tj, plan, logger)
     for event in plan.events:
         events.post(raw, event.type, event.reason, event.message)
