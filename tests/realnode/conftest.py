@@ -34,10 +34,16 @@ def real_cluster_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_cluster() -> Iterator[ClusterHandle]:
+def real_dev() -> DevCluster:
+    """The real-node cluster's directory and controls (started by `real_cluster`)."""
+    return DevCluster(real_cluster_dir())
+
+
+@pytest.fixture(scope="session")
+def real_cluster(real_dev: DevCluster) -> Iterator[ClusterHandle]:
     if os.geteuid() != 0:
         pytest.skip("real nodes need root (network namespaces, cgroups, mounts)")
-    dev = DevCluster(real_cluster_dir())
+    dev = real_dev
     marker = dev.add_user()
     started_here = not dev.is_healthy()
     began = time.monotonic()

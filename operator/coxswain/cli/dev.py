@@ -59,7 +59,8 @@ def _register_cluster(groups: Any) -> None:
         action="append",
         default=[],
         metavar="ARCHIVE",
-        help="OCI or docker image archive to import into every real node (repeatable)",
+        help="image archive (OCI or docker tar) or OCI layout directory to import into every real node "
+        "(repeatable)",
     )
     up.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)"
@@ -69,7 +70,9 @@ def _register_cluster(groups: Any) -> None:
         func=_down
     )
     load = actions.add_parser("load", help="import image archives into every real node's containerd")
-    load.add_argument("archives", type=Path, nargs="+", metavar="ARCHIVE", help="OCI or docker archive")
+    load.add_argument(
+        "archives", type=Path, nargs="+", metavar="ARCHIVE", help="OCI/docker tar or OCI layout directory"
+    )
     load.set_defaults(func=_load)
     actions.add_parser("status", help="say what runs; exit 0 only when healthy").set_defaults(func=_status)
     actions.add_parser("env", help="print `export KUBECONFIG=... PATH=...` for eval").set_defaults(func=_env)
@@ -112,7 +115,7 @@ def _up(args: argparse.Namespace) -> int:
     if not 0 <= args.real_nodes <= MAX_REAL_NODES:
         print(f"--real-nodes must be between 0 and {MAX_REAL_NODES}, got {args.real_nodes}", file=sys.stderr)
         return 2
-    missing = [str(a) for a in args.image if not a.is_file()]
+    missing = [str(a) for a in args.image if not a.exists()]
     if missing:
         print(f"--image: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2

@@ -284,8 +284,8 @@ class DevCluster:
         nodes = self.real_nodes()
         if nodes is None:
             raise ImageError(f"the cluster in {self.paths.root} has no real nodes to load {archive} into")
-        if not archive.is_file():
-            raise ImageError(f"no image archive at {archive}")
+        if not archive.exists():
+            raise ImageError(f"no image archive or OCI layout directory at {archive}")
         began = time.monotonic()
         import_into_nodes(nodes, archive)
         log.info(

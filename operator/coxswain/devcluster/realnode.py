@@ -47,6 +47,8 @@ LOCAL_PATH_SERVICE_ACCOUNT = "local-path-provisioner"
 # bootstrap policy's system:kubelet-api-admin role below.
 APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 CNI_CACHE = Path("/var/lib/cni/results")
+# kubelet links every container's log here (a fixed path); ours point into the nodes' directory.
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
 
 # (name, argv, env) -> the spawned process is recorded by the caller.
 Spawn = Callable[[str, list[str], dict[str, str]], None]
@@ -397,6 +399,10 @@ def remove_real_nodes(cluster_dir: Path) -> list[str]:
     if CNI_CACHE.is_dir():
         for cached in CNI_CACHE.glob(f"{netns_prefix(tag)}*"):
             cached.unlink(missing_ok=True)
+    if CONTAINER_LOG_LINKS.is_dir():
+        for link in CONTAINER_LOG_LINKS.iterdir():
+            if link.is_symlink() and str(link.readlink()).startswith(str(nodes_dir) + "/"):
+                link.unlink(missing_ok=True)
     if nodes_dir.exists():
         subprocess.run(["rm", "-rf", "--one-file-system", str(nodes_dir)], check=False)
     return removed

@@ -139,13 +139,17 @@ def node_images_archive(directory: Path) -> Path:
 
 
 def import_archive(socket: Path, archive: Path) -> str:
-    """Import an OCI or docker archive into the node's containerd (the CRI's namespace)."""
-    result = subprocess.run(
-        ["ctr", "--address", str(socket), "-n", "k8s.io", "images", "import", str(archive)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    """Import an image archive (OCI or docker tar) or an OCI layout directory (streamed as a
+    tar, nothing written) into the node's containerd, in the CRI's namespace."""
+    ctr = ["ctr", "--address", str(socket), "-n", "k8s.io", "images", "import"]
+    if archive.is_dir():
+        if not (archive / "index.json").is_file():
+            raise ImageError(f"{archive} is not an OCI image layout (no index.json)")
+        tar = subprocess.Popen(["tar", "-C", str(archive), "-cf", "-", "."], stdout=subprocess.PIPE)
+        result = subprocess.run([*ctr, "-"], stdin=tar.stdout, capture_output=True, text=True, check=False)
+        tar.wait()
+    else:
+        result = subprocess.run([*ctr, str(archive)], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise ImageError(f"importing {archive} into {socket} failed: {result.stderr.strip()}")
     return result.stdout
