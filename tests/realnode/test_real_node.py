@@ -18,7 +18,7 @@ from lightkube.codecs import from_dict
 from lightkube.resources.core_v1 import Node, PersistentVolumeClaim, Pod
 
 from cluster_fixtures import ClusterHandle, wait_for
-from coxswain.devcluster import DevCluster
+from coxswain.devcluster import DevCluster, routes
 from coxswain.devcluster.processes import marked_processes
 from coxswain.devcluster.realnode import REAL_NODE_LABEL, leftovers
 from coxswain.devcluster.realnode_images import BUSYBOX_IMAGE

@@ -20,7 +20,7 @@ from pathlib import Path
 from lightkube import Client
 from pydantic import BaseModel
 
-from coxswain.devcluster import components, processes
+from coxswain.devcluster import components, processes, routes
 from coxswain.devcluster.binaries import locate_binaries
 from coxswain.devcluster.bootstrap import (
     create_nodes,
@@ -167,6 +167,7 @@ class DevCluster:
                     )
                 else:
                     log.info("cluster already up in %s; reusing it", self.paths.root)
+                routes.hold(self.paths.root)
                 return state
             if current.recorded or current.stray_pids:
                 log.info("stopping what is left of a previous cluster in %s", self.paths.root)
@@ -192,6 +193,8 @@ class DevCluster:
         save_state(paths, state)
         deadline = time.monotonic() + timeout
         try:
+            # Before any pod or node address exists: nothing aimed at them may leave the machine.
+            routes.hold(paths.root)
             nodes: RealNodesPlan | None = None
             kubelet_client: CertPair | None = None
             if real_nodes:
@@ -398,6 +401,7 @@ class DevCluster:
             shutil.rmtree(state.data_dir, ignore_errors=True)
             self._check_ports_released(state)
         clear_state(self.paths)
+        routes.release(self.paths.root)
         return stopped
 
     @staticmethod

@@ -67,6 +67,11 @@ def bridge_name(tag: str) -> str:
     return f"cx{tag}"  # 10 characters; Linux allows 15
 
 
+def is_cluster_bridge(device: str) -> bool:
+    """True for the host bridge of some cluster's real nodes (`bridge_name`)."""
+    return len(device) == 10 and device.startswith("cx") and all(c in "0123456789abcdef" for c in device[2:])
+
+
 def plan(cluster_dir: Path, slot: int, count: int) -> RealNodesPlan:
     """The plan for `count` real nodes of the cluster in `cluster_dir` using address slot `slot`."""
     if not 0 <= slot <= 255:
