@@ -146,6 +146,11 @@ def test_dns_service_ip_and_api_server_from_a_pod(real_cluster: ClusterHandle, r
     cluster_ip = real_cluster.kubectl(
         "get", "svc", "web", "-n", ns, "-o", "jsonpath={.spec.clusterIP}"
     ).stdout
+    pod_ip = pod_status(real_cluster, ns, "web")["podIP"]
+    assert pod_ip.startswith("10.245."), pod_ip
+    # The host reaches the pod through the cluster's bridge; nothing of the ranges leaves.
+    for address in (pod_ip, cluster_ip, "10.245.255.1", "10.246.255.1"):
+        assert not routes.leaves_machine(address), address
     assert cluster_ip in out, f"nslookup did not answer the Service's IP {cluster_ip}:\n{out}"
     assert "hello-from-web" in out, out
     assert "api-server-reachable" in out, out
