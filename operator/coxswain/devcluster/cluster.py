@@ -34,6 +34,7 @@ from coxswain.devcluster.kwok_nodes import STAGES_FILE, default_pools
 from coxswain.devcluster.pki import CertPair, ClusterPKI, create_pki, pki_layout
 from coxswain.devcluster.realnode import (
     apiserver_kubelet_client,
+    check_prerequisites,
     create_cluster_objects,
     import_into_nodes,
     remove_real_nodes,
@@ -180,6 +181,8 @@ class DevCluster:
     def _start(self, gpu_nodes: int, cpu_nodes: int, timeout: float, real_nodes: int = 0) -> ClusterState:
         began = time.monotonic()
         bin_dir = locate_binaries()
+        if real_nodes:
+            check_prerequisites(bin_dir)
         paths = self.paths
         paths.make()
         for old_log in paths.logs_dir.glob("*.log"):

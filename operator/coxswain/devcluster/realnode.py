@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -26,6 +27,7 @@ from lightkube.resources.core_v1 import Node
 from coxswain.devcluster import realnode_config as cfg
 from coxswain.devcluster.kubeconfig import write_kubeconfig
 from coxswain.devcluster.pki import CertPair, ClusterPKI, issue_from_ca
+from coxswain.devcluster.realnode_config import CNI_BIN_DIR
 from coxswain.devcluster.realnode_images import BUSYBOX_IMAGE, import_archive, node_images_archive
 from coxswain.devcluster.realnode_net import add_node, in_netns, remove_all
 from coxswain.devcluster.realnode_plan import (
@@ -47,6 +49,9 @@ LOCAL_PATH_SERVICE_ACCOUNT = "local-path-provisioner"
 # bootstrap policy's system:kubelet-api-admin role below.
 APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 CNI_CACHE = Path("/var/lib/cni/results")
+NODE_BINARIES = ("kubelet", "kube-proxy", "coredns", "local-path-provisioner")
+CNI_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
+HOST_PROGRAMS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "nsenter")
 # kubelet links every container's log here (a fixed path); ours point into the nodes' directory.
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 
@@ -56,6 +61,20 @@ Spawn = Callable[[str, list[str], dict[str, str]], None]
 
 class RealNodeError(RuntimeError):
     """A real node did not come up; the message names the step and the log to read."""
+
+
+def check_prerequisites(bin_dir: Path) -> None:
+    """Fail before anything starts when a program real nodes need is missing or we are not root."""
+    if os.geteuid() != 0:
+        raise RealNodeError("real nodes need root (network namespaces, cgroups, mounts): run `up` as root")
+    missing = [b for b in NODE_BINARIES if not os.access(bin_dir / b, os.X_OK)]
+    missing += [p for p in HOST_PROGRAMS if shutil.which(p) is None]
+    missing += [f"{CNI_BIN_DIR}/{p}" for p in CNI_PLUGINS if not os.access(Path(CNI_BIN_DIR) / p, os.X_OK)]
+    if missing:
+        raise RealNodeError(
+            f"real nodes need {', '.join(missing)}: run dev/build-tools.sh (kubelet, kube-proxy, coredns, "
+            "local-path-provisioner) and dev/install-system-deps.sh (containerd, runc, CNI plugins, iptables)"
+        )
 
 
 def apiserver_kubelet_client(pki_dir: Path, ca: CertPair) -> CertPair:
@@ -95,6 +114,7 @@ def start_real_nodes(
     logs_dir: Path,
 ) -> None:
     """Start every node's containerd, kubelet and kube-proxy, and import the node images."""
+    check_prerequisites(bin_dir)
     server = f"https://{nodes.gateway_ip}:{api_port}"
     proxy_cert = issue_from_ca(pki.ca, run_dir, "kube-proxy", "system:kube-proxy")
     archive = node_images_archive(run_dir)
