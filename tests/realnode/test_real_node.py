@@ -6,6 +6,7 @@ image pulls, and `down` leaving nothing behind, also after a `kill -9` of `up`."
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,25 +134,29 @@ def test_dns_service_ip_and_api_server_from_a_pod(real_cluster: ClusterHandle, r
         "metadata": {"name": "web"},
         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
     }
-    client_script = (
-        f"nslookup web.{ns}.svc.cluster.local; "
-        "for i in $(seq 1 30); do wget -q -T 2 -O- http://web/ && break; sleep 1; done; "
-        "nc -w 2 kubernetes.default.svc 443 </dev/null && echo api-server-reachable"
-    )
     create(real_cluster, ns, server, service)
     wait_phase(real_cluster, ns, "web", "Running")
-    create(real_cluster, ns, busybox_pod("client", client_script))
-    wait_phase(real_cluster, ns, "client", "Succeeded", "Failed")
-    out = logs(real_cluster, ns, "client")
     cluster_ip = real_cluster.kubectl(
         "get", "svc", "web", "-n", ns, "-o", "jsonpath={.spec.clusterIP}"
     ).stdout
+    # Debian's busybox-static wget crashes (segfault) and its nc cannot resolve names (static
+    # glibc has no NSS): nslookup proves DNS, nc speaks HTTP to the addresses.
+    client_script = (
+        f"nslookup web.{ns}.svc.cluster.local; nslookup kubernetes.default.svc.cluster.local; "
+        "for i in $(seq 1 30); do "
+        f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {cluster_ip} 80 | grep hello && break; sleep 1; done; "
+        "nc -w 2 10.0.0.1 443 </dev/null && echo api-server-reachable"
+    )
+    create(real_cluster, ns, busybox_pod("client", client_script))
+    wait_phase(real_cluster, ns, "client", "Succeeded", "Failed")
+    out = logs(real_cluster, ns, "client")
     pod_ip = pod_status(real_cluster, ns, "web")["podIP"]
     assert pod_ip.startswith("10.245."), pod_ip
     # The host reaches the pod through the cluster's bridge; nothing of the ranges leaves.
     for address in (pod_ip, cluster_ip, "10.245.255.1", "10.246.255.1"):
         assert not routes.leaves_machine(address), address
     assert cluster_ip in out, f"nslookup did not answer the Service's IP {cluster_ip}:\n{out}"
+    assert re.search(r"^Address:\s+10\.0\.0\.1$", out, re.M), f"no answer for the kubernetes Service:\n{out}"
     assert "hello-from-web" in out, out
     assert "api-server-reachable" in out, out
 

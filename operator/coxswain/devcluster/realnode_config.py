@@ -85,6 +85,7 @@ def write_cni_config(nodes: RealNodesPlan, node: NodePlan) -> Path:
                 "type": "bridge",
                 "bridge": "cni0",
                 "isGateway": True,
+                # Pods reach the API server and DNS on the host bridge through the node.
                 "isDefaultGateway": True,
                 "ipMasq": False,
                 "hairpinMode": True,
@@ -92,8 +93,6 @@ def write_cni_config(nodes: RealNodesPlan, node: NodePlan) -> Path:
                     "type": "host-local",
                     "dataDir": str(node.directory / "cni-ipam"),
                     "ranges": [[{"subnet": node.pod_cidr, "gateway": node.pod_gateway}]],
-                    # Pods reach the API server and DNS on the host bridge through the node.
-                    "routes": [{"dst": "0.0.0.0/0"}],
                 },
             },
             {"type": "portmap", "capabilities": {"portMappings": True}},
