@@ -151,9 +151,9 @@ def test_dns_service_ip_and_api_server_from_a_pod(real_cluster: ClusterHandle, r
     wait_phase(real_cluster, ns, "client", "Succeeded", "Failed")
     out = logs(real_cluster, ns, "client")
     pod_ip = pod_status(real_cluster, ns, "web")["podIP"]
-    assert pod_ip.startswith("10.245."), pod_ip
+    assert pod_ip.startswith("10.247."), pod_ip
     # The host reaches the pod through the cluster's bridge; nothing of the ranges leaves.
-    for address in (pod_ip, cluster_ip, "10.245.255.1", "10.246.255.1"):
+    for address in (pod_ip, cluster_ip, "10.247.255.1", "10.246.255.1"):
         assert not routes.leaves_machine(address), address
     assert cluster_ip in out, f"nslookup did not answer the Service's IP {cluster_ip}:\n{out}"
     assert re.search(r"^Address:\s+10\.0\.0\.1$", out, re.M), f"no answer for the kubernetes Service:\n{out}"

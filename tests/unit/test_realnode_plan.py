@@ -14,7 +14,8 @@ from coxswain.devcluster.realnode_plan import LINK_RANGE, POD_RANGE, RealNodesPl
 
 pytestmark = pytest.mark.unit
 
-KWOK_RANGES = ("10.244.0.0/16", "10.1.0.0/16", "10.2.0.0/16", "10.0.0.0/24")
+# kwok pods, kwok nodes, Services, and the node agent's pods.
+KWOK_RANGES = ("10.244.0.0/16", "10.1.0.0/16", "10.2.0.0/16", "10.0.0.0/24", "10.245.0.0/16")
 
 
 def test_two_clusters_never_share_a_name() -> None:

@@ -7,7 +7,8 @@ starts with a prefix hashed from the cluster directory, so two clusters never sh
 Addresses: a cluster claims one slot S (0..255) at `up` and then uses
 - 10.246.S.0/24 for the link between the host and its nodes: the host bridge is 10.246.S.1
   (the API server and CoreDNS listen there), node i is 10.246.S.(10+i);
-- 10.245.S.0/24 for its pods: node i gives its pods 10.245.S.(64*i)/26.
+- 10.247.S.0/24 for its pods: node i gives its pods 10.247.S.(64*i)/26 (10.245/16 is the node
+  agent's, 10.244/16 kwok's).
 Both ranges are routed to the cluster's bridge only, so no packet for them leaves the machine,
 and kwok's ranges (pods 10.244/16, nodes 10.1/16 and 10.2/16) never overlap them.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_REAL_NODES = 4
-POD_RANGE = "10.245.0.0/16"
+POD_RANGE = "10.247.0.0/16"
 LINK_RANGE = "10.246.0.0/16"
 CLUSTER_DNS_IP = "10.0.0.10"
 CLUSTER_DOMAIN = "cluster.local"
@@ -88,8 +89,8 @@ def plan(cluster_dir: Path, slot: int, count: int) -> RealNodesPlan:
             node_veth="eth0",
             cgroup_root=f"/coxswain-{tag}-n{i}",
             node_ip=f"10.246.{slot}.{10 + i}",
-            pod_cidr=f"10.245.{slot}.{64 * i}/26",
-            pod_gateway=f"10.245.{slot}.{64 * i + 1}",
+            pod_cidr=f"10.247.{slot}.{64 * i}/26",
+            pod_gateway=f"10.247.{slot}.{64 * i + 1}",
             directory=cluster_dir / "nodes" / f"n{i}",
         )
         for i in range(count)
@@ -100,6 +101,6 @@ def plan(cluster_dir: Path, slot: int, count: int) -> RealNodesPlan:
         bridge=bridge_name(tag),
         gateway_ip=f"10.246.{slot}.1",
         link_cidr=f"10.246.{slot}.0/24",
-        pod_range=f"10.245.{slot}.0/24",
+        pod_range=f"10.247.{slot}.0/24",
         nodes=nodes,
     )
