@@ -12,6 +12,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -42,6 +43,9 @@ from coxswain_server.settings import ServerSettings
 from coxswain_server.traffic import watch_traffic_file
 from coxswain_server.versions import ModelVersions, ServedVersion
 
+if TYPE_CHECKING:
+    from coxswain_server.grpc_service import GrpcEndpoint
+
 log = logging.getLogger("coxswain_server.app")
 
 SERVER_VERSION = "0.1.0"
@@ -67,6 +71,7 @@ class InferenceApp:
         self.settings = settings
         self.versions = versions
         self.metrics = metrics
+        self.auth_token = auth_token
         self._auth = b"Bearer " + auth_token.encode() if auth_token else None
         self._admin = AdminEndpoints(versions, admin_token, settings.max_body_bytes)
         self._on_fatal = on_fatal
@@ -103,6 +108,12 @@ class InferenceApp:
         }
         self._version_prefix = f"/v2/models/{m}/versions/"
         self._v1_version_prefix = f"/v1/models/{m}/versions/"
+        self.grpc: GrpcEndpoint | None = None
+        if settings.grpc_port is not None:
+            # imported only when asked for: grpcio and the stubs cost start-up time otherwise
+            from coxswain_server.grpc_service import GrpcEndpoint
+
+            self.grpc = GrpcEndpoint(self, settings.host, settings.grpc_port)
 
     @property
     def ready(self) -> bool:
@@ -226,15 +237,20 @@ class InferenceApp:
             log.exception("unexpected error serving an inference request")
             await self._send_error(send, ServerError("internal error; see the server log"), served)
         finally:
-            self.inflight -= 1
-            elapsed = time.perf_counter() - started
-            if served is not None:
-                served.active -= 1
-                served.metrics.observe(code, elapsed)
-            else:
-                if self._unrouted is None:
-                    self._unrouted = self.metrics.version(UNKNOWN_VERSION)
-                self._unrouted.observe(code, elapsed)
+            self.finish(served, code, started, "http")
+
+    def finish(self, served: ServedVersion | None, code: int, started: float, protocol: str) -> None:
+        """Bookkeeping at the end of every inference call, whatever the protocol: in-flight
+        counts down, the call is counted by version, protocol and (HTTP) status."""
+        self.inflight -= 1
+        elapsed = time.perf_counter() - started
+        if served is not None:
+            served.active -= 1
+            served.metrics.observe(code, elapsed, protocol)
+        else:
+            if self._unrouted is None:
+                self._unrouted = self.metrics.version(UNKNOWN_VERSION)
+            self._unrouted.observe(code, elapsed, protocol)
 
     # --- health and metadata ------------------------------------------------------------
 
@@ -259,7 +275,7 @@ class InferenceApp:
         }
         await send_response(send, 200, orjson.dumps(body))
 
-    def _stable(self, version: str | None) -> ServedVersion:
+    def stable(self, version: str | None) -> ServedVersion:
         """The version a metadata call is about: the named one, else the heaviest-weighted."""
         if version is not None:
             return self.versions.route(version)
@@ -270,7 +286,7 @@ class InferenceApp:
         return self.versions.served[candidates[0]]
 
     async def _model_metadata(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
-        served = self._stable(version)
+        served = self.stable(version)
         versions = [version] if version is not None else list(self.versions.served)
         body = protocol_v2.model_metadata(
             self.settings.model, versions, served.model.platform, served.model.signature
@@ -278,7 +294,7 @@ class InferenceApp:
         await send_response(send, 200, body, JSON, [(b"x-coxswain-version", served.header)])
 
     async def _model_config(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
-        served = self._stable(version)
+        served = self.stable(version)
         body = protocol_v2.model_config(
             self.settings.model, served.model.platform, self.settings.max_batch_size, served.model.signature
         )
@@ -309,6 +325,15 @@ class InferenceApp:
                 # Load in the background: the port opens at once so liveness answers while a
                 # big model loads; readiness stays false until every version is warmed up.
                 self._tasks.append(asyncio.get_running_loop().create_task(self._start()))
+                if self.grpc is not None:
+                    try:
+                        await self.grpc.start()
+                    except OSError as exc:
+                        log.error("%s", exc)
+                        if self._on_fatal is not None:
+                            self._on_fatal(str(exc))
+                        await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                        return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self._stop()
@@ -343,8 +368,14 @@ class InferenceApp:
     async def _apply_traffic_file(self, weights: dict[str, int]) -> None:
         await self.versions.set_weights(weights, load_missing=True, unload_others=True)
 
+    async def stop_grpc(self) -> None:
+        """Stop taking gRPC calls and finish those in flight (the HTTP side does the same meanwhile)."""
+        if self.grpc is not None:
+            await self.grpc.stop(self.settings.graceful_timeout_seconds)
+
     async def _stop(self) -> None:
         self.draining = True
+        await self.stop_grpc()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
