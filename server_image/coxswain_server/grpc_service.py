@@ -11,7 +11,6 @@ ModelConfig (statistics, repository, shared memory, trace, logging) answer UNIMP
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -66,7 +65,6 @@ class GrpcEndpoint:
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         settings = app.settings
         self._model = settings.model
-        self._auth = b"Bearer " + app.auth_token.encode() if app.auth_token else None
         self._server: grpc.aio.Server | None = None
         self._stopping: asyncio.Future[None] | None = None
         self._options = [
@@ -114,15 +112,20 @@ class GrpcEndpoint:
     # --- helpers ------------------------------------------------------------------------
 
     def _check_auth(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        if self._auth is None:
+        credentials = self.app.credentials
+        if not credentials.inference_required:
             return
+        given: bytes | None = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else value
-                if hmac.compare_digest(given, self._auth):
-                    return
-                raise Unauthorized("the bearer token is not valid")
-        raise Unauthorized("this call needs metadata authorization: Bearer <token>")
+                break
+        try:
+            credentials.check_inference(given)
+        except Unauthorized as exc:
+            if given is None:  # the HTTP wording names a header; say metadata here
+                raise Unauthorized("this call needs metadata authorization: Bearer <token>") from None
+            raise exc
 
     def _check_model(self, name: str) -> None:
         if name != self._model:
@@ -199,19 +202,25 @@ class GrpcEndpoint:
     # --- inference ----------------------------------------------------------------------
 
     async def model_infer(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        # the same steps and limits as HTTP's _infer (app.py): token, the request gate, the
+        # row cap, the version's queue; counted in flight once routed
         app = self.app
         started = time.perf_counter()
-        app.inflight += 1
         served: ServedVersion | None = None
+        entered = counted = False
         code = 500
         try:
             self._check_auth(context)
+            app.gate.enter()
+            entered = True
             message = protocol_grpc.parse(pb.ModelInferRequest, data)
             self._check_model(message.model_name)
             served = app.versions.route(message.model_version or None)
             served.active += 1
+            app.inflight += 1
+            counted = True
             signature = served.model.signature
-            request = protocol_grpc.decode_request(message, signature)
+            request = protocol_grpc.decode_request(message, signature, app.request_rows)
             outputs = await served.batcher.submit(request.arrays, request.rows)
             response = protocol_grpc.encode_response(self._model, served.version, request, outputs, signature)
             code = 200
@@ -226,4 +235,13 @@ class GrpcEndpoint:
             log.exception("unexpected error serving a gRPC inference call")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         finally:
-            app.finish(served, code, started, "grpc")
+            elapsed = time.perf_counter() - started
+            if entered:
+                app.gate.leave()
+            if counted:
+                app.inflight -= 1
+            if served is not None:
+                served.active -= 1
+                served.metrics.observe(code, elapsed, "grpc")
+            else:
+                app.observe_unrouted(code, elapsed, "grpc")

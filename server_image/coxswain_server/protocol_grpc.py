@@ -23,6 +23,7 @@ from tritonclient.grpc import model_config_pb2 as config_pb
 from tritonclient.grpc import service_pb2 as pb
 
 from coxswain_server.errors import BadRequest
+from coxswain_server.limits import check_rows
 from coxswain_server.tensors import Signature, TensorSchema, v2_datatype
 
 # v2 datatype -> the InferTensorContents field that carries it (FP16/BF16 have none: raw only)
@@ -58,7 +59,8 @@ def parse(message: type[Any], data: bytes) -> Any:
         raise BadRequest(f"the request is not a valid inference.{message.__name__} message: {exc}") from None
 
 
-def decode_request(request: pb.ModelInferRequest, signature: Signature) -> GrpcInferRequest:
+def decode_request(request: pb.ModelInferRequest, signature: Signature, max_rows: int) -> GrpcInferRequest:
+    """The request's arrays, at most `max_rows` rows, checked against the model's inputs."""
     inputs = request.inputs
     if len(inputs) != len(signature.inputs):
         raise BadRequest(
@@ -92,6 +94,7 @@ def decode_request(request: pb.ModelInferRequest, signature: Signature) -> GrpcI
                 f"input {schema.name}: datatype {tensor.datatype!r} is not the model's {schema.datatype}"
             )
         n = schema.check_shape(list(tensor.shape))
+        check_rows(n, max_rows)  # before any data is converted
         if rows != -1 and n != rows:
             raise BadRequest(f"inputs disagree on the batch size ({rows} and {n} for {schema.name})")
         rows = n
