@@ -115,13 +115,15 @@ def test_requests_over_the_concurrency_bound_get_429_without_reading_their_body(
     start_server,  # type: ignore[no-untyped-def]
 ) -> None:
     server = _digits(
-        repo, start_server, "--max-concurrent-requests", "2", "--request-read-timeout-seconds", "5"
+        repo, start_server, "--max-concurrent-requests", "2", "--request-read-timeout-seconds", "20"
     )
     stalled = [_trickle(server), _trickle(server)]
     try:
         # both stalled requests hold their slots until their read deadline: the third is refused
         # at once, while the first two are still open
-        deadline = time.monotonic() + 4
+        deadline = (
+            time.monotonic() + 15
+        )  # well inside the stalled requests' 20 s deadline, even on a busy machine
         refused = None
         while time.monotonic() < deadline:
             refused = httpx.post(server.url + "/v2/models/digits/infer", json=_v2(1))
@@ -133,7 +135,7 @@ def test_requests_over_the_concurrency_bound_get_429_without_reading_their_body(
         assert "2" in refused.json()["error"]
         # health and metrics stay answerable: probes must not fail because clients are busy
         assert httpx.get(server.url + "/v2/health/ready").status_code == 200
-        assert [_status_of(s, 20) for s in stalled] == [408, 408]
+        assert [_status_of(s, 40) for s in stalled] == [408, 408]
     finally:
         for s in stalled:
             s.close()
