@@ -216,7 +216,7 @@ def test_the_inference_token_is_not_an_admin_token(repo: Path, tmp_path: Path, s
         ["--repository", str(repo), "--model", "digits", "--auth-token-file", str(tmp_path / "token"),
          "--admin-token-file", str(tmp_path / "same")]
     )  # fmt: skip
-    assert same.wait_exit(60) == 2
+    assert same.wait_exit(180) == 2
     assert "admin token must differ" in same.output()
 
 
@@ -229,7 +229,7 @@ def test_with_a_key_an_unencrypted_version_is_refused(tmp_path: Path, start_serv
     server: RunningServer = start_server(
         ["--repository", str(tmp_path), "--model", "digits", "--key-file", str(tmp_path / "key")]
     )
-    assert server.wait_exit(120) == 1
+    assert server.wait_exit(180) == 1
     assert "digits v1 is not encrypted" in server.output()
 
 
@@ -251,7 +251,7 @@ def test_encrypted_files_swapped_between_versions_are_refused(tmp_path: Path, st
             str(tmp_path / "key"),
         ]
     )
-    assert server.wait_exit(120) == 1
+    assert server.wait_exit(180) == 1
     assert "decryption failed" in server.output()
 
 
