@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the tests and benchmarks use: Prometheus (+promtool) scrapes real metrics,
-# wrk drives load from a separate process. Installs only what is missing.
+# wrk drives load from a separate process, buildah and mmdebstrap build the images
+# (docs/images.md). Installs only what is missing.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v wrk >/dev/null || need+=(wrk)
+command -v buildah >/dev/null || need+=(buildah)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "[deps] installing Debian packages: ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive

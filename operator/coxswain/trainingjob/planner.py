@@ -152,7 +152,7 @@ def pending_reason(pods: list[dict[str, Any]], expected: int) -> str:
     return "; ".join(parts)
 
 
-def _exported_model(pods: list[dict[str, Any]]) -> ExportedModel | None:
+def _termination_record(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Rank 0 writes a JSON line to its termination log on success (the trainer contract)."""
     pod = rank0_pod(pods)
     if pod is None:
@@ -165,13 +165,25 @@ def _exported_model(pods: list[dict[str, Any]]) -> ExportedModel | None:
                 doc = json.loads(line)
             except ValueError:
                 continue
-            exported = doc.get("exportedModel") if isinstance(doc, dict) else None
-            if isinstance(exported, dict):
-                try:
-                    return ExportedModel.model_validate(exported)
-                except ValueError:
-                    return None
+            if isinstance(doc, dict):
+                return doc
     return None
+
+
+def _exported_model(pods: list[dict[str, Any]]) -> ExportedModel | None:
+    exported = (_termination_record(pods) or {}).get("exportedModel")
+    if isinstance(exported, dict):
+        try:
+            return ExportedModel.model_validate(exported)
+        except ValueError:
+            return None
+    return None
+
+
+def _final_progress(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Rank 0's last progress (step, loss, eval metric), from its termination log."""
+    progress = (_termination_record(pods) or {}).get("progress")
+    return progress if isinstance(progress, dict) else None
 
 
 def _merge_progress(old: Progress | None, fresh: dict[str, Any] | None, now: datetime) -> Progress | None:
@@ -548,6 +560,8 @@ class Planner:
         exported = _exported_model(pods)
         if exported is not None:
             self.status.exported_model = exported
+        # Short jobs end between two pulls of /progress; the termination log has the last word.
+        self.status.progress = _merge_progress(self.status.progress, _final_progress(pods), self.now)
         if self.status.progress is not None:
             total = self.status.progress.total_steps
             # Short jobs finish between two pulls of /progress: the last pull may say "exporting".
