@@ -115,7 +115,9 @@ def test_entrypoints_work(image: tuple[str, Container]) -> None:
     else:
         assert "--repository" in container.run("coxswain-server", "--help").stdout
         container.python("import coxswain_server.app")
-        assert container.python("import importlib.util as u; print(u.find_spec('coxswain_trainer'))") == "None"
+        assert (
+            container.python("import importlib.util as u; print(u.find_spec('coxswain_trainer'))") == "None"
+        )
 
 
 def test_trainer_and_server_share_the_torch_layer(built: BuiltImages) -> None:
