@@ -15,7 +15,6 @@ from pathlib import Path
 BUILD_INPUTS = (
     ".dockerignore",
     "pyproject.toml",
-    "README.md",
     "operator",
     "trainer_image",
     "server_image",
