@@ -27,7 +27,13 @@ from coxswain.api.modelservice import DEFAULT_SERVER_IMAGE
 from coxswain.api.trainingjob import DEFAULT_TRAINER_IMAGE
 from coxswain.devimages.buildah import Buildah, BuildahError
 from coxswain.devimages.inputs import inputs_hash
-from coxswain.devimages.layout import annotate_index, image_sizes, layout_bytes
+from coxswain.devimages.layout import (
+    annotate_index,
+    drop_unreferenced_blobs,
+    image_sizes,
+    layout_bytes,
+    seed_blobs,
+)
 
 # The chart's image.repository with its appVersion, and the CRDs' defaults (a test checks both).
 OPERATOR_IMAGE = "ghcr.io/coxswain-dev/operator:0.1.0"
@@ -212,6 +218,11 @@ def _read_record(layout: Path) -> list[BuiltImage] | None:
     return [BuiltImage(**item) for item in json.loads(record.read_text())]
 
 
+def _newest_layout(home: Path) -> Path | None:
+    done = [p for p in home.glob("oci-*") if p.is_dir() and not p.name.endswith(".part")]
+    return max(done, key=lambda p: p.stat().st_mtime) if done else None
+
+
 def _remove_old_layouts(home: Path, keep: Path, count: int = 2) -> None:
     """Keep the newest `count` layouts besides `keep` (other checkouts may be importing them)."""
     old = sorted(
@@ -260,10 +271,14 @@ def _build_locked(root: Path, home: Path, log: IO[str]) -> BuiltImages:
     if recorded is None:
         partial = home / f"oci-{key}.part"
         shutil.rmtree(partial, ignore_errors=True)
+        previous = _newest_layout(home)
+        if previous is not None:
+            seed_blobs(partial, previous)
         for ref in DOCKERFILES:
             log.write(f"[images] exporting {ref} to {layout}\n")
             buildah.push_oci(ref, partial)
         annotate_index(partial)
+        drop_unreferenced_blobs(partial)
         sizes = image_sizes(partial)
         images = [BuiltImage(ref=ref, digest=sizes[ref][0], size_bytes=sizes[ref][1]) for ref in DOCKERFILES]
         (partial / "coxswain-images.json").write_text(json.dumps([asdict(i) for i in images], indent=1))

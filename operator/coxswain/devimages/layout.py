@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,31 @@ def image_sizes(layout: Path) -> dict[str, tuple[str, int]]:
 def layout_bytes(layout: Path) -> int:
     """Disk the layout takes: shared layers count once."""
     return sum(p.stat().st_size for p in (layout / "blobs").rglob("*") if p.is_file())
+
+
+def referenced_blobs(layout: Path) -> set[str]:
+    """Digests of every manifest, config and layer the index names."""
+    digests: set[str] = set()
+    for entry in _index(layout).get("manifests", []):
+        digests.add(entry["digest"])
+        manifest = json.loads(_blob(layout, entry["digest"]).read_text())
+        digests.add(manifest["config"]["digest"])
+        digests.update(layer["digest"] for layer in manifest["layers"])
+    return digests
+
+
+def seed_blobs(layout: Path, previous: Path) -> None:
+    """Hard-link the previous layout's blobs in, so pushing an unchanged layer (torch) writes nothing."""
+    source = previous / "blobs" / "sha256"
+    target = layout / "blobs" / "sha256"
+    target.mkdir(parents=True, exist_ok=True)
+    for blob in source.iterdir():
+        if not (target / blob.name).exists():
+            os.link(blob, target / blob.name)
+
+
+def drop_unreferenced_blobs(layout: Path) -> None:
+    keep = {digest.split(":", 1)[1] for digest in referenced_blobs(layout)}
+    for blob in (layout / "blobs" / "sha256").iterdir():
+        if blob.name not in keep:
+            blob.unlink()
