@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debian packages the tests and benchmarks use: Prometheus (+promtool) scrapes real metrics,
-# wrk drives load from a separate process, buildah and mmdebstrap build the images
+# wrk drives load from a separate process, buildah, mmdebstrap and skopeo build the images
 # (docs/images.md). Installs only what is missing.
 set -euo pipefail
 need=()
@@ -8,6 +8,7 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v wrk >/dev/null || need+=(wrk)
 command -v buildah >/dev/null || need+=(buildah)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v skopeo >/dev/null || need+=(skopeo)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "[deps] installing Debian packages: ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive

@@ -125,8 +125,19 @@ class Buildah:
         return image
 
     def push_oci(self, ref: str, layout: Path) -> None:
-        """Add `ref` to the OCI layout directory, layers uncompressed (import is then I/O, not gzip)."""
-        self.run(["push", "--disable-compression", "--quiet", ref, f"oci:{layout}:{ref}"], nice=True)
+        """Add `ref` to the OCI layout directory, layers uncompressed (import is then I/O, not gzip).
+
+        skopeo, not `buildah push`: it reads layers straight from the storage, whose digests it
+        knows, so a layer already in the layout (torch, shared) is not written again; buildah
+        push regenerates every layer into a temporary file first.
+        """
+        if shutil.which("skopeo") is None:
+            raise BuildahError("skopeo is not installed: `apt-get install skopeo`")
+        source = f"containers-storage:[{self.driver}@{self.root}+{self.run_root}]{ref}"
+        command = ["nice", "-n", "10", "skopeo", "copy", "--quiet", "--dest-oci-accept-uncompressed-layers"]
+        done = subprocess.run([*command, source, f"oci:{layout}:{ref}"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BuildahError(f"`skopeo copy {ref}` failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
 
     def images(self) -> list[dict[str, object]]:
         out = self.run(["images", "--json"])
