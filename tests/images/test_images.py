@@ -100,7 +100,7 @@ def test_dev_only_code_is_not_in_any_image(image: tuple[str, Container]) -> None
 def test_entrypoints_work(image: tuple[str, Container]) -> None:
     ref, container = image
     if ref == OPERATOR_IMAGE:
-        assert "--peering" in container.run("coxswain", "operator", "run", "--help").stdout
+        assert "--namespace" in container.run("coxswain", "operator", "run", "--help").stdout
         container.python("import coxswain.handlers")
         assert container.python("import importlib.util as u; print(u.find_spec('torch'))") == "None"
         refused = container.run("coxswain", "dev", "cluster", "up", check=False)
