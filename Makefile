@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= operator,trainer,server,dev
 PYTEST_ARGS ?=
 
-.PHONY: venv tools generate check-generated lint test test-unit cluster cluster-down demo bench clean
+.PHONY: venv tools images generate check-generated lint test test-unit cluster cluster-down demo bench clean
 
 $(VENV)/.stamp: pyproject.toml
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
@@ -19,6 +19,12 @@ venv: $(VENV)/.stamp
 
 tools:
 	@bash dev/build-tools.sh >/dev/null
+
+# The operator, trainer and server images, built with buildah (docs/images.md); an unchanged
+# tree rebuilds nothing.
+images: venv
+	@bash dev/install-system-deps.sh
+	$(PY) -m coxswain dev images build
 
 generate: venv
 	$(PY) -m coxswain generate crds

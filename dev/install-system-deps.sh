@@ -3,6 +3,7 @@
 # wrk drives load from a separate process; a real node (`coxswain dev cluster up --real-nodes N`)
 # runs Debian's containerd + runc with the standard CNI plugins, kube-proxy needs iptables and
 # conntrack, and its test images start from busybox-static. Installs only what is missing.
+# buildah, mmdebstrap and skopeo build the images (docs/images.md).
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null || need+=(prometheus)
@@ -13,6 +14,9 @@ command -v runc >/dev/null || need+=(runc)
 command -v iptables >/dev/null || need+=(iptables)
 command -v conntrack >/dev/null || need+=(conntrack)
 [ -x /bin/busybox ] || need+=(busybox-static)
+command -v buildah >/dev/null || need+=(buildah)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v skopeo >/dev/null || need+=(skopeo)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "[deps] installing Debian packages: ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive

@@ -143,7 +143,7 @@ def run(config: TrainerConfig) -> int:
                     result.eval_metrics,
                     _train_config(config, topo.world_size),
                 )
-            write_termination_log(config.termination_log, exported, result.step)
+            write_termination_log(config.termination_log, exported, result.step, metrics.final_progress())
             metrics.set_state("finished")
         code = EXIT_OK
     except ConfigError as exc:

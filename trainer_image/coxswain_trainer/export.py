@@ -162,9 +162,17 @@ def export_model(
     raise ExportError(f"could not find a free version for {target.model_name} in {target.repository}")
 
 
-def write_termination_log(path: Path, result: ExportResult | None, final_step: int) -> None:
-    """The one-line JSON the operator reads from the terminated container (when writable)."""
+def write_termination_log(
+    path: Path, result: ExportResult | None, final_step: int, progress: dict[str, Any] | None = None
+) -> None:
+    """The one-line JSON the operator reads from the terminated container (when writable).
+
+    `progress` is rank 0's last /progress record: a job shorter than the operator's pull
+    interval still ends with its true step, loss and eval metric in status.
+    """
     record: dict[str, Any] = {"finalStep": final_step}
+    if progress is not None:
+        record["progress"] = progress
     if result is not None:
         record["exportedModel"] = {
             "uri": result.uri,

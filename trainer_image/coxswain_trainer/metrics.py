@@ -130,6 +130,20 @@ class TrainerMetrics:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         return json.dumps(clean).encode()
 
+    def final_progress(self) -> dict[str, Any]:
+        """The last progress for the termination log (4 KiB at most there: no checkpoint path)."""
+        record: dict[str, Any] = json.loads(self.progress_json())
+        keep = (
+            "step",
+            "totalSteps",
+            "epoch",
+            "trainLoss",
+            "evalMetric",
+            "evalMetricName",
+            "samplesPerSecond",
+        )
+        return {k: record[k] for k in keep if record.get(k) is not None} | {"state": "finished"}
+
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the HTTP server in a daemon thread; returns the bound port (0 = any free one)."""
         metrics = self

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -66,16 +68,25 @@ def _register_cluster(groups: Any) -> None:
         "--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)"
     )
     up.set_defaults(func=_up)
-    actions.add_parser("down", help="stop every process of the cluster and delete its data").set_defaults(
-        func=_down
-    )
+    down = actions.add_parser("down", help="stop every process of the cluster and delete its data")
+    down.set_defaults(func=_down)
+    status = actions.add_parser("status", help="say what runs; exit 0 only when healthy")
+    status.set_defaults(func=_status)
+    env = actions.add_parser("env", help="print `export KUBECONFIG=... PATH=...` for eval")
+    env.set_defaults(func=_env)
     load = actions.add_parser("load", help="import image archives into every real node's containerd")
     load.add_argument(
         "archives", type=Path, nargs="+", metavar="ARCHIVE", help="OCI/docker tar or OCI layout directory"
     )
     load.set_defaults(func=_load)
-    actions.add_parser("status", help="say what runs; exit 0 only when healthy").set_defaults(func=_status)
-    actions.add_parser("env", help="print `export KUBECONFIG=... PATH=...` for eval").set_defaults(func=_env)
+    # `--dir` is accepted after the action too (`cluster down --dir D`), as people type it.
+    for action in (up, down, load, status, env):
+        action.add_argument(
+            "--dir",
+            type=Path,
+            default=argparse.SUPPRESS,
+            help="cluster directory (overrides $COXSWAIN_CLUSTER_DIR)",
+        )
 
 
 def _register_agent(groups: Any) -> None:
@@ -84,7 +95,18 @@ def _register_agent(groups: Any) -> None:
     register_agent(groups)
 
 
-DEV_GROUPS: list[Callable[[Any], None]] = [_register_cluster, _register_agent, register_demo]
+def _register_images(groups: Any) -> None:
+    from coxswain.cli.dev_images import register_images
+
+    register_images(groups)
+
+
+DEV_GROUPS: list[Callable[[Any], None]] = [
+    _register_cluster,
+    _register_agent,
+    register_demo,
+    _register_images,
+]
 
 
 def _setup_logging() -> None:
@@ -140,7 +162,7 @@ def _up(args: argparse.Namespace) -> int:
         print("interrupted: everything that had started was stopped", file=sys.stderr)
         return 130
     print(
-        f"cluster is up. Use it with:\n  eval $(coxswain dev cluster{_dir_flag(args)} env)", file=sys.stderr
+        f"cluster is up. Use it with:\n  {cluster_command('env', args.dir, evaluated=True)}", file=sys.stderr
     )
     return 0
 
@@ -166,8 +188,23 @@ def _load(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dir_flag(args: argparse.Namespace) -> str:
-    return f" --dir {args.dir}" if args.dir else ""
+def coxswain_executable() -> str:
+    """How to run `coxswain` from the current directory: on PATH, or this venv's script."""
+    script = Path(sys.executable).parent / "coxswain"
+    on_path = shutil.which("coxswain")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "coxswain"
+    try:
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script))
+
+
+def cluster_command(action: str, cluster_dir: Path | None, evaluated: bool = False) -> str:
+    """`coxswain dev cluster ACTION [--dir D]`, runnable as printed (tests run it)."""
+    flag = f" --dir {shlex.quote(str(cluster_dir))}" if cluster_dir else ""
+    command = f"{coxswain_executable()} dev cluster {action}{flag}"
+    return f'eval "$({command})"' if evaluated else command
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -194,7 +231,7 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  {c.name:<24} pid {c.pid:<8} {state}{detail}  (log {c.log})")
     if status.stray_pids:
         print(
-            f"  stray processes of this cluster: {status.stray_pids} (`coxswain dev cluster down` stops them)"
+            f"  stray processes of this cluster: {status.stray_pids} (`{cluster_command('down', args.dir)}` stops them)"
         )
     return 0 if status.healthy else 1
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -42,10 +43,16 @@ def build_parser(groups: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def installed_groups() -> list[str]:
+    """The groups whose module is installed: images leave out the dev-only ones (.dockerignore)."""
+    return [name for name, (module, _) in COMMAND_GROUPS.items() if importlib.util.find_spec(module)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    installed = installed_groups()
     # Import only the named group (fast start); with no or an unknown group, load all for help.
-    chosen = [args_list[0]] if args_list and args_list[0] in COMMAND_GROUPS else list(COMMAND_GROUPS)
+    chosen = [args_list[0]] if args_list and args_list[0] in installed else installed
     parser = build_parser(chosen)
     args = parser.parse_args(args_list)
     result: int = args.func(args)

@@ -26,6 +26,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Node, ServiceAccount
 from lightkube.resources.discovery_v1 import EndpointSlice
 
+from coxswain.cli.dev import cluster_command
 from coxswain.cli.inspect import progress_line
 from coxswain.devcluster import DevCluster
 from coxswain.devcluster.bootstrap import make_client
@@ -334,12 +335,12 @@ def run(epochs: int = 20, keep: bool = False) -> int:
         say(f"done in {time.monotonic() - started:.0f} s")
         if keep:
             say(
-                f"left running: agent and operator (logs in {logs}); `coxswain dev cluster down --dir {data / 'cluster'}` stops the cluster"
+                f"left running: agent and operator (logs in {logs}); `{cluster_command('down', data / 'cluster')}` stops the cluster"
             )
             background.procs.clear()
         else:
             say(
-                f"stopping the agent and the operator; the cluster stays up (`coxswain dev cluster down --dir {data / 'cluster'}`)"
+                f"stopping the agent and the operator; the cluster stays up (`{cluster_command('down', data / 'cluster')}` stops it)"
             )
         return 0
     finally:

@@ -82,7 +82,7 @@ def pending_reason(pods: list[dict[str, Any]], expected: int) -> str:
     return "; ".join(parts)
 
 
-def exported_model(pods: list[dict[str, Any]]) -> ExportedModel | None:
+def termination_record(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Rank 0 writes a JSON line to its termination log on success (the trainer contract)."""
     pod = rank0_pod(pods)
     if pod is None:
@@ -95,13 +95,25 @@ def exported_model(pods: list[dict[str, Any]]) -> ExportedModel | None:
                 doc = json.loads(line)
             except ValueError:
                 continue
-            exported = doc.get("exportedModel") if isinstance(doc, dict) else None
-            if isinstance(exported, dict):
-                try:
-                    return ExportedModel.model_validate(exported)
-                except ValueError:
-                    return None
+            if isinstance(doc, dict):
+                return doc
     return None
+
+
+def exported_model(pods: list[dict[str, Any]]) -> ExportedModel | None:
+    exported = (termination_record(pods) or {}).get("exportedModel")
+    if isinstance(exported, dict):
+        try:
+            return ExportedModel.model_validate(exported)
+        except ValueError:
+            return None
+    return None
+
+
+def final_progress(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Rank 0's last progress (step, loss, eval metric), from its termination log."""
+    progress = (termination_record(pods) or {}).get("progress")
+    return progress if isinstance(progress, dict) else None
 
 
 def merge_progress(old: Progress | None, fresh: dict[str, Any] | None, now: datetime) -> Progress | None:

@@ -34,6 +34,7 @@ from coxswain.trainingjob.observation import (
     Observed,
     attempt_of,
     exported_model,
+    final_progress,
     job_condition,
     last_checkpoint,
     merge_progress,
@@ -433,6 +434,8 @@ class Planner:
         exported = exported_model(pods)
         if exported is not None:
             self.status.exported_model = exported
+        # Short jobs end between two pulls of /progress; the termination log has the last word.
+        self.status.progress = merge_progress(self.status.progress, final_progress(pods), self.now)
         if self.status.progress is not None:
             total = self.status.progress.total_steps
             # Short jobs finish between two pulls of /progress: the last pull may say "exporting".

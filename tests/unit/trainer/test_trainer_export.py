@@ -112,3 +112,22 @@ def test_termination_log_is_one_json_line(tmp_path: Path, task: Task) -> None:
         },
     }
     write_termination_log(tmp_path / "no" / "such" / "dir", result, 1)  # unwritable: ignored
+
+
+def test_termination_log_carries_the_final_progress(tmp_path: Path) -> None:
+    from coxswain_trainer.metrics import TrainerMetrics
+
+    metrics = TrainerMetrics()
+    metrics.update(step=120, totalSteps=120, epoch=19, trainLoss=float("nan"), evalMetric=0.97)
+    metrics.update(lastCheckpoint={"step": 100, "path": "/ckpt/100", "time": "t"})
+    log_file = tmp_path / "termination-log"
+    write_termination_log(log_file, None, 120, metrics.final_progress())
+    record = json.loads(log_file.read_text())
+    # A diverged (NaN) loss is left out; the checkpoint path stays out of the 4 KiB message.
+    assert record["progress"] == {
+        "step": 120,
+        "totalSteps": 120,
+        "epoch": 19,
+        "evalMetric": 0.97,
+        "state": "finished",
+    }

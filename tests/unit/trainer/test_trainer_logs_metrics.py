@@ -56,6 +56,9 @@ def test_progress_json_has_the_status_progress_keys() -> None:
         "state",
         "lastUpdateTime",
         "lastCheckpoint",
+        "strategy",
+        "precision",
+        "worldSize",
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -224,6 +225,26 @@ def test_success_reads_the_exported_model_from_rank0_termination_message() -> No
     assert plan.status.exported_model is not None and plan.status.exported_model.version == "v3"
     assert (ActionKind.HANDOFF, "digits") in kinds(plan)
     assert (ActionKind.DELETE_JOB, "tj-1") in kinds(plan), "pods are cleaned up on finish by default"
+
+
+def test_success_shows_rank0_final_progress_from_its_termination_message() -> None:
+    # The only pull was before training started (step 0, no total): the demo printed `step 0/?`.
+    early = {"step": 0, "totalSteps": 0, "epoch": 0, "state": "starting"}
+    tj = make(status={"attempt": 1, "phase": "Running", "observedGeneration": 1, "progress": early})
+    final = {"step": 120, "totalSteps": 120, "epoch": 19, "trainLoss": 0.031, "evalMetric": 0.97}
+    rank0 = pod(1, 0, "Succeeded")
+    rank0["status"]["containerStatuses"] = [
+        {
+            "state": {
+                "terminated": {"exitCode": 0, "message": json.dumps({"finalStep": 120, "progress": final})}
+            }
+        }
+    ]
+    plan = plan_reconcile(tj, Observed(jobs=[job(1, "Complete")], pods=[rank0, pod(1, 1, "Succeeded")]), NOW)
+    progress = plan.status.progress
+    assert progress is not None
+    assert (progress.step, progress.total_steps, progress.epoch) == (120, 120, 19)
+    assert (progress.train_loss, progress.eval_metric, progress.percent) == (0.031, 0.97, 100.0)
 
 
 def test_finished_job_is_deleted_after_its_ttl() -> None:
