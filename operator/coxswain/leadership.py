@@ -22,6 +22,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -53,6 +54,12 @@ def default_namespace() -> str:
             return f.read().strip() or "default"
     except OSError:
         return "default"
+
+
+def _micro_time(when: datetime) -> datetime:
+    # Lease times are MicroTime: the API server refuses "...:00Z" without the fraction, which
+    # is how a datetime with microsecond 0 is written.
+    return when if when.microsecond else when.replace(microsecond=1)
 
 
 class Leadership:
@@ -159,7 +166,7 @@ class LeaseElection(Leadership):
 
     async def _try(self) -> bool:
         """True: we hold it now. False: another replica does (and may still act)."""
-        now = self.clock.now()
+        now = _micro_time(self.clock.now())
         try:
             lease = await self.client.get(Lease, self.name, namespace=self.namespace)
         except ApiError as exc:
@@ -225,7 +232,7 @@ class LeaseElection(Leadership):
                 return
             lease.spec.holderIdentity = None
             lease.spec.leaseDurationSeconds = 1
-            lease.spec.renewTime = self.clock.now()
+            lease.spec.renewTime = _micro_time(self.clock.now())
             await self.client.replace(lease)
             log.info("%s: released at shutdown", self.where)
         except (ApiError, httpx.HTTPError, OSError) as exc:
