@@ -56,12 +56,6 @@ def default_namespace() -> str:
         return "default"
 
 
-def _micro_time(when: datetime) -> datetime:
-    # Lease times are MicroTime: the API server refuses "...:00Z" without the fraction, which
-    # is how a datetime with microsecond 0 is written.
-    return when if when.microsecond else when.replace(microsecond=1)
-
-
 class Leadership:
     """Whether this replica acts now, and a way to wait until it does."""
 
@@ -164,9 +158,15 @@ class LeaseElection(Leadership):
             )
             self._set(False)
 
+    def _micro_now(self) -> datetime:
+        """Now, as a Lease's MicroTime: lightkube drops a zero fraction ("…00Z"), which the API
+        server refuses for MicroTime fields, so a whole second is nudged by one microsecond."""
+        now = self.clock.now()
+        return now if now.microsecond else now.replace(microsecond=1)
+
     async def _try(self) -> bool:
         """True: we hold it now. False: another replica does (and may still act)."""
-        now = _micro_time(self.clock.now())
+        now = self._micro_now()
         try:
             lease = await self.client.get(Lease, self.name, namespace=self.namespace)
         except ApiError as exc:
@@ -232,7 +232,7 @@ class LeaseElection(Leadership):
                 return
             lease.spec.holderIdentity = None
             lease.spec.leaseDurationSeconds = 1
-            lease.spec.renewTime = _micro_time(self.clock.now())
+            lease.spec.renewTime = self._micro_now()
             await self.client.replace(lease)
             log.info("%s: released at shutdown", self.where)
         except (ApiError, httpx.HTTPError, OSError) as exc:

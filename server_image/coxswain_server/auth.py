@@ -17,7 +17,12 @@ def _bearer(token: str | None) -> bytes | None:
 
 class Credentials:
     def __init__(self, inference_token: str | None, admin_token: str | None) -> None:
-        if inference_token and admin_token and hmac.compare_digest(inference_token, admin_token):
+        # compared as bytes: compare_digest refuses non-ASCII str, and a token file may hold any text
+        if (
+            inference_token
+            and admin_token
+            and hmac.compare_digest(inference_token.encode(), admin_token.encode())
+        ):
             raise ValueError(
                 "the admin token must differ from the inference token: every client holds the inference token, "
                 "and the admin token changes weights and unloads versions"

@@ -115,13 +115,15 @@ def test_requests_over_the_concurrency_bound_get_429_without_reading_their_body(
     start_server,  # type: ignore[no-untyped-def]
 ) -> None:
     server = _digits(
-        repo, start_server, "--max-concurrent-requests", "2", "--request-read-timeout-seconds", "5"
+        repo, start_server, "--max-concurrent-requests", "2", "--request-read-timeout-seconds", "20"
     )
     stalled = [_trickle(server), _trickle(server)]
     try:
         # both stalled requests hold their slots until their read deadline: the third is refused
         # at once, while the first two are still open
-        deadline = time.monotonic() + 4
+        deadline = (
+            time.monotonic() + 15
+        )  # well inside the stalled requests' 20 s deadline, even on a busy machine
         refused = None
         while time.monotonic() < deadline:
             refused = httpx.post(server.url + "/v2/models/digits/infer", json=_v2(1))
@@ -133,7 +135,7 @@ def test_requests_over_the_concurrency_bound_get_429_without_reading_their_body(
         assert "2" in refused.json()["error"]
         # health and metrics stay answerable: probes must not fail because clients are busy
         assert httpx.get(server.url + "/v2/health/ready").status_code == 200
-        assert [_status_of(s, 20) for s in stalled] == [408, 408]
+        assert [_status_of(s, 40) for s in stalled] == [408, 408]
     finally:
         for s in stalled:
             s.close()
@@ -214,7 +216,7 @@ def test_the_inference_token_is_not_an_admin_token(repo: Path, tmp_path: Path, s
         ["--repository", str(repo), "--model", "digits", "--auth-token-file", str(tmp_path / "token"),
          "--admin-token-file", str(tmp_path / "same")]
     )  # fmt: skip
-    assert same.wait_exit(60) == 2
+    assert same.wait_exit(180) == 2
     assert "admin token must differ" in same.output()
 
 
@@ -227,7 +229,7 @@ def test_with_a_key_an_unencrypted_version_is_refused(tmp_path: Path, start_serv
     server: RunningServer = start_server(
         ["--repository", str(tmp_path), "--model", "digits", "--key-file", str(tmp_path / "key")]
     )
-    assert server.wait_exit(120) == 1
+    assert server.wait_exit(180) == 1
     assert "digits v1 is not encrypted" in server.output()
 
 
@@ -249,7 +251,7 @@ def test_encrypted_files_swapped_between_versions_are_refused(tmp_path: Path, st
             str(tmp_path / "key"),
         ]
     )
-    assert server.wait_exit(120) == 1
+    assert server.wait_exit(180) == 1
     assert "decryption failed" in server.output()
 
 
