@@ -7,8 +7,8 @@ one pass per key (only on the replica that leads):
     -> record metrics -> the delay until the next pass
 
 with errors classified in one place: a spec that does not parse waits for a change (it
-cannot fix itself); an API error or an unreachable API server is retried after a per-key
-jittered back-off. Each kind (trainingjob.controller, modelservice.controller) supplies a
+cannot fix itself); an API error, an unreachable API server or any other error is retried
+after a per-key jittered back-off (the work queue's). Each kind (trainingjob.controller, modelservice.controller) supplies a
 `Kind`: its parser, observation, planner, executor and metrics.
 """
 
@@ -18,7 +18,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ import httpx
 import kopf
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
+from pydantic import ValidationError
 
 from coxswain import events, metrics
 from coxswain.clock import Clock, LoopClock
@@ -136,7 +137,7 @@ class Controller:
         started = time.monotonic()
         try:
             delay = await self.reconcile(key, body, logger)
-        except ValueError as exc:
+        except ValidationError as exc:
             # The API server's schema should make this impossible; say so rather than loop.
             metrics.RECONCILE_ERRORS.labels(self.kind.name).inc()
             logger.error(
@@ -179,7 +180,7 @@ class Controller:
         await self._drop_legacy_finalizer(raw)
         rewritten = await kind.act(obj, plan, logger)
         if rewritten is not None:
-            self.written.remember(rewritten)
+            self.written.remember(slim_object(rewritten))
         for event in plan.events:
             self.runtime.post_event(raw, event.type, event.reason, event.message)
         return kind.record(key, obj, plan, observed)
@@ -281,7 +282,14 @@ class Runtime:
         self._tasks.append(self._context.run(asyncio.create_task, restart()))
 
     def run_leadership(self) -> None:
-        self._tasks.append(asyncio.create_task(self.leadership.run(), name="coxswain leadership"))
+        self.background(self.leadership.run())
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` (a loop: leadership, progress pulls) until the operator stops."""
+        self._tasks.append(asyncio.create_task(work))
+
+    async def leadership_gate(self) -> None:
+        await self.leadership.wait()
 
     async def close(self) -> None:
         for controller in self.controllers.values():

@@ -158,8 +158,8 @@ class WorkQueue(Generic[K]):
     ) -> None:
         """Start `workers` tasks; `process(key)` returns seconds until its next pass (None: none).
 
-        `gate` is awaited after taking a key and before processing it (e.g. while another
-        replica leads); the key stays marked as processing meanwhile.
+        `gate` is awaited before taking each key (e.g. while another replica leads); keys
+        stay queued meanwhile.
         """
         self._stopping = False
         for i in range(workers):
@@ -192,11 +192,12 @@ class WorkQueue(Generic[K]):
         self, process: Callable[[K], Awaitable[float | None]], gate: Callable[[], Awaitable[None]] | None
     ) -> None:
         while True:
+            if gate is not None:
+                # Before taking a key: while held, keys stay queued (and counted as pending).
+                await gate()
             key = await self.get()
             delay: float | None
             try:
-                if gate is not None:
-                    await gate()
                 delay = await process(key)
             except asyncio.CancelledError:
                 self._failed_now.discard(key)

@@ -4,9 +4,10 @@
   no lists from the API server.
 - `@kopf.on.event` keeps the latest body of every TrainingJob (slimmed) and sees deletions.
 - Watch events of Jobs, pods and the TrainingJob itself queue the job's key; the runtime's
-  workers run one pass per key at a time. A pass asks for the next one after a delay: every
-  few seconds while running, to pull rank 0's /progress (pulled by design: training pods
-  hold no API credentials), else a resync.
+  workers run one pass per key at a time. Rank 0's /progress (pulled by design: training
+  pods hold no API credentials) is pulled off the reconcile path (progress.py), which queues
+  a pass when the answer changes; a pass asks for a later one only when time alone matters
+  (stall timeout, deadline, TTL, back-off), else a resync.
 - No daemon, no finalizer, no kopf annotations: children go by ownerReference garbage
   collection, our bookkeeping on the DELETED event.
 """
@@ -14,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -26,13 +27,14 @@ from coxswain.api.trainingjob import TrainingJob
 from coxswain.kube import TRAININGJOB_RESOURCE
 from coxswain.runtime import Key, Logger, Runtime
 from coxswain.trainingjob import naming
-from coxswain.trainingjob.executor import execute, fetch_progress
+from coxswain.trainingjob.executor import execute
 from coxswain.trainingjob.planner import ActionKind, Observed, Plan, plan_reconcile, rank0_pod
+from coxswain.trainingjob.progress import ProgressPuller, progress_url
 
 PROGRESS_INTERVAL = 5.0  # seconds between /progress pulls while running
 RESYNC_INTERVAL = 60.0  # a safety net; watches do the real waking
 LABELS = {naming.LABEL_TRAININGJOB: kopf.PRESENT}
-WORKERS = 8  # concurrent reconcile passes (of different jobs); a pass mostly awaits the API
+WORKERS = 32  # concurrent reconcile passes (of different jobs); a pass mostly awaits the API
 KIND = "TrainingJob"
 
 log = logging.getLogger("coxswain.trainingjob")
@@ -122,6 +124,14 @@ class TrainingJobs:
     resource: Any = TRAININGJOB_RESOURCE
     workers: int = WORKERS
     resync: float = RESYNC_INTERVAL
+    progress: ProgressPuller = field(init=False)
+
+    def __post_init__(self) -> None:
+        runtime = self.runtime
+        self.progress = ProgressPuller(
+            runtime.http, runtime.clock, lambda key: runtime.controllers[KIND].wake(key), PROGRESS_INTERVAL
+        )
+        runtime.background(self.progress.run(gate=runtime.leadership_gate))
 
     def parse(self, raw: dict[str, Any]) -> TrainingJob:
         return TrainingJob.model_validate(raw)
@@ -130,13 +140,16 @@ class TrainingJobs:
         jobs = list(self.runtime.index("trainingjob_jobs").get(key, []))
         pods = list(self.runtime.index("trainingjob_pods").get(key, []))
         status = tj.status
-        progress = None
+        # Rank 0's /progress comes from the puller's last answer (no HTTP in a pass); the pass
+        # tells it which pod to pull from now on.
+        url = None
         if status is not None and status.phase in (Phase.RUNNING, Phase.PENDING) and not tj.spec.suspend:
             current = [
                 p for p in pods if p["metadata"]["labels"].get(naming.LABEL_ATTEMPT) == str(status.attempt)
             ]
-            progress = await fetch_progress(self.runtime.http, rank0_pod(current), tj.spec.ports.metrics)
-        return Observed(jobs=jobs, pods=pods, progress=progress)
+            url = progress_url(rank0_pod(current), tj.spec.ports.metrics)
+        self.progress.want(key, url)
+        return Observed(jobs=jobs, pods=pods, progress=self.progress.latest(key) if url else None)
 
     def plan(self, key: Key, tj: TrainingJob, observed: Observed) -> Plan:
         return plan_reconcile(tj, observed, self.runtime.clock.now())
@@ -147,14 +160,12 @@ class TrainingJobs:
 
     def record(self, key: Key, tj: TrainingJob, plan: Plan, observed: Observed) -> float:
         _record_metrics(tj, plan)
-        phase = plan.status.phase
-        delay = plan.requeue_after if plan.requeue_after is not None else RESYNC_INTERVAL
-        if phase in (Phase.RUNNING, Phase.PENDING):
-            delay = min(delay, PROGRESS_INTERVAL)
-        return delay
+        # No fixed re-pass while running: watch events and a changed /progress queue the job,
+        # and the planner asks for the passes time alone would need (stall, deadline, TTL).
+        return plan.requeue_after if plan.requeue_after is not None else RESYNC_INTERVAL
 
     def forget(self, key: Key) -> None:
-        pass
+        self.progress.forget(key)
 
 
 def _record_metrics(tj: TrainingJob, plan: Any) -> None:
