@@ -47,6 +47,11 @@ def _register_cluster(groups: Any) -> None:
     )
     up.add_argument("--cpu-nodes", type=int, default=2, help="kwok nodes without GPUs (default 2)")
     up.add_argument(
+        "--kueue",
+        action="store_true",
+        help="also run Kueue (built from the Go module proxy the first time; added to a running cluster)",
+    )
+    up.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)"
     )
     up.set_defaults(func=_up)
@@ -82,6 +87,7 @@ def _up(args: argparse.Namespace) -> int:
     from coxswain.devcluster import ClusterStartError, DevCluster
     from coxswain.devcluster.binaries import BinariesError
     from coxswain.devcluster.bootstrap import BootstrapError
+    from coxswain.devcluster.kueue import KueueError
 
     _setup_logging()
     if args.gpu_nodes < 0 or args.cpu_nodes < 0:
@@ -90,8 +96,8 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     cluster = DevCluster(args.dir)
     try:
-        cluster.up(gpu_nodes=args.gpu_nodes, cpu_nodes=args.cpu_nodes, timeout=args.timeout)
-    except (ClusterStartError, BootstrapError, BinariesError) as e:
+        cluster.up(gpu_nodes=args.gpu_nodes, cpu_nodes=args.cpu_nodes, timeout=args.timeout, kueue=args.kueue)
+    except (ClusterStartError, BootstrapError, BinariesError, KueueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from coxswain.devcluster import components, processes
-from coxswain.devcluster.binaries import locate_binaries
+from coxswain.devcluster import components, kueue, processes
+from coxswain.devcluster.binaries import locate_binaries, locate_kueue
 from coxswain.devcluster.bootstrap import (
     create_nodes,
     make_client,
@@ -131,11 +131,14 @@ class DevCluster:
 
     # ---- up ------------------------------------------------------------------------------
 
-    def up(self, gpu_nodes: int = 2, cpu_nodes: int = 2, timeout: float = 120.0) -> ClusterState:
+    def up(
+        self, gpu_nodes: int = 2, cpu_nodes: int = 2, timeout: float = 120.0, kueue: bool = False
+    ) -> ClusterState:
         """Start the cluster, or return the running one when it is healthy.
 
         A cluster that runs with other node counts is kept, with a warning: restarting it
         would pull it from under whoever uses it. Run `down` first to change the counts.
+        `kueue` adds Kueue, to a running cluster too; a cluster with Kueue keeps it.
         """
         with self.locked():
             current = self.status()
@@ -151,13 +154,40 @@ class DevCluster:
                     )
                 else:
                     log.info("cluster already up in %s; reusing it", self.paths.root)
+                if kueue and state.kueue_bin_dir is None:
+                    self._start_kueue(state, time.monotonic() + timeout)
                 return state
             if current.recorded or current.stray_pids:
                 log.info("stopping what is left of a previous cluster in %s", self.paths.root)
                 self._stop_everything(state)
-            return self._start(gpu_nodes, cpu_nodes, timeout)
+            return self._start(gpu_nodes, cpu_nodes, timeout, kueue)
 
-    def _start(self, gpu_nodes: int, cpu_nodes: int, timeout: float) -> ClusterState:
+    def _start_kueue(self, state: ClusterState, deadline: float) -> None:
+        """CRDs first (Kueue's informers need them), then the manager, then its webhooks
+        (they fail closed: registered before Kueue answers, they would refuse every Job)."""
+        kueue_bin = locate_kueue()
+        for name in kueue.PORT_NAMES:
+            state.ports.setdefault(name, processes.free_port())
+        client = make_client(self.paths.kubeconfig)
+        kueue.install_crds(client, kueue_bin, self.paths, state.ports)
+        kueue.prepare(self.paths, state.ports)
+        state.kueue_bin_dir = kueue_bin
+        try:
+            self._launch(state, kueue.component(kueue_bin, self.paths, state.ports), deadline)
+            kueue.install_webhooks(client, kueue_bin, self.paths, state.ports)
+        except BaseException:
+            state.kueue_bin_dir = None
+            record = next((r for r in state.processes if r.name == "kueue"), None)
+            if record is not None:
+                processes.stop_groups([record.pid])
+                state.processes.remove(record)
+            save_state(self.paths, state)
+            raise
+        save_state(self.paths, state)
+
+    def _start(
+        self, gpu_nodes: int, cpu_nodes: int, timeout: float, with_kueue: bool = False
+    ) -> ClusterState:
         began = time.monotonic()
         bin_dir = locate_binaries()
         paths = self.paths
@@ -198,6 +228,8 @@ class DevCluster:
             names = create_nodes(client, default_pools(gpu_nodes, cpu_nodes))
             wait_for_default_service_account(client, max(deadline - time.monotonic(), 1.0))
             wait_for_nodes_ready(client, names, max(deadline - time.monotonic(), 1.0))
+            if with_kueue:
+                self._start_kueue(state, deadline)
         except BaseException:
             # Ctrl-C, a timeout or a failed component: leave nothing behind.
             log.error("cluster start failed; stopping what was started (logs stay in %s)", paths.logs_dir)
@@ -231,7 +263,7 @@ class DevCluster:
             ),
             components.kube_scheduler(bin_dir, run / "kube-scheduler.kubeconfig", ports),
             components.kwok(bin_dir, self.paths.kubeconfig, STAGES_FILE, self.paths, ports),
-        ]
+        ] + ([kueue.component(state.kueue_bin_dir, self.paths, ports)] if state.kueue_bin_dir else [])
 
     def _spawn(self, state: ClusterState, component: components.Component) -> None:
         log.info("starting %s", component.name)

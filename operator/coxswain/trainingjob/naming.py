@@ -10,6 +10,8 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 ANNOTATION_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 MANAGER = "coxswain"
+# Kueue admits a suspended Job carrying this label against its LocalQueue's ClusterQueue.
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 
 CONFIG_MOUNT = "/etc/coxswain"
 CONFIG_FILE = "job.yaml"
