@@ -66,7 +66,7 @@ async def configure(
     settings.batching.worker_limit = None
     runtime = memo["runtime"] = Runtime.create()
     # kopf injects its indexes (live views) by their function's name, also into start-up handlers.
-    for index in ("trainingjob_jobs", "trainingjob_pods"):
+    for index in ("trainingjob_jobs", "trainingjob_pods", "trainingjob_workloads"):
         runtime.indexes[index] = kwargs[index]
     runtime.paused = _captured.get("operator_paused")
     if runtime.paused is None and not settings.peering.standalone:

@@ -34,6 +34,7 @@ from coxswain.runtime import Key, Runtime
 from coxswain.trainingjob import naming
 from coxswain.trainingjob.executor import execute, fetch_progress, patch_status
 from coxswain.trainingjob.planner import ActionKind, Observed, plan_reconcile, rank0_pod
+from coxswain.trainingjob.queueing import WORKLOAD_KIND_GROUP, slim_workload
 
 PROGRESS_INTERVAL = 5.0  # seconds between /progress pulls while running
 RESYNC_INTERVAL = 60.0  # a safety net; watches do the real waking
@@ -93,6 +94,23 @@ async def trainingjob_pods(
     return {key: _slim(body, _POD_STATUS_KEYS)}
 
 
+# Kueue's Workloads (TrainingJobs with spec.queueName): they carry none of our labels, only an
+# ownerReference to the attempt's Job, whose name gives the TrainingJob. Where Kueue is not
+# installed kopf finds no such resource and watches nothing.
+@kopf.index(WORKLOAD_KIND_GROUP, "v1beta2", "workloads")
+async def trainingjob_workloads(
+    *, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    slim = slim_workload(dict(body))
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for job in slim["metadata"]["jobs"]:
+        owner = naming.trainingjob_of_batch_job(job or "")
+        if owner:
+            found[(namespace or "", owner)] = slim
+            Runtime.of(memo).wake(namespace or "", owner)
+    return found
+
+
 def _slim_trainingjob(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = dict(body.get("metadata", {}) or {})
     meta.pop("managedFields", None)
@@ -150,6 +168,7 @@ async def process(runtime: Runtime, key: Key) -> float | None:
         return None  # seen before a peering pause: the re-listing after it queues a fresh body
     jobs_index = runtime.indexes.get("trainingjob_jobs", {})
     pods_index = runtime.indexes.get("trainingjob_pods", {})
+    workloads_index = runtime.indexes.get("trainingjob_workloads", {})
     logger = _JobLog(log, {"key": f"{key[0]}/{key[1]}"})
     started = time.monotonic()
     try:
@@ -159,6 +178,7 @@ async def process(runtime: Runtime, key: Key) -> float | None:
             logger,
             list(jobs_index.get(key, [])),
             list(pods_index.get(key, [])),
+            list(workloads_index.get(key, [])),
         )
     except ApiError as exc:
         metrics.RECONCILE_ERRORS.labels("TrainingJob").inc()
@@ -179,6 +199,7 @@ async def reconcile(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     jobs: list[dict[str, Any]],
     pods: list[dict[str, Any]],
+    workloads: list[dict[str, Any]] | None = None,
 ) -> float:
     """One pass; returns the seconds until the next pass is needed without a watch event."""
     raw = runtime.written.freshest(dict(body))
@@ -192,7 +213,9 @@ async def reconcile(
             p for p in pods if p["metadata"]["labels"].get(naming.LABEL_ATTEMPT) == str(status.attempt)
         ]
         progress = await fetch_progress(runtime.http, rank0_pod(current), tj.spec.ports.metrics)
-    plan = plan_reconcile(tj, Observed(jobs=jobs, pods=pods, progress=progress), datetime.now(UTC))
+    plan = plan_reconcile(
+        tj, Observed(jobs=jobs, pods=pods, progress=progress, workloads=workloads or []), datetime.now(UTC)
+    )
 
     old_status = status.to_dict() if status else {}
     new_status = plan.status.to_dict()
@@ -220,6 +243,8 @@ def _record_metrics(tj: TrainingJob, plan: Any) -> None:
         tj.status is None or tj.status.phase is None
     ):
         metrics.TRAININGJOBS_CREATED.inc()
+    if plan.preempted:
+        metrics.TRAININGJOBS_PREEMPTIONS.inc()
     if plan.restart is not None:
         metrics.TRAININGJOBS_RESTARTS.labels(plan.restart.cause, str(plan.restart.charged).lower()).inc()
     if plan.finished == Phase.SUCCEEDED:

@@ -35,6 +35,12 @@ def batch_job_name(job: str, attempt: int) -> str:
     return f"{job}-{attempt}"
 
 
+def trainingjob_of_batch_job(job: str) -> str | None:
+    """The TrainingJob a batch Job name belongs to (the inverse of `batch_job_name`)."""
+    name, _, attempt = job.rpartition("-")
+    return name if name and attempt.isdigit() else None
+
+
 def pod_hostname(job: str, attempt: int, rank: int | str) -> str:
     return f"{batch_job_name(job, attempt)}-{rank}"
 

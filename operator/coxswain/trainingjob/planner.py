@@ -33,6 +33,7 @@ from coxswain.api.trainingjob import (
 from coxswain.conditions import get_condition, set_condition
 from coxswain.trainingjob import naming
 from coxswain.trainingjob.failures import FailureCause, PodFailure, root_cause
+from coxswain.trainingjob.queueing import view, workload_of
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
 
@@ -76,6 +77,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     restart: RestartRecord | None = None  # for metrics
+    preempted: bool = False  # Kueue evicted the admitted gang on this pass (for metrics)
     finished: Phase | None = None  # set on the pass that finishes the job (for metrics)
 
 
@@ -86,6 +88,7 @@ class Observed:
     jobs: list[dict[str, Any]]
     pods: list[dict[str, Any]]
     progress: dict[str, Any] | None = None  # rank 0's /progress, when it answered
+    workloads: list[dict[str, Any]] = field(default_factory=list)  # Kueue's, slimmed (queueing.py)
 
 
 def attempt_of(obj: dict[str, Any]) -> int | None:
@@ -276,7 +279,11 @@ class Planner:
         if job is None:
             self.create_or_wait()
             return self.plan
-        if job.get("spec", {}).get("suspend"):
+        if self.spec.queue_name:
+            # Kueue owns the Job's suspend: never un-suspend it here.
+            if self.queued(job):
+                return self.plan
+        elif job.get("spec", {}).get("suspend"):
             self.plan.actions.append(Action(ActionKind.RESUME_JOB, job["metadata"]["name"]))
         if get_condition(self.status.conditions, C.SUSPENDED.value) is not None:
             if self.status.phase == Phase.SUSPENDED:
@@ -306,6 +313,8 @@ class Planner:
         limit = self.spec.active_deadline_seconds
         if limit is None or self.status.start_time is None or self.spec.suspend:
             return False
+        if self.status.phase == Phase.QUEUED:
+            return False  # running time only: the clock starts again at admission
         elapsed = (self.now - self.status.start_time).total_seconds()
         if elapsed < limit:
             self.requeue(limit - elapsed)
@@ -317,7 +326,12 @@ class Planner:
         return True
 
     def suspend(self, job: dict[str, Any] | None) -> None:
-        if job is not None and not job.get("spec", {}).get("suspend"):
+        if job is not None and self.spec.queue_name:
+            # Kueue would admit a suspended Job again; the user's hold deletes it instead,
+            # which frees the quota too (checkpoints stay). Resuming queues a new one.
+            self.plan.actions.append(Action(ActionKind.DELETE_JOB, job["metadata"]["name"]))
+            self.clear(C.QUEUED, R.JOB_SUSPENDED, "suspended by spec.suspend; resuming queues the gang again")
+        elif job is not None and not job.get("spec", {}).get("suspend"):
             self.plan.actions.append(Action(ActionKind.SUSPEND_JOB, job["metadata"]["name"]))
         if self.status.phase != Phase.SUSPENDED:
             self.event(
@@ -346,6 +360,9 @@ class Planner:
         if Action(ActionKind.ENSURE_CONFIG) not in self.plan.actions:
             self.plan.actions += [Action(ActionKind.CREATE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
         self.plan.actions.append(Action(ActionKind.CREATE_JOB, job_name, self.attempt))
+        if self.spec.queue_name:
+            self.create_queued(job_name)
+            return
         if self.status.start_time is None:
             self.status.start_time = self.now
         if self.status.phase in (None, Phase.RESTARTING, Phase.SUSPENDED):
@@ -361,6 +378,73 @@ class Planner:
         )
         if get_condition(self.status.conditions, C.RESTARTING.value) is not None:
             self.cond(C.RESTARTING, False, R.GANG_RESTARTING, f"attempt {self.attempt} started")
+
+    def create_queued(self, job_name: str) -> None:
+        """The attempt's Job goes to Kueue suspended: Queued until Kueue admits the gang."""
+        self.status.preemptions = self.status.preemptions or 0
+        message = self._waiting_message()
+        if self.status.phase != Phase.QUEUED:
+            self.event(
+                "Normal",
+                R.WAITING_FOR_ADMISSION.value,
+                f"Created Job {job_name} for attempt {self.attempt}, suspended: {message}",
+            )
+        if get_condition(self.status.conditions, C.SUSPENDED.value) is not None:
+            self.clear(C.SUSPENDED, R.JOB_RESUMED, "spec.suspend is false")
+        self.set_phase(Phase.QUEUED)
+        self.cond(C.CREATED, True, R.JOB_CREATED, f"Job {job_name} created for attempt {self.attempt}")
+        self.cond(C.QUEUED, True, R.WAITING_FOR_ADMISSION, message)
+        self.cond(C.RUNNING, False, R.WAITING_FOR_ADMISSION, "no pod runs until Kueue admits the whole gang")
+        if get_condition(self.status.conditions, C.RESTARTING.value) is not None:
+            self.cond(C.RESTARTING, False, R.GANG_RESTARTING, f"attempt {self.attempt} queued")
+
+    def _waiting_message(self) -> str:
+        return f"waiting in LocalQueue {self.spec.queue_name} for Kueue to admit all {self.spec.nodes} pods"
+
+    def queued(self, job: dict[str, Any]) -> bool:
+        """Follow Kueue's admission of the current Job; True while the gang is not admitted."""
+        kueue = view(workload_of(job["metadata"]["name"], self.obs.workloads))
+        queued = get_condition(self.status.conditions, C.QUEUED.value)
+        admitted = (
+            queued is not None
+            and queued.status == ConditionStatus.FALSE
+            and queued.reason == R.ADMITTED.value
+        )
+        where = f"LocalQueue {self.spec.queue_name}"
+        if job.get("spec", {}).get("suspend"):
+            if admitted:
+                # Kueue took the admission back: an eviction, not a failure of the gang.
+                self.status.preemptions = (self.status.preemptions or 0) + 1
+                message = (
+                    f"preempted by Kueue: {kueue.evicted or 'it suspended the admitted Job'}; the pods "
+                    f"checkpoint on SIGTERM and the gang resumes from that checkpoint when {where} admits "
+                    f"it again (preemption {self.status.preemptions}, not charged to the restart budget)"
+                )
+                self.event("Warning", R.PREEMPTED.value, message)
+                self.plan.preempted = True
+                self.cond(C.QUEUED, True, R.PREEMPTED, message)
+                self._restart_stall_clock()
+            elif queued is not None and queued.reason == R.PREEMPTED.value:
+                pass  # Kueue's eviction message stays until the gang is admitted again
+            elif kueue.pending:
+                self.cond(C.QUEUED, True, R.INADMISSIBLE, f"{where}: {kueue.pending}")
+            else:
+                self.cond(C.QUEUED, True, R.WAITING_FOR_ADMISSION, self._waiting_message())
+            self.set_phase(Phase.QUEUED)
+            self.cond(
+                C.RUNNING, False, R.WAITING_FOR_ADMISSION, "no pod runs until Kueue admits the whole gang"
+            )
+            return True
+        if not admitted:
+            target = f" to ClusterQueue {kueue.cluster_queue}" if kueue.cluster_queue else ""
+            message = f"Kueue admitted all {self.spec.nodes} pods{target}"
+            if queued is not None and queued.reason == R.PREEMPTED.value:
+                message += "; resuming from the last checkpoint"
+            self.cond(C.QUEUED, False, R.ADMITTED, message)
+            self.event("Normal", R.ADMITTED.value, message)
+            # The deadline counts running time, from admission (as for a resumed suspend).
+            self.status.start_time = self.now
+        return False
 
     def observe_job(self, job: dict[str, Any]) -> None:
         pods = self.pods_of_attempt(self.attempt)
