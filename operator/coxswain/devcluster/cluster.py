@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from coxswain.devcluster import components, kueue, processes
+from coxswain.devcluster import components, kueue, processes, routes
 from coxswain.devcluster.binaries import locate_binaries, locate_kueue
 from coxswain.devcluster.bootstrap import (
     create_nodes,
@@ -154,6 +154,7 @@ class DevCluster:
                     )
                 else:
                     log.info("cluster already up in %s; reusing it", self.paths.root)
+                routes.hold(self.paths.root)
                 if kueue and state.kueue_bin_dir is None:
                     self._start_kueue(state, time.monotonic() + timeout)
                 return state
@@ -204,6 +205,8 @@ class DevCluster:
         save_state(paths, state)
         deadline = time.monotonic() + timeout
         try:
+            # Before any pod or node address exists: nothing aimed at them may leave the machine.
+            routes.hold(paths.root)
             self._launch(state, components.etcd(bin_dir, data_dir, ports), deadline)
             server = state.api_server_url
             write_kubeconfig(paths.kubeconfig, server, pki.ca.cert, pki.admin, "coxswain-admin")
@@ -332,6 +335,7 @@ class DevCluster:
             shutil.rmtree(state.data_dir, ignore_errors=True)
             self._check_ports_released(state)
         clear_state(self.paths)
+        routes.release(self.paths.root)
         return stopped
 
     @staticmethod
