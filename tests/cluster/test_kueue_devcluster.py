@@ -11,6 +11,7 @@ import pytest
 from lightkube.resources.admissionregistration_v1 import MutatingWebhookConfiguration
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Pod
+from lightkube.types import CascadeType
 
 from cluster_fixtures import ClusterHandle, wait_for
 from coxswain.devcluster.kueue import ClusterQueue, ResourceFlavor
@@ -96,7 +97,8 @@ def test_plain_jobs_admitted_within_quota_and_the_rest_wait(
         assert node_selector and node_selector.get("coxswain.dev/node-pool") == "gpu"
 
     # Quota frees when an admitted Job goes: the waiting one is admitted.
-    client.delete(Job, running[0], namespace=ns)
+    # batch/v1 Jobs orphan their pods unless told otherwise: those pods would keep the quota.
+    client.delete(Job, running[0], namespace=ns, cascade=CascadeType.BACKGROUND)
     wait_for(
         lambda: not client.get(Job, waiting, namespace=ns).spec.suspend or None,  # type: ignore[union-attr]
         90,
