@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from coxswain.api.common import ConditionStatus
+from coxswain.api.common import Condition, ConditionStatus
 from coxswain.api.conditions import TrainingJobConditionType as C
 from coxswain.api.conditions import TrainingJobPhase as Phase
 from coxswain.api.conditions import TrainingJobReason as R
@@ -123,6 +123,14 @@ def _rank(pod: dict[str, Any]) -> int:
         return int(value)
     except ValueError:
         return -1
+
+
+def _start_time(pod: dict[str, Any]) -> datetime | None:
+    value = pod.get("status", {}).get("startTime")
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    except (AttributeError, ValueError):
+        return None
 
 
 def rank0_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -393,7 +401,10 @@ class Planner:
             self.clear(C.SUSPENDED, R.JOB_RESUMED, "spec.suspend is false")
         self.set_phase(Phase.QUEUED)
         self.cond(C.CREATED, True, R.JOB_CREATED, f"Job {job_name} created for attempt {self.attempt}")
-        self.cond(C.QUEUED, True, R.WAITING_FOR_ADMISSION, message)
+        queued = get_condition(self.status.conditions, C.QUEUED.value)
+        if queued is None or queued.reason != R.PREEMPTED.value:
+            # A preempted gang's next attempt keeps Kueue's eviction message until admitted.
+            self.cond(C.QUEUED, True, R.WAITING_FOR_ADMISSION, message)
         self.cond(C.RUNNING, False, R.WAITING_FOR_ADMISSION, "no pod runs until Kueue admits the whole gang")
         if get_condition(self.status.conditions, C.RESTARTING.value) is not None:
             self.cond(C.RESTARTING, False, R.GANG_RESTARTING, f"attempt {self.attempt} queued")
@@ -411,6 +422,24 @@ class Planner:
             and queued.reason == R.ADMITTED.value
         )
         where = f"LocalQueue {self.spec.queue_name}"
+        preempted = queued is not None and queued.reason == R.PREEMPTED.value
+        if self._failed_by_eviction(job, queued):
+            # The Job controller applied the pod failure policy to the pods the eviction
+            # killed (it does so once the Job runs again), so this Job cannot run again: the
+            # next attempt is queued and resumes from the same checkpoint. Still the
+            # preemption, not a restart: nothing charged.
+            name = job["metadata"]["name"]
+            self.status.attempt = self.attempt + 1
+            self.plan.actions.append(Action(ActionKind.DELETE_JOB, name))
+            message = (
+                f"preempted by Kueue: Job {name} ended with the eviction; attempt {self.attempt} is queued "
+                f"in {where} and resumes from the last checkpoint (not charged to the restart budget)"
+            )
+            self.event("Normal", R.PREEMPTED.value, message)
+            if not preempted:
+                self.cond(C.QUEUED, True, R.PREEMPTED, message)
+            self.set_phase(Phase.QUEUED)
+            return True
         if job.get("spec", {}).get("suspend"):
             if admitted:
                 # Kueue took the admission back: an eviction, not a failure of the gang.
@@ -424,7 +453,7 @@ class Planner:
                 self.plan.preempted = True
                 self.cond(C.QUEUED, True, R.PREEMPTED, message)
                 self._restart_stall_clock()
-            elif queued is not None and queued.reason == R.PREEMPTED.value:
+            elif preempted:
                 pass  # Kueue's eviction message stays until the gang is admitted again
             elif kueue.pending:
                 self.cond(C.QUEUED, True, R.INADMISSIBLE, f"{where}: {kueue.pending}")
@@ -438,13 +467,26 @@ class Planner:
         if not admitted:
             target = f" to ClusterQueue {kueue.cluster_queue}" if kueue.cluster_queue else ""
             message = f"Kueue admitted all {self.spec.nodes} pods{target}"
-            if queued is not None and queued.reason == R.PREEMPTED.value:
+            if preempted:
                 message += "; resuming from the last checkpoint"
             self.cond(C.QUEUED, False, R.ADMITTED, message)
             self.event("Normal", R.ADMITTED.value, message)
             # The deadline counts running time, from admission (as for a resumed suspend).
             self.status.start_time = self.now
         return False
+
+    def _failed_by_eviction(self, job: dict[str, Any], queued: Condition | None) -> bool:
+        """The Job failed, and only pods that Kueue's eviction killed made it fail."""
+        if _job_condition(job, "Failed") is None or queued is None:
+            return False
+        if queued.reason == R.PREEMPTED.value:
+            return True
+        since = queued.last_transition_time
+        if queued.reason != R.ADMITTED.value or not self.status.preemptions or since is None:
+            return False
+        # Re-admitted after a preemption: pods of this admission start after it.
+        started = [_start_time(p) for p in self.pods_of_attempt(self.attempt)]
+        return all(t is None or t < since for t in started)
 
     def observe_job(self, job: dict[str, Any]) -> None:
         pods = self.pods_of_attempt(self.attempt)

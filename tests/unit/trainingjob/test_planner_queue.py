@@ -160,3 +160,61 @@ def test_without_a_queue_a_suspended_job_is_resumed_as_before() -> None:
     plan = plan_reconcile(tj, Observed(jobs=[job(1, suspend=True)], pods=[]), NOW)
     assert (ActionKind.RESUME_JOB, "tj-1") in [(a.kind, a.name) for a in plan.actions]
     assert plan.status.preemptions is None
+
+
+def test_a_job_failed_by_the_pods_its_preemption_killed_requeues_the_next_attempt_uncharged() -> None:
+    status = {
+        "attempt": 1,
+        "phase": "Queued",
+        "observedGeneration": 1,
+        "restarts": 0,
+        "uncountedRestarts": 0,
+        "preemptions": 1,
+        "conditions": [
+            {
+                "type": "Queued",
+                "status": "True",
+                "reason": "Preempted",
+                "message": EVICTED,
+                "lastTransitionTime": NOW.isoformat(),
+            }
+        ],
+    }
+    failed = job(1, suspend=True)
+    failed["status"] = {"conditions": [{"type": "Failed", "status": "True", "message": "exit code 137"}]}
+    plan = plan_reconcile(make(status=status), Observed(jobs=[failed], pods=[]), NOW)
+    assert (ActionKind.DELETE_JOB, "tj-1") in [(a.kind, a.name) for a in plan.actions]
+    assert plan.status.attempt == 2 and plan.status.phase == "Queued"
+    assert (plan.status.restarts, plan.status.uncounted_restarts, plan.status.preemptions) == (0, 0, 1)
+    nxt = step(plan, Observed(jobs=[], pods=[]))
+    assert (ActionKind.CREATE_JOB, "tj-2") in [(a.kind, a.name) for a in nxt.actions]
+    assert cond(nxt, "Queued").reason == "Preempted", "Kueue's eviction message stays until admission"
+    admitted = step(nxt, Observed(jobs=[job(2, suspend=False)], pods=[]))
+    assert "resuming from the last checkpoint" in cond(admitted, "Queued").message
+
+
+def test_a_readmitted_job_failed_by_pods_killed_before_readmission_is_not_charged() -> None:
+    readmitted_at = NOW - timedelta(seconds=5)
+    status = {
+        "attempt": 1,
+        "phase": "Pending",
+        "observedGeneration": 1,
+        "restarts": 0,
+        "uncountedRestarts": 0,
+        "preemptions": 1,
+        "conditions": [
+            {
+                "type": "Queued",
+                "status": "False",
+                "reason": "Admitted",
+                "message": "Kueue admitted all 2 pods; resuming from the last checkpoint",
+                "lastTransitionTime": readmitted_at.isoformat(),
+            }
+        ],
+    }
+    failed = job(1, suspend=False)
+    failed["status"] = {"conditions": [{"type": "Failed", "status": "True", "message": "exit code 137"}]}
+    plan = plan_reconcile(make(status=status), Observed(jobs=[failed], pods=[]), NOW)
+    assert plan.status.attempt == 2 and plan.status.phase == "Queued"
+    assert (plan.status.restarts, plan.status.uncounted_restarts) == (0, 0)
+    assert cond(plan, "Queued").reason == "Preempted"
