@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 from typing import Any
 
 from coxswain.api import API_VERSION, MODELSERVICE_KIND
 from coxswain.api.modelservice import ModelService, ScaleMetric
 from coxswain.modelservice import naming
 from coxswain.modelservice.source import ServedModel
+from coxswain.nodeagent.quantity import parse_quantity
 from coxswain.podsecurity import container_security_context, pod_security_context
+from coxswain.quantity import format_quantity, whole_cores
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # After SIGTERM the server stays up (unready) this long so endpoint controllers and
@@ -88,14 +88,25 @@ def _metadata(ms: ModelService, name: str) -> dict[str, Any]:
     }
 
 
-_CPU = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(m?)$")
-
-
 def cpu_threads(cpu: str) -> int:
     """Whole cores of a CPU limit, at least 1: torch's thread count (the server reads it)."""
-    m = _CPU.match(cpu)
-    cores = (float(m.group(1)) / (1000 if m.group(2) else 1)) if m else 1.0
-    return max(1, math.ceil(cores))
+    return whole_cores(cpu)
+
+
+# The server's body limit (its default) and what a request it holds can cost: the body and its
+# decompressed or decoded copy.
+SERVER_BODY_BYTES = 8 * 1024 * 1024
+BYTES_PER_HELD_REQUEST = 2 * SERVER_BODY_BYTES
+
+
+def max_concurrent_requests(memory: str) -> int:
+    """Requests a server pod may hold at once: half its memory limit for request bodies (the
+    rest for the model and the runtime), so clients cannot push it over its limit. 1Gi: 32."""
+    try:
+        memory_bytes = int(parse_quantity(memory))
+    except ValueError:
+        return 32
+    return max(4, min(128, memory_bytes // 2 // BYTES_PER_HELD_REQUEST))
 
 
 def traffic_document(weights: dict[str, int]) -> str:
@@ -140,12 +151,18 @@ def build_env(ms: ModelService, model: ServedModel) -> list[dict[str, Any]]:
         {"name": "COXSWAIN_SERVER_MAX_BATCH_SIZE", "value": str(spec.batching.max_batch_size)},
         {"name": "COXSWAIN_SERVER_MAX_LATENCY_MS", "value": str(spec.batching.max_latency_ms)},
         {"name": "COXSWAIN_SERVER_MAX_QUEUE_SIZE", "value": str(spec.max_queue_size)},
+        {
+            "name": "COXSWAIN_SERVER_MAX_CONCURRENT_REQUESTS",
+            "value": str(max_concurrent_requests(spec.resources.memory)),
+        },
         {"name": "COXSWAIN_SERVER_DEVICE", "value": "cuda" if spec.resources.gpus > 0 else "cpu"},
         {"name": "COXSWAIN_SERVER_DRAIN_SECONDS", "value": str(DRAIN_SECONDS)},
         {"name": "COXSWAIN_SERVER_GRACEFUL_TIMEOUT_SECONDS", "value": str(GRACEFUL_SECONDS)},
         {"name": "COXSWAIN_CPU_LIMIT", "value": str(cpu_threads(spec.resources.cpu))},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    # No admin token, ever: the server's admin endpoints stay off (403) in operator-made pods,
+    # since the operator changes weights through the traffic file, not the admin API.
     if spec.auth_token_secret_ref is not None:
         env.append(
             {
@@ -319,7 +336,7 @@ def build_hpa(ms: ModelService) -> dict[str, Any]:
                         "type": "Pods",
                         "pods": {
                             "metric": {"name": HPA_METRIC_NAMES[target.metric]},
-                            "target": {"type": "AverageValue", "averageValue": _quantity(target.value)},
+                            "target": {"type": "AverageValue", "averageValue": format_quantity(target.value)},
                         },
                     }
                 ],
@@ -330,9 +347,3 @@ def build_hpa(ms: ModelService) -> dict[str, Any]:
             },
         }
     )
-
-
-def _quantity(value: float) -> str:
-    if float(value).is_integer():
-        return str(int(value))
-    return f"{round(value * 1000)}m"
