@@ -22,6 +22,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -157,9 +158,15 @@ class LeaseElection(Leadership):
             )
             self._set(False)
 
+    def _micro_now(self) -> datetime:
+        """Now, as a Lease's MicroTime: lightkube drops a zero fraction ("…00Z"), which the API
+        server refuses for MicroTime fields, so a whole second is nudged by one microsecond."""
+        now = self.clock.now()
+        return now if now.microsecond else now.replace(microsecond=1)
+
     async def _try(self) -> bool:
         """True: we hold it now. False: another replica does (and may still act)."""
-        now = self.clock.now()
+        now = self._micro_now()
         try:
             lease = await self.client.get(Lease, self.name, namespace=self.namespace)
         except ApiError as exc:
@@ -225,7 +232,7 @@ class LeaseElection(Leadership):
                 return
             lease.spec.holderIdentity = None
             lease.spec.leaseDurationSeconds = 1
-            lease.spec.renewTime = self.clock.now()
+            lease.spec.renewTime = self._micro_now()
             await self.client.replace(lease)
             log.info("%s: released at shutdown", self.where)
         except (ApiError, httpx.HTTPError, OSError) as exc:

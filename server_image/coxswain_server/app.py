@@ -12,6 +12,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -44,6 +45,9 @@ from coxswain_server.metrics import UNKNOWN_VERSION, ServerMetrics, VersionMetri
 from coxswain_server.settings import ServerSettings
 from coxswain_server.traffic import watch_traffic_file
 from coxswain_server.versions import ModelVersions, ServedVersion
+
+if TYPE_CHECKING:
+    from coxswain_server.grpc_service import GrpcEndpoint
 
 log = logging.getLogger("coxswain_server.app")
 
@@ -110,6 +114,12 @@ class InferenceApp:
         }
         self._version_prefix = f"/v2/models/{m}/versions/"
         self._v1_version_prefix = f"/v1/models/{m}/versions/"
+        self.grpc: GrpcEndpoint | None = None
+        if settings.grpc_port is not None:
+            # imported only when asked for: grpcio and the stubs cost start-up time otherwise
+            from coxswain_server.grpc_service import GrpcEndpoint
+
+            self.grpc = GrpcEndpoint(self, settings.host, settings.grpc_port)
 
     @property
     def ready(self) -> bool:
@@ -142,7 +152,7 @@ class InferenceApp:
             await handler(scope, receive, send, version)
         except ServerError as exc:
             if isinstance(exc, Overloaded) and not entered:
-                self._observe_unrouted(429, 0.0)
+                self.observe_unrouted(429, 0.0)
             await self._send_error(send, exc, None)
         except ClientGone:
             pass
@@ -255,12 +265,13 @@ class InferenceApp:
                 served.active -= 1
                 served.metrics.observe(code, elapsed)
             else:
-                self._observe_unrouted(code, elapsed)
+                self.observe_unrouted(code, elapsed)
 
-    def _observe_unrouted(self, code: int, elapsed: float) -> None:
+    def observe_unrouted(self, code: int, elapsed: float, protocol: str = "http") -> None:
+        """Count a call that reached no version (refused before routing, unknown version)."""
         if self._unrouted is None:
             self._unrouted = self.metrics.version(UNKNOWN_VERSION)
-        self._unrouted.observe(code, elapsed)
+        self._unrouted.observe(code, elapsed, protocol)
 
     # --- health and metadata ------------------------------------------------------------
 
@@ -285,7 +296,7 @@ class InferenceApp:
         }
         await send_response(send, 200, orjson.dumps(body))
 
-    def _stable(self, version: str | None) -> ServedVersion:
+    def stable(self, version: str | None) -> ServedVersion:
         """The version a metadata call is about: the named one, else the heaviest-weighted."""
         if version is not None:
             return self.versions.route(version)
@@ -296,7 +307,7 @@ class InferenceApp:
         return self.versions.served[candidates[0]]
 
     async def _model_metadata(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
-        served = self._stable(version)
+        served = self.stable(version)
         versions = [version] if version is not None else list(self.versions.served)
         body = protocol_v2.model_metadata(
             self.settings.model, versions, served.model.platform, served.model.signature
@@ -304,7 +315,7 @@ class InferenceApp:
         await send_response(send, 200, body, JSON, [(b"x-coxswain-version", served.header)])
 
     async def _model_config(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
-        served = self._stable(version)
+        served = self.stable(version)
         body = protocol_v2.model_config(
             self.settings.model, served.model.platform, self.settings.max_batch_size, served.model.signature
         )
@@ -335,6 +346,15 @@ class InferenceApp:
                 # Load in the background: the port opens at once so liveness answers while a
                 # big model loads; readiness stays false until every version is warmed up.
                 self._tasks.append(asyncio.get_running_loop().create_task(self._start()))
+                if self.grpc is not None:
+                    try:
+                        await self.grpc.start()
+                    except OSError as exc:
+                        log.error("%s", exc)
+                        if self._on_fatal is not None:
+                            self._on_fatal(str(exc))
+                        await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                        return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self._stop()
@@ -369,8 +389,14 @@ class InferenceApp:
     async def _apply_traffic_file(self, weights: dict[str, int]) -> None:
         await self.versions.set_weights(weights, load_missing=True, unload_others=True)
 
+    async def stop_grpc(self) -> None:
+        """Stop taking gRPC calls and finish those in flight (the HTTP side does the same meanwhile)."""
+        if self.grpc is not None:
+            await self.grpc.stop(self.settings.graceful_timeout_seconds)
+
     async def _stop(self) -> None:
         self.draining = True
+        await self.stop_grpc()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--traffic-poll-seconds", type=float)
     a("--host", help="address to listen on (default 0.0.0.0)")
     a("--port", type=int, help="port (default 8080)")
+    a(
+        "--grpc-port",
+        type=int,
+        help="also serve the v2 protocol over gRPC (inference.GRPCInferenceService) on this port (default: off)",
+    )
     a("--max-batch-size", type=int, help="rows per model batch (default 32)")
     a(
         "--max-latency-ms",

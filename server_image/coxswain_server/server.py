@@ -6,10 +6,12 @@ finishes every in-flight request (up to `graceful_timeout_seconds`) and exits 0.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,6 +58,14 @@ class _Server(uvicorn.Server):
             self._exit_at = time.monotonic() + self._drain_seconds
         else:
             self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # gRPC stops taking calls at the same moment as HTTP, and both finish theirs in parallel
+        grpc_stopped = asyncio.ensure_future(self._app.stop_grpc())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            await grpc_stopped
 
     async def on_tick(self, counter: int) -> bool:
         if self._exit_at is not None and time.monotonic() >= self._exit_at:
@@ -128,9 +138,10 @@ def run(settings: ServerSettings) -> int:
     server = _Server(config, app, settings.drain_seconds)
     holder["server"] = server
     log.info(
-        "coxswain-server %s on %s:%d, model %s from %s, torch threads %d, device %s, batching max %d rows / %.1f ms, "
+        "coxswain-server %s on %s:%d%s, model %s from %s, torch threads %d, device %s, batching max %d rows / %.1f ms, "
         "queue %d requests / %d rows, at most %d rows per request and %d requests at once%s, admin %s",
-        "0.1.0", settings.host, settings.port, settings.model, settings.repository, threads, device,
+        "0.1.0", settings.host, settings.port,
+        f" (gRPC :{settings.grpc_port})" if settings.grpc_port else "", settings.model, settings.repository, threads, device,
         settings.max_batch_size, settings.max_latency_ms, settings.max_queue_size, settings.queue_rows,
         settings.request_rows, settings.max_concurrent_requests,
         ", bearer-token auth on" if auth else "", "on" if credentials.admin_on else "off",

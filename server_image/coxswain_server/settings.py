@@ -72,6 +72,13 @@ class ServerSettings(BaseModel):
     traffic_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
+    grpc_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="port for the Open Inference Protocol v2 over gRPC (inference.GRPCInferenceService); "
+        "unset: no gRPC",
+    )
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_latency_ms: float = Field(
         default=0.0,

@@ -102,6 +102,10 @@ class TensorSchema:
             ) from None
         return self._coerce(parsed, rows, "data")
 
+    def from_values(self, values: Any, rows: int, what: str) -> npt.NDArray[Any]:
+        """A flat sequence of numbers (gRPC's typed `contents`) -> an array of `rows` items."""
+        return self._coerce(np.asarray(values), rows, what)
+
     def from_instances(self, instances: list[Any]) -> npt.NDArray[Any]:
         """v1 instances (one item each, nested in the item shape or flat) -> a batch array."""
         try:

@@ -201,3 +201,88 @@ def test_admin_server_still_serves_after_the_fuzzing(
 def test_server_still_healthy_after_the_fuzzing(server: RunningServer) -> None:
     assert httpx.get(server.url + "/v2/health/ready").status_code == 200
     assert server.metric("coxswain_server_requests_total", code="500") == 0
+
+
+# --- gRPC: the same fuzzing for ModelInfer; a bad call is never INTERNAL (or UNKNOWN) ---------
+
+int64s = st.integers(-(2**63), 2**63 - 1)
+grpc_shapes = st.sampled_from([[1, 64], [2, 64], [1, 63], [0, 64]]) | st.lists(
+    st.integers(-3, 2**40) | int64s, max_size=4
+)
+grpc_contents = st.fixed_dictionaries(
+    {},
+    optional={
+        "fp32_contents": st.lists(st.floats(width=32, allow_nan=True), max_size=140),
+        "fp64_contents": st.lists(st.floats(), max_size=70),
+        "int_contents": st.lists(st.integers(-(2**31), 2**31 - 1), max_size=70),
+        "int64_contents": st.lists(int64s, max_size=70),
+        "bool_contents": st.lists(st.booleans(), max_size=70),
+        "bytes_contents": st.lists(st.binary(max_size=8), max_size=4),
+    },
+)
+grpc_tensor = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["input", "x", ""]) | st.text(max_size=8),
+        "datatype": st.sampled_from(["FP32", "FP64", "INT64", "BOOL", "BYTES", "FP16", "BF16", "fp32", ""]),
+        "shape": grpc_shapes,
+    },
+    optional={"contents": grpc_contents},
+)
+grpc_requests = st.fixed_dictionaries(
+    {
+        "model_name": st.sampled_from(["digits", "digits", "cnn", ""]),
+        "inputs": st.lists(grpc_tensor, max_size=3),
+    },
+    optional={
+        "model_version": st.sampled_from(["", "v1", "v9"]),
+        "id": st.text(max_size=8),
+        "outputs": st.lists(
+            st.fixed_dictionaries({"name": st.sampled_from(["logits", "nope", ""])}), max_size=2
+        ),
+        "raw_input_contents": st.lists(
+            st.binary(max_size=300) | st.just(b"\0" * 256) | st.just(b"\0" * 512), max_size=3
+        ),
+    },
+)
+GRPC_BAD_REQUEST_CODES = {"INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED"}
+
+
+@pytest.fixture(scope="module")
+def grpc_infer(server: RunningServer) -> Iterator[Any]:
+    import grpc
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        # bytes in: the fuzzer sends what a broken client could, decodable or not
+        yield channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+
+def _check_grpc(call: Any, data: bytes, sent: Any) -> None:
+    import grpc
+
+    try:
+        call(data, timeout=30)
+        return
+    except grpc.RpcError as exc:
+        code, details = exc.code().name, exc.details()
+    assert code in GRPC_BAD_REQUEST_CODES, f"{code} {details} for {sent!r}"
+    assert details, "an error without a message"
+
+
+@SETTINGS
+@given(request=grpc_requests)
+def test_grpc_infer_never_answers_internal(grpc_infer: Any, request: dict[str, Any]) -> None:
+    from tritonclient.grpc import service_pb2 as pb
+
+    message = pb.ModelInferRequest(**request)
+    _check_grpc(grpc_infer, message.SerializeToString(), request)
+
+
+@SETTINGS
+@given(raw=st.binary(max_size=300))
+def test_grpc_raw_bytes_never_answer_internal(grpc_infer: Any, raw: bytes) -> None:
+    _check_grpc(grpc_infer, raw, raw)
+
+
+def test_server_still_healthy_after_the_grpc_fuzzing(server: RunningServer) -> None:
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+    assert server.metric("coxswain_server_requests_total", protocol="grpc", code="500") == 0

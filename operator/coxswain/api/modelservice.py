@@ -282,6 +282,12 @@ class ModelServiceStatus(ApiModel):
     """Observed state of a ModelService."""
 
     url: str | None = Field(default=None, max_length=2048, description="In-cluster URL of the service.")
+    grpc_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="In-cluster gRPC target (host:port) of the service: the v2 protocol's "
+        "inference.GRPCInferenceService, for tritonclient.grpc and KServe's InferenceGRPCClient.",
+    )
     replicas: int | None = Field(default=None, ge=0, description="Pods that exist (scale subresource).")
     ready_replicas: int | None = Field(default=None, ge=0, description="Pods ready to answer.")
     selector: str | None = Field(

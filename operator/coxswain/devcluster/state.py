@@ -87,6 +87,8 @@ class ClusterState(BaseModel):
     kueue_bin_dir: Path | None = Field(
         default=None, description="where Kueue's manager and manifests are; None: no Kueue in this cluster"
     )
+    real_nodes: int = 0
+    node_slot: int | None = Field(default=None, description="the real nodes' address slot (realnode_plan.py)")
     started_at: float = Field(default_factory=time.time)
     ready: bool = False
 

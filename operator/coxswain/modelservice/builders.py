@@ -22,9 +22,8 @@ from coxswain.api import API_VERSION, MODELSERVICE_KIND
 from coxswain.api.modelservice import ModelService, ScaleMetric
 from coxswain.modelservice import naming
 from coxswain.modelservice.source import ServedModel
-from coxswain.nodeagent.quantity import parse_quantity
 from coxswain.podsecurity import container_security_context, pod_security_context
-from coxswain.quantity import format_quantity, whole_cores
+from coxswain.quantity import format_quantity, parse_quantity, whole_cores
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # After SIGTERM the server stays up (unready) this long so endpoint controllers and
@@ -134,7 +133,14 @@ def build_service(ms: ModelService) -> dict[str, Any]:
                 "type": "ClusterIP",
                 "selector": naming.selector(name),
                 "ports": [
-                    {"name": "http", "port": naming.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+                    {"name": "http", "port": naming.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"},
+                    {
+                        "name": "grpc",
+                        "port": naming.GRPC_PORT,
+                        "targetPort": "grpc",
+                        "protocol": "TCP",
+                        "appProtocol": "kubernetes.io/h2c",  # gRPC is cleartext HTTP/2 here
+                    },
                 ],
             },
         }
@@ -148,6 +154,7 @@ def build_env(ms: ModelService, model: ServedModel) -> list[dict[str, Any]]:
         {"name": "COXSWAIN_SERVER_MODEL", "value": model.name},
         {"name": "COXSWAIN_SERVER_TRAFFIC_FILE", "value": f"{naming.TRAFFIC_MOUNT}/{naming.TRAFFIC_FILE}"},
         {"name": "COXSWAIN_SERVER_PORT", "value": str(naming.HTTP_PORT)},
+        {"name": "COXSWAIN_SERVER_GRPC_PORT", "value": str(naming.GRPC_PORT)},
         {"name": "COXSWAIN_SERVER_MAX_BATCH_SIZE", "value": str(spec.batching.max_batch_size)},
         {"name": "COXSWAIN_SERVER_MAX_LATENCY_MS", "value": str(spec.batching.max_latency_ms)},
         {"name": "COXSWAIN_SERVER_MAX_QUEUE_SIZE", "value": str(spec.max_queue_size)},
@@ -254,7 +261,10 @@ def build_pod_template(ms: ModelService, model: ServedModel) -> dict[str, Any]:
                 "image": spec.image,
                 "command": ["coxswain-server"],
                 "env": build_env(ms, model),
-                "ports": [{"name": "http", "containerPort": naming.HTTP_PORT, "protocol": "TCP"}],
+                "ports": [
+                    {"name": "http", "containerPort": naming.HTTP_PORT, "protocol": "TCP"},
+                    {"name": "grpc", "containerPort": naming.GRPC_PORT, "protocol": "TCP"},
+                ],
                 "resources": build_resources(ms),
                 "volumeMounts": mounts,
                 # Readiness is false until every version in the traffic file is loaded and

@@ -112,6 +112,7 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     old = ms.status or ModelServiceStatus()
     status = ModelServiceStatus(
         url=naming.url(name, ns),
+        grpc_url=naming.grpc_url(name, ns),
         selector=naming.selector_string(name),
         conditions=list(old.conditions),
         observed_generation=gen,

@@ -55,7 +55,10 @@ def test_deployment_runs_the_server_on_the_model_with_the_traffic_file() -> None
     assert env["COXSWAIN_SERVER_MAX_LATENCY_MS"] == "3.0"
     assert env["COXSWAIN_SERVER_MAX_QUEUE_SIZE"] == "99"
     assert env["COXSWAIN_SERVER_DEVICE"] == "cpu"
+    assert env["COXSWAIN_SERVER_GRPC_PORT"] == "8081"
     assert container(dep)["command"] == ["coxswain-server"]
+    ports = {p["name"]: p["containerPort"] for p in container(dep)["ports"]}
+    assert ports == {"http": 8080, "grpc": 8081}  # the Service's targetPorts name both
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert volumes["traffic"]["configMap"]["name"] == "digits-traffic"
     assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
@@ -136,11 +139,21 @@ def test_service_and_traffic_config_map() -> None:
     ms = make()
     svc = builders.build_service(ms)
     assert svc["spec"]["type"] == "ClusterIP"
-    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+        {
+            "name": "grpc",
+            "port": 8081,
+            "targetPort": "grpc",
+            "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c",
+        },
+    ]
     assert svc["spec"]["selector"] == {naming.LABEL_MODELSERVICE: "digits"}
     cm = builders.build_traffic_config_map(ms, {"v1": 90, "v2": 10})
     assert json.loads(cm["data"]["traffic.json"]) == {"weights": {"v1": 90, "v2": 10}}
     assert naming.url("digits", "ml") == "http://digits.ml.svc.cluster.local"
+    assert naming.grpc_url("digits", "ml") == "digits.ml.svc.cluster.local:8081"
     assert naming.selector_string("digits") == "coxswain.dev/modelservice=digits"
 
 
