@@ -4,13 +4,25 @@
 # and, for real nodes, {kubelet,kube-proxy,coredns,local-path-provisioner}.
 # <key> hashes dev/versions.env and every dev/tools/*/go.{mod,sum}, so a version bump builds anew
 # and an unchanged tree builds nothing. Prints the binary directory on its last line.
+# `build-tools.sh kueue` builds only Kueue's manager (opt-in: `coxswain dev cluster up --kueue`)
+# into ~/.cache/coxswain/bin/kueue-<KUEUE_VERSION>-<hash of dev/tools/kueue/go.{mod,sum}>/ and
+# prints that directory; Kueue stays out of the control plane's key so adding it rebuilt nothing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=/dev/null
 source "$here/versions.env"
 cache=${COXSWAIN_CACHE:-$HOME/.cache/coxswain}
-key=$(cat "$here/versions.env" "$here"/tools/*/go.mod "$here"/tools/*/go.sum | sha256sum | cut -c1-12)
+control=()  # every tools/ module but Kueue's, in the glob's order
+for d in "$here"/tools/*/; do d=${d%/}; [ "${d##*/}" = kueue ] || control+=("${d##*/}"); done
+key=$({
+  grep -vi kueue "$here/versions.env"
+  for t in "${control[@]}"; do cat "$here/tools/$t/go.mod"; done
+  for t in "${control[@]}"; do cat "$here/tools/$t/go.sum"; done
+} | sha256sum | cut -c1-12)
 bin="$cache/bin/$KUBE_VERSION-$key"
+if [ "${1:-}" = kueue ]; then
+  bin="$cache/bin/kueue-$KUEUE_VERSION-$(cat "$here/tools/kueue/go.mod" "$here/tools/kueue/go.sum" | sha256sum | cut -c1-12)"
+fi
 export GOCACHE=${GOCACHE:-$cache/go-build} GOMODCACHE=${GOMODCACHE:-$cache/go-mod} GOFLAGS=-mod=mod CGO_ENABLED=0
 mkdir -p "$bin"
 log() { echo "[build-tools] $*" >&2; }
@@ -51,6 +63,23 @@ build() { # build <module dir> <ldflags> <binary name>=<package>...
   rm -rf "$tmp"
   log "built ${names[*]} in $((SECONDS - start)) s"
 }
+
+if [ "${1:-}" = kueue ]; then
+  build kueue "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" kueue=sigs.k8s.io/kueue/cmd/kueue
+  # Its CRDs and webhook configurations ship in the module: keep them beside the binary, so
+  # the cluster installs exactly the version it runs.
+  if [ ! -d "$bin/config" ]; then
+    src=$(cd "$here/tools/kueue" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)
+    tmp=$(mktemp -d "$bin/.config.XXXX")
+    mkdir -p "$tmp/crd" "$tmp/webhook"
+    cp "$src"/config/components/crd/bases/*.yaml "$tmp/crd/"
+    cp "$src"/config/components/webhook/manifests.yaml "$tmp/webhook/"
+    chmod -R u+w "$tmp"
+    mv "$tmp" "$bin/config"
+  fi
+  echo "$bin"
+  exit 0
+fi
 
 kv=${KUBE_VERSION#v}; kmajor=${kv%%.*}; kminor=${kv#*.}; kminor=${kminor%%.*}
 kube_ld=""

@@ -4,7 +4,7 @@
 ~/.cache/coxswain/cluster) or starts one, applies every CRD in crds/ and waits until they
 are Established. A cluster this session started is stopped at the end, unless
 COXSWAIN_KEEP_CLUSTER=1 or another test session still uses it; a cluster that was already up
-is left running. `namespace` (function): a fresh namespace per test, deleted afterwards.
+is left running. `kueue` (session): the same cluster with Kueue added. `namespace` (function): a fresh namespace per test, deleted afterwards.
 
 Loaded from tests/conftest.py with `pytest_plugins`.
 """
@@ -101,6 +101,15 @@ def cluster() -> Iterator[ClusterHandle]:
         keep = os.environ.get(KEEP_ENV, "") not in ("", "0")
         if started_here and not keep and not dev.other_users():
             dev.down()
+
+
+@pytest.fixture(scope="session")
+def kueue(cluster: ClusterHandle) -> ClusterHandle:
+    """`cluster` with a real Kueue running in it (its CRDs, webhooks and the kwok
+    ResourceFlavors; see coxswain.devcluster.kueue). Built from the Go module proxy the first
+    time on a machine (minutes); stopped with the cluster."""
+    DevCluster().up(kueue=True, timeout=300)
+    return cluster
 
 
 @pytest.fixture

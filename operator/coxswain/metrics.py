@@ -32,6 +32,11 @@ TRAININGJOBS_RESTARTS = Counter(
     ["cause", "charged"],
     registry=REGISTRY,
 )
+TRAININGJOBS_PREEMPTIONS = Counter(
+    "coxswain_trainingjobs_preemptions_total",
+    "Admitted gangs Kueue evicted (suspended) to requeue them; never charged to a restart budget.",
+    registry=REGISTRY,
+)
 TRAININGJOBS_BY_PHASE = Gauge("coxswain_trainingjobs", "TrainingJobs by phase.", ["phase"], registry=REGISTRY)
 TRAININGJOB_PROGRESS = Gauge(
     "coxswain_trainingjob_progress_ratio",

@@ -67,6 +67,7 @@ async def configure(
     for index in (
         "trainingjob_jobs",
         "trainingjob_pods",
+        "trainingjob_workloads",
         "modelservice_pods",
         "modelservice_deployments",
         "modelservice_services",

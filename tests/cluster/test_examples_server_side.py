@@ -32,11 +32,14 @@ class InvalidCase(Protocol):
     field: str
 
 
-def example_documents() -> list[tuple[str, dict[str, Any]]]:
+def example_documents(kueue: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """Every example document; `kueue`: only Kueue's (they need Kueue's CRDs), else the rest."""
     docs: list[tuple[str, dict[str, Any]]] = []
     for path in sorted(EXAMPLES.rglob("*.yaml")):
         for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
-            if isinstance(doc, dict) and "kind" in doc:
+            if not (isinstance(doc, dict) and "kind" in doc):
+                continue
+            if str(doc.get("apiVersion", "")).startswith("kueue.x-k8s.io/") == kueue:
                 docs.append((f"{path.relative_to(EXAMPLES)}#{i}", doc))
     return docs
 
@@ -89,6 +92,19 @@ def test_example_is_accepted_by_server_side_dry_run(
         dry_run_create(client, manifest)
     except ApiError as e:
         pytest.fail(f"{where} was refused: {e.status.message}")
+
+
+@pytest.mark.parametrize(
+    ("where", "manifest"), example_documents(kueue=True), ids=[w for w, _ in example_documents(kueue=True)]
+)
+def test_kueue_example_is_accepted_by_a_real_kueue(
+    kueue: ClusterHandle, where: str, manifest: dict[str, Any]
+) -> None:
+    load_in_cluster_generic_resources(kueue.client)
+    try:
+        dry_run_create(kueue.client, manifest)
+    except ApiError as e:
+        pytest.fail(f"{where} was refused by Kueue's CRDs or webhooks: {e.status.message}")
 
 
 def test_at_least_200_invalid_manifests() -> None:

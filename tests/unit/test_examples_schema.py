@@ -23,9 +23,14 @@ def example_files() -> list[Path]:
     return sorted(EXAMPLES.glob("*.yaml"))
 
 
+def load_all(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
+
+
 def load(path: Path) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
-    return loaded
+    """The example's one TrainingJob or ModelService (a file may also hold Kueue's queues)."""
+    (ours,) = [d for d in load_all(path) if d.get("kind") in MODELS]
+    return ours
 
 
 def test_the_examples_the_issue_asks_for_exist() -> None:
@@ -37,6 +42,7 @@ def test_the_examples_the_issue_asks_for_exist() -> None:
         "trainingjob-custom.yaml",
         "modelservice.yaml",
         "modelservice-canary.yaml",
+        "trainingjob-queued.yaml",
     } <= names
     assert (EXAMPLES / "custom_task" / "README.md").is_file()
 
@@ -61,3 +67,20 @@ def test_trainer_can_parse_a_bare_spec() -> None:
     assert job.nodes == 2
     assert job.optimization.optimizer.name == "adamw"
     assert job.export is not None and job.export.repository.persistent_volume_claim is not None
+
+
+def test_queued_example_names_its_local_queue_and_priority_class() -> None:
+    docs = load_all(EXAMPLES / "trainingjob-queued.yaml")
+    by_kind = {d["kind"]: d for d in docs}
+    job = TrainingJob.model_validate(by_kind["TrainingJob"])
+    queue = by_kind["LocalQueue"]
+    assert job.spec.queue_name == queue["metadata"]["name"]
+    assert job.metadata.namespace == queue["metadata"]["namespace"]
+    assert queue["spec"]["clusterQueue"] == by_kind["ClusterQueue"]["metadata"]["name"]
+    assert job.spec.priority_class_name == by_kind["PriorityClass"]["metadata"]["name"]
+    covered = by_kind["ClusterQueue"]["spec"]["resourceGroups"][0]["coveredResources"]
+    assert {"cpu", "memory", "nvidia.com/gpu"} <= set(covered), (
+        "Kueue refuses pods asking for uncovered resources"
+    )
+    # A preempted gang resumes from its checkpoint only if the volume outlives the pods.
+    assert job.spec.checkpoint.volume.persistent_volume_claim is not None

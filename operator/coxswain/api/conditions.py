@@ -12,6 +12,7 @@ class TrainingJobPhase(StrEnum):
     """Coarse state of a TrainingJob, shown by `kubectl get tj`."""
 
     PENDING = "Pending"
+    QUEUED = "Queued"
     RUNNING = "Running"
     RESTARTING = "Restarting"
     SUSPENDED = "Suspended"
@@ -23,6 +24,7 @@ class TrainingJobConditionType(StrEnum):
     """Condition types of a TrainingJob."""
 
     CREATED = "Created"
+    QUEUED = "Queued"
     RUNNING = "Running"
     RESTARTING = "Restarting"
     SUCCEEDED = "Succeeded"
@@ -36,6 +38,11 @@ class TrainingJobReason(StrEnum):
 
     # Created
     JOB_CREATED = "JobCreated"
+    # Queued (Kueue): waiting for admission, refused for now, or evicted by a higher priority
+    WAITING_FOR_ADMISSION = "WaitingForAdmission"
+    INADMISSIBLE = "Inadmissible"
+    PREEMPTED = "Preempted"
+    ADMITTED = "Admitted"
     # Running
     PODS_STARTING = "PodsStarting"
     PODS_RUNNING = "PodsRunning"

@@ -518,6 +518,8 @@ class TrainingJobSpec(ApiModel):
         ),
         *(immutable(f) for f in _IMMUTABLE + _IMMUTABLE_DEFAULTED),
         immutable("export", optional=True),
+        immutable("queueName", optional=True),
+        immutable("priorityClassName", optional=True),
         CelRule(
             rule="oldSelf.suspend || self.nodeSelector == oldSelf.nodeSelector",
             message="nodeSelector can change only while the job is suspended (spec.suspend true)",
@@ -572,6 +574,15 @@ class TrainingJobSpec(ApiModel):
     )
     suspend: bool = Field(
         default=False, description="true: pods go, progress and checkpoints stay (Kueue-style admission)."
+    )
+    queue_name: DnsLabel | None = Field(
+        default=None,
+        description="Kueue LocalQueue in this namespace: Kueue admits the whole gang against quota "
+        "and may preempt it (checkpoint and requeue, never charged). Unset: no Kueue.",
+    )
+    priority_class_name: DnsSubdomain | None = Field(
+        default=None,
+        description="PriorityClass of the pods; Kueue reads it as the workload's priority.",
     )
     clean_pod_policy: CleanPodPolicy = Field(
         default=CleanPodPolicy.ALL, description="All or None: what to delete when the job finishes."
@@ -642,15 +653,18 @@ class ExportedModel(ApiModel):
 class TrainingJobStatus(ApiModel):
     """Observed state of a TrainingJob, recomputed on every reconcile."""
 
-    phase: TrainingJobPhase | None = Field(default=None, description="Pending, Running, Restarting, ...")
+    phase: TrainingJobPhase | None = Field(default=None, description="Pending, Queued, Running, ...")
     conditions: Conditions = Field(
         default_factory=list,
-        description="Created, Running, Restarting, Succeeded, Failed, Suspended, Stalled.",
+        description="Created, Queued, Running, Restarting, Succeeded, Failed, Suspended, Stalled.",
     )
     observed_generation: int | None = Field(default=None, ge=0, description="Generation last acted on.")
     attempt: int | None = Field(default=None, ge=1, description="Current attempt, starting at 1.")
     restarts: int | None = Field(default=None, ge=0, description="Restarts charged to the budget.")
     uncounted_restarts: int | None = Field(default=None, ge=0, description="Restarts not charged.")
+    preemptions: int | None = Field(
+        default=None, ge=0, description="Times Kueue evicted the admitted gang (never charged)."
+    )
     last_failure: LastFailure | None = Field(default=None, description="Most recent failure.")
     last_checkpoint: LastCheckpoint | None = Field(default=None, description="Newest checkpoint.")
     start_time: datetime | None = Field(default=None, description="When the first attempt started.")

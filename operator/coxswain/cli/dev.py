@@ -49,6 +49,11 @@ def _register_cluster(groups: Any) -> None:
     )
     up.add_argument("--cpu-nodes", type=int, default=2, help="kwok nodes without GPUs (default 2)")
     up.add_argument(
+        "--kueue",
+        action="store_true",
+        help="also run Kueue (built from the Go module proxy the first time; added to a running cluster)",
+    )
+    up.add_argument(
         "--real-nodes",
         type=int,
         default=0,
@@ -125,6 +130,7 @@ def _up(args: argparse.Namespace) -> int:
     from coxswain.devcluster import ClusterStartError, DevCluster
     from coxswain.devcluster.binaries import BinariesError
     from coxswain.devcluster.bootstrap import BootstrapError
+    from coxswain.devcluster.kueue import KueueError
     from coxswain.devcluster.realnode import RealNodeError
     from coxswain.devcluster.realnode_images import ImageError
     from coxswain.devcluster.realnode_net import NetworkError
@@ -152,10 +158,19 @@ def _up(args: argparse.Namespace) -> int:
             cpu_nodes=args.cpu_nodes,
             timeout=args.timeout,
             real_nodes=args.real_nodes,
+            kueue=args.kueue,
         )
         for archive in args.image:
             cluster.load_image(archive)
-    except (ClusterStartError, BootstrapError, BinariesError, RealNodeError, ImageError, NetworkError) as e:
+    except (
+        ClusterStartError,
+        BootstrapError,
+        BinariesError,
+        RealNodeError,
+        ImageError,
+        NetworkError,
+        KueueError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -73,3 +73,26 @@ def locate_binaries(build: bool = True) -> Path:
     if missing:
         raise BinariesError(f"dev/build-tools.sh finished but {bin_dir} lacks {', '.join(missing)}")
     return bin_dir
+
+
+def locate_kueue() -> Path:
+    """The directory holding Kueue's manager and the manifests from its module, built by
+    `dev/build-tools.sh kueue` the first time (minutes)."""
+    root = repo_root()
+    if root is None:
+        raise BinariesError("dev/build-tools.sh was not found: Kueue is built from a source checkout only")
+    result = subprocess.run(
+        ["bash", str(root / "dev" / "build-tools.sh"), "kueue"],
+        stdout=subprocess.PIPE,
+        stderr=sys.stderr,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BinariesError(
+            f"dev/build-tools.sh kueue failed (exit {result.returncode}); its output is above"
+        )
+    bin_dir = Path(result.stdout.strip().splitlines()[-1])
+    if not os.access(bin_dir / "kueue", os.X_OK) or not (bin_dir / "config").is_dir():
+        raise BinariesError(f"dev/build-tools.sh kueue finished but {bin_dir} lacks kueue or config/")
+    return bin_dir

@@ -20,8 +20,8 @@ from pathlib import Path
 from lightkube import Client
 from pydantic import BaseModel
 
-from coxswain.devcluster import components, processes, routes
-from coxswain.devcluster.binaries import locate_binaries
+from coxswain.devcluster import components, kueue, processes, routes
+from coxswain.devcluster.binaries import locate_binaries, locate_kueue
 from coxswain.devcluster.bootstrap import (
     create_nodes,
     make_client,
@@ -146,12 +146,18 @@ class DevCluster:
     # ---- up ------------------------------------------------------------------------------
 
     def up(
-        self, gpu_nodes: int = 2, cpu_nodes: int = 2, timeout: float = 120.0, real_nodes: int = 0
+        self,
+        gpu_nodes: int = 2,
+        cpu_nodes: int = 2,
+        timeout: float = 120.0,
+        real_nodes: int = 0,
+        kueue: bool = False,
     ) -> ClusterState:
         """Start the cluster, or return the running one when it is healthy.
 
         A cluster that runs with other node counts is kept, with a warning: restarting it
         would pull it from under whoever uses it. Run `down` first to change the counts.
+        `kueue` adds Kueue, to a running cluster too; a cluster with Kueue keeps it.
         """
         with self.locked():
             current = self.status()
@@ -169,6 +175,8 @@ class DevCluster:
                 else:
                     log.info("cluster already up in %s; reusing it", self.paths.root)
                 routes.hold(self.paths.root)
+                if kueue and state.kueue_bin_dir is None:
+                    self._start_kueue(state, time.monotonic() + timeout)
                 return state
             if current.recorded or current.stray_pids:
                 log.info("stopping what is left of a previous cluster in %s", self.paths.root)
@@ -176,9 +184,34 @@ class DevCluster:
             elif not current.recorded:
                 # A `kill -9` of `up` can leave namespaces, mounts or cgroups without a record.
                 remove_real_nodes(self.paths.root)
-            return self._start(gpu_nodes, cpu_nodes, timeout, real_nodes)
+            return self._start(gpu_nodes, cpu_nodes, timeout, real_nodes, kueue)
 
-    def _start(self, gpu_nodes: int, cpu_nodes: int, timeout: float, real_nodes: int = 0) -> ClusterState:
+    def _start_kueue(self, state: ClusterState, deadline: float) -> None:
+        """CRDs first (Kueue's informers need them), then the manager, then its webhooks
+        (they fail closed: registered before Kueue answers, they would refuse every Job)."""
+        kueue_bin = locate_kueue()
+        for name in kueue.PORT_NAMES:
+            state.ports.setdefault(name, processes.free_port())
+        client = make_client(self.paths.kubeconfig)
+        kueue.install_crds(client, kueue_bin, self.paths, state.ports)
+        kueue.prepare(self.paths, state.ports)
+        state.kueue_bin_dir = kueue_bin
+        try:
+            self._launch(state, kueue.component(kueue_bin, self.paths, state.ports), deadline)
+            kueue.install_webhooks(client, kueue_bin, self.paths, state.ports)
+        except BaseException:
+            state.kueue_bin_dir = None
+            record = next((r for r in state.processes if r.name == "kueue"), None)
+            if record is not None:
+                processes.stop_groups([record.pid])
+                state.processes.remove(record)
+            save_state(self.paths, state)
+            raise
+        save_state(self.paths, state)
+
+    def _start(
+        self, gpu_nodes: int, cpu_nodes: int, timeout: float, real_nodes: int = 0, with_kueue: bool = False
+    ) -> ClusterState:
         began = time.monotonic()
         bin_dir = locate_binaries()
         if real_nodes:
@@ -239,6 +272,8 @@ class DevCluster:
             wait_for_nodes_ready(client, names, max(deadline - time.monotonic(), 1.0))
             if nodes:
                 self._start_real_nodes(state, nodes, pki, client, deadline)
+            if with_kueue:
+                self._start_kueue(state, deadline)
         except BaseException:
             # Ctrl-C, a timeout or a failed component: leave nothing behind.
             log.error("cluster start failed; stopping what was started (logs stay in %s)", paths.logs_dir)
@@ -333,7 +368,7 @@ class DevCluster:
             ),
             components.kube_scheduler(bin_dir, run / "kube-scheduler.kubeconfig", ports),
             components.kwok(bin_dir, self.paths.kubeconfig, STAGES_FILE, self.paths, ports),
-        ]
+        ] + ([kueue.component(state.kueue_bin_dir, self.paths, ports)] if state.kueue_bin_dir else [])
 
     def _spawn(self, state: ClusterState, component: components.Component) -> None:
         log.info("starting %s", component.name)

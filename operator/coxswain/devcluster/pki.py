@@ -229,6 +229,29 @@ def create_pki(directory: Path, apiserver_ips: tuple[str, ...] = ()) -> ClusterP
     )
 
 
+def issue_loopback_server_cert(directory: Path, stem: str, common_name: str) -> CertPair:
+    """A serving certificate for 127.0.0.1, signed by the CA that `create_pki` wrote in
+    `directory`: for servers the API server calls on loopback (Kueue's webhooks), which it
+    trusts through a caBundle holding that CA."""
+    layout = pki_layout(directory)
+    ca_cert = x509.load_pem_x509_certificate(layout.ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(layout.ca.key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{layout.ca.key}: expected the ECDSA key create_pki writes")
+    return _issue(directory, stem, ca_key, ca_cert, common_name, server=True)
+
+
+def issue_client_cert(directory: Path, stem: str, common_name: str, organization: str) -> CertPair:
+    """A client certificate signed by the cluster CA in `directory` (user `common_name`,
+    group `organization`)."""
+    layout = pki_layout(directory)
+    ca_cert = x509.load_pem_x509_certificate(layout.ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(layout.ca.key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{layout.ca.key}: expected the ECDSA key create_pki writes")
+    return _issue(directory, stem, ca_key, ca_cert, common_name, organization)
+
+
 def issue_from_ca(
     ca: CertPair,
     directory: Path,

@@ -279,6 +279,9 @@ def build_pod_template(tj: TrainingJob, attempt: int) -> dict[str, Any]:
     }
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.priority_class_name:
+        # The scheduler's priority, and the one Kueue gives the workload (preemption order).
+        pod_spec["priorityClassName"] = spec.priority_class_name
     if tolerations:
         pod_spec["tolerations"] = tolerations
     return {
@@ -292,10 +295,13 @@ def build_pod_template(tj: TrainingJob, attempt: int) -> dict[str, Any]:
 
 def build_job(tj: TrainingJob, attempt: int) -> dict[str, Any]:
     spec, name = tj.spec, _name(tj)
+    labels = {naming.LABEL_ATTEMPT: str(attempt)}
+    if spec.queue_name:
+        labels[naming.LABEL_KUEUE_QUEUE] = spec.queue_name
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(tj, naming.batch_job_name(name, attempt), {naming.LABEL_ATTEMPT: str(attempt)}),
+        "metadata": _metadata(tj, naming.batch_job_name(name, attempt), labels),
         "spec": {
             "completionMode": "Indexed",
             "completions": spec.nodes,
@@ -310,7 +316,8 @@ def build_job(tj: TrainingJob, attempt: int) -> dict[str, Any]:
                 ]
             },
             "podReplacementPolicy": "Failed",
-            "suspend": spec.suspend,
+            # Queued: created suspended, Kueue un-suspends the whole gang once it fits the quota.
+            "suspend": spec.suspend or spec.queue_name is not None,
             "template": build_pod_template(tj, attempt),
         },
     }

@@ -30,6 +30,7 @@ from coxswain.trainingjob import naming
 from coxswain.trainingjob.executor import execute
 from coxswain.trainingjob.planner import ActionKind, Observed, Plan, plan_reconcile, rank0_pod
 from coxswain.trainingjob.progress import ProgressPuller, progress_url
+from coxswain.trainingjob.queueing import WORKLOAD_KIND_GROUP, slim_workload
 
 PROGRESS_INTERVAL = 5.0  # seconds between /progress pulls while running
 RESYNC_INTERVAL = 60.0  # a safety net; watches do the real waking
@@ -88,6 +89,24 @@ async def trainingjob_pods(
     return {key: _slim(body, _POD_STATUS_KEYS)}
 
 
+# Kueue's Workloads (TrainingJobs with spec.queueName): they carry none of our labels, only an
+# ownerReference to the attempt's Job, whose name gives the TrainingJob. Where Kueue is not
+# installed kopf finds no such resource and watches nothing.
+@kopf.index(WORKLOAD_KIND_GROUP, "v1beta2", "workloads")
+async def trainingjob_workloads(
+    *, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    slim = slim_workload(dict(body))
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for job in slim["metadata"]["jobs"]:
+        owner = naming.trainingjob_of_batch_job(job or "")
+        if owner:
+            key = (namespace or "", owner)
+            found[key] = slim
+            _controller(memo).wake(key)
+    return found
+
+
 # kopf's "Handler 'trainingjob_seen' succeeded." INFO line on every event is dropped by a log
 # filter (cli/operator.py).
 @kopf.on.event(GROUP, VERSION, TRAININGJOB_PLURAL)
@@ -139,6 +158,7 @@ class TrainingJobs:
     async def observe(self, key: Key, tj: TrainingJob) -> Observed:
         jobs = list(self.runtime.index("trainingjob_jobs").get(key, []))
         pods = list(self.runtime.index("trainingjob_pods").get(key, []))
+        workloads = list(self.runtime.index("trainingjob_workloads").get(key, []))
         status = tj.status
         # Rank 0's /progress comes from the puller's last answer (no HTTP in a pass); the pass
         # tells it which pod to pull from now on.
@@ -149,7 +169,9 @@ class TrainingJobs:
             ]
             url = progress_url(rank0_pod(current), tj.spec.ports.metrics)
         self.progress.want(key, url)
-        return Observed(jobs=jobs, pods=pods, progress=self.progress.latest(key) if url else None)
+        return Observed(
+            jobs=jobs, pods=pods, progress=self.progress.latest(key) if url else None, workloads=workloads
+        )
 
     def plan(self, key: Key, tj: TrainingJob, observed: Observed) -> Plan:
         return plan_reconcile(tj, observed, self.runtime.clock.now())
@@ -176,6 +198,8 @@ def _record_metrics(tj: TrainingJob, plan: Any) -> None:
         tj.status is None or tj.status.phase is None
     ):
         metrics.TRAININGJOBS_CREATED.inc()
+    if plan.preempted:
+        metrics.TRAININGJOBS_PREEMPTIONS.inc()
     if plan.restart is not None:
         metrics.TRAININGJOBS_RESTARTS.labels(plan.restart.cause, str(plan.restart.charged).lower()).inc()
     if plan.finished == Phase.SUCCEEDED:

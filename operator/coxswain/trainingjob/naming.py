@@ -10,6 +10,8 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 ANNOTATION_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 MANAGER = "coxswain"
+# Kueue admits a suspended Job carrying this label against its LocalQueue's ClusterQueue.
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 
 CONFIG_MOUNT = "/etc/coxswain"
 CONFIG_FILE = "job.yaml"
@@ -31,6 +33,12 @@ def config_map_name(job: str) -> str:
 def batch_job_name(job: str, attempt: int) -> str:
     """One batch/v1 Job per attempt; a deterministic name makes creation idempotent."""
     return f"{job}-{attempt}"
+
+
+def trainingjob_of_batch_job(job: str) -> str | None:
+    """The TrainingJob a batch Job name belongs to (the inverse of `batch_job_name`)."""
+    name, _, attempt = job.rpartition("-")
+    return name if name and attempt.isdigit() else None
 
 
 def pod_hostname(job: str, attempt: int, rank: int | str) -> str:

@@ -8,7 +8,7 @@ exported and the progress it reports. Pure functions of the observed objects.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ class Observed:
     jobs: list[dict[str, Any]]
     pods: list[dict[str, Any]]
     progress: dict[str, Any] | None = None  # rank 0's /progress, when it answered
+    workloads: list[dict[str, Any]] = field(default_factory=list)  # Kueue's, slimmed (queueing.py)
 
 
 def attempt_of(obj: dict[str, Any]) -> int | None:

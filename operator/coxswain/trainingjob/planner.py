@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from coxswain.api.common import ConditionStatus
+from coxswain.api.common import Condition, ConditionStatus
 from coxswain.api.conditions import TrainingJobConditionType as C
 from coxswain.api.conditions import TrainingJobPhase as Phase
 from coxswain.api.conditions import TrainingJobReason as R
@@ -41,6 +41,7 @@ from coxswain.trainingjob.observation import (
     pending_reason,
     rank0_pod,
 )
+from coxswain.trainingjob.queueing import view, workload_of
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
 
@@ -77,6 +78,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     restart: RestartRecord | None = None  # for metrics
+    preempted: bool = False  # Kueue evicted the admitted gang on this pass (for metrics)
     finished: Phase | None = None  # set on the pass that finishes the job (for metrics)
 
 
@@ -85,6 +87,14 @@ def backoff_seconds(tj: TrainingJob, restarts_so_far: int) -> float:
     policy = tj.spec.failure_policy
     n = max(restarts_so_far, 1)
     return float(min(policy.backoff_seconds * 2 ** (n - 1), policy.max_backoff_seconds))
+
+
+def _start_time(pod: dict[str, Any]) -> datetime | None:
+    value = pod.get("status", {}).get("startTime")
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    except (AttributeError, ValueError):
+        return None
 
 
 class Planner:
@@ -162,7 +172,11 @@ class Planner:
         if job is None:
             self.create_or_wait()
             return self.plan
-        if job.get("spec", {}).get("suspend"):
+        if self.spec.queue_name:
+            # Kueue owns the Job's suspend: never un-suspend it here.
+            if self.queued(job):
+                return self.plan
+        elif job.get("spec", {}).get("suspend"):
             self.plan.actions.append(Action(ActionKind.RESUME_JOB, job["metadata"]["name"]))
         if get_condition(self.status.conditions, C.SUSPENDED.value) is not None:
             if self.status.phase == Phase.SUSPENDED:
@@ -192,6 +206,8 @@ class Planner:
         limit = self.spec.active_deadline_seconds
         if limit is None or self.status.start_time is None or self.spec.suspend:
             return False
+        if self.status.phase == Phase.QUEUED:
+            return False  # running time only: the clock starts again at admission
         elapsed = (self.now - self.status.start_time).total_seconds()
         if elapsed < limit:
             self.requeue(limit - elapsed)
@@ -203,7 +219,12 @@ class Planner:
         return True
 
     def suspend(self, job: dict[str, Any] | None) -> None:
-        if job is not None and not job.get("spec", {}).get("suspend"):
+        if job is not None and self.spec.queue_name:
+            # Kueue would admit a suspended Job again; the user's hold deletes it instead,
+            # which frees the quota too (checkpoints stay). Resuming queues a new one.
+            self.plan.actions.append(Action(ActionKind.DELETE_JOB, job["metadata"]["name"]))
+            self.clear(C.QUEUED, R.JOB_SUSPENDED, "suspended by spec.suspend; resuming queues the gang again")
+        elif job is not None and not job.get("spec", {}).get("suspend"):
             self.plan.actions.append(Action(ActionKind.SUSPEND_JOB, job["metadata"]["name"]))
         if self.status.phase != Phase.SUSPENDED:
             self.event(
@@ -232,6 +253,9 @@ class Planner:
         if Action(ActionKind.ENSURE_CONFIG) not in self.plan.actions:
             self.plan.actions += [Action(ActionKind.CREATE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
         self.plan.actions.append(Action(ActionKind.CREATE_JOB, job_name, self.attempt))
+        if self.spec.queue_name:
+            self.create_queued(job_name)
+            return
         if self.status.start_time is None:
             self.status.start_time = self.now
         if self.status.phase in (None, Phase.RESTARTING, Phase.SUSPENDED):
@@ -247,6 +271,107 @@ class Planner:
         )
         if get_condition(self.status.conditions, C.RESTARTING.value) is not None:
             self.cond(C.RESTARTING, False, R.GANG_RESTARTING, f"attempt {self.attempt} started")
+
+    def create_queued(self, job_name: str) -> None:
+        """The attempt's Job goes to Kueue suspended: Queued until Kueue admits the gang."""
+        self.status.preemptions = self.status.preemptions or 0
+        message = self._waiting_message()
+        if self.status.phase != Phase.QUEUED:
+            self.event(
+                "Normal",
+                R.WAITING_FOR_ADMISSION.value,
+                f"Created Job {job_name} for attempt {self.attempt}, suspended: {message}",
+            )
+        if get_condition(self.status.conditions, C.SUSPENDED.value) is not None:
+            self.clear(C.SUSPENDED, R.JOB_RESUMED, "spec.suspend is false")
+        self.set_phase(Phase.QUEUED)
+        self.cond(C.CREATED, True, R.JOB_CREATED, f"Job {job_name} created for attempt {self.attempt}")
+        queued = get_condition(self.status.conditions, C.QUEUED.value)
+        if queued is None or queued.reason != R.PREEMPTED.value:
+            # A preempted gang's next attempt keeps Kueue's eviction message until admitted.
+            self.cond(C.QUEUED, True, R.WAITING_FOR_ADMISSION, message)
+        self.cond(C.RUNNING, False, R.WAITING_FOR_ADMISSION, "no pod runs until Kueue admits the whole gang")
+        if get_condition(self.status.conditions, C.RESTARTING.value) is not None:
+            self.cond(C.RESTARTING, False, R.GANG_RESTARTING, f"attempt {self.attempt} queued")
+
+    def _waiting_message(self) -> str:
+        return f"waiting in LocalQueue {self.spec.queue_name} for Kueue to admit all {self.spec.nodes} pods"
+
+    def queued(self, job: dict[str, Any]) -> bool:
+        """Follow Kueue's admission of the current Job; True while the gang is not admitted."""
+        kueue = view(workload_of(job["metadata"]["name"], self.obs.workloads))
+        queued = get_condition(self.status.conditions, C.QUEUED.value)
+        admitted = (
+            queued is not None
+            and queued.status == ConditionStatus.FALSE
+            and queued.reason == R.ADMITTED.value
+        )
+        where = f"LocalQueue {self.spec.queue_name}"
+        preempted = queued is not None and queued.reason == R.PREEMPTED.value
+        if self._failed_by_eviction(job, queued):
+            # The Job controller applied the pod failure policy to the pods the eviction
+            # killed (it does so once the Job runs again), so this Job cannot run again: the
+            # next attempt is queued and resumes from the same checkpoint. Still the
+            # preemption, not a restart: nothing charged.
+            name = job["metadata"]["name"]
+            self.status.attempt = self.attempt + 1
+            self.plan.actions.append(Action(ActionKind.DELETE_JOB, name))
+            message = (
+                f"preempted by Kueue: Job {name} ended with the eviction; attempt {self.attempt} is queued "
+                f"in {where} and resumes from the last checkpoint (not charged to the restart budget)"
+            )
+            self.event("Normal", R.PREEMPTED.value, message)
+            if not preempted:
+                self.cond(C.QUEUED, True, R.PREEMPTED, message)
+            self.set_phase(Phase.QUEUED)
+            return True
+        if job.get("spec", {}).get("suspend"):
+            if admitted:
+                # Kueue took the admission back: an eviction, not a failure of the gang.
+                self.status.preemptions = (self.status.preemptions or 0) + 1
+                message = (
+                    f"preempted by Kueue: {kueue.evicted or 'it suspended the admitted Job'}; the pods "
+                    f"checkpoint on SIGTERM and the gang resumes from that checkpoint when {where} admits "
+                    f"it again (preemption {self.status.preemptions}, not charged to the restart budget)"
+                )
+                self.event("Warning", R.PREEMPTED.value, message)
+                self.plan.preempted = True
+                self.cond(C.QUEUED, True, R.PREEMPTED, message)
+                self._restart_stall_clock()
+            elif preempted:
+                pass  # Kueue's eviction message stays until the gang is admitted again
+            elif kueue.pending:
+                self.cond(C.QUEUED, True, R.INADMISSIBLE, f"{where}: {kueue.pending}")
+            else:
+                self.cond(C.QUEUED, True, R.WAITING_FOR_ADMISSION, self._waiting_message())
+            self.set_phase(Phase.QUEUED)
+            self.cond(
+                C.RUNNING, False, R.WAITING_FOR_ADMISSION, "no pod runs until Kueue admits the whole gang"
+            )
+            return True
+        if not admitted:
+            target = f" to ClusterQueue {kueue.cluster_queue}" if kueue.cluster_queue else ""
+            message = f"Kueue admitted all {self.spec.nodes} pods{target}"
+            if preempted:
+                message += "; resuming from the last checkpoint"
+            self.cond(C.QUEUED, False, R.ADMITTED, message)
+            self.event("Normal", R.ADMITTED.value, message)
+            # The deadline counts running time, from admission (as for a resumed suspend).
+            self.status.start_time = self.now
+        return False
+
+    def _failed_by_eviction(self, job: dict[str, Any], queued: Condition | None) -> bool:
+        """The Job failed, and only pods that Kueue's eviction killed made it fail."""
+        if job_condition(job, "Failed") is None or queued is None:
+            return False
+        if queued.reason == R.PREEMPTED.value:
+            return True
+        since = queued.last_transition_time
+        if queued.reason != R.ADMITTED.value or not self.status.preemptions or since is None:
+            return False
+        # Re-admitted after a preemption: pods of this admission start after it.
+        started = [_start_time(p) for p in self.pods_of_attempt(self.attempt)]
+        return all(t is None or t < since for t in started)
 
     def observe_job(self, job: dict[str, Any]) -> None:
         pods = self.pods_of_attempt(self.attempt)

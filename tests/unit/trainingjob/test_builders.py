@@ -159,3 +159,17 @@ def test_handoff_rolls_a_new_version_in_as_canary_and_promoted_canary_becomes_st
     assert handoff_patch(stable, {"stable": "v1", "canary": "v2"}) == {
         "spec": {"versions": {"stable": "v3", "canary": None, "canaryPercent": None}}
     }
+
+
+def test_queued_job_is_created_suspended_with_kueues_queue_label_and_priority() -> None:
+    job = builders.build_job(make(queueName="team-a", priorityClassName="training-low"), attempt=1)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["spec"]["suspend"] is True  # Kueue un-suspends the whole gang at admission
+    assert job["spec"]["template"]["spec"]["priorityClassName"] == "training-low"
+
+
+def test_without_a_queue_the_job_carries_no_kueue_label() -> None:
+    job = builders.build_job(make(), attempt=1)
+    assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+    assert job["spec"]["suspend"] is False
+    assert "priorityClassName" not in job["spec"]["template"]["spec"]
