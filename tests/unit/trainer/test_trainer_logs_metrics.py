@@ -54,6 +54,9 @@ def test_progress_json_has_the_status_progress_keys() -> None:
         "samplesPerSecond",
         "etaSeconds",
         "state",
+        "worldSize",
+        "strategy",
+        "precision",
         "lastUpdateTime",
         "lastCheckpoint",
     }
