@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 $(VENV)/.stamp: pyproject.toml
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
 	uv venv $(VENV) --python 3.11 --allow-existing --quiet
-	uv pip install --python $(PY) --quiet -e '.[$(EXTRAS)]'
+	uv pip install --python $(PY) --quiet --compile-bytecode -e '.[$(EXTRAS)]'
 	@touch $@
 
 venv: $(VENV)/.stamp

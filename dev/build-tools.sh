@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local cluster's binaries from the Go module proxy into a cache outside the repo:
 #   ~/.cache/coxswain/bin/<key>/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,kwok,helm}
+# and, for real nodes, {kubelet,kube-proxy,coredns,local-path-provisioner}.
 # <key> hashes dev/versions.env and every dev/tools/*/go.{mod,sum}, so a version bump builds anew
 # and an unchanged tree builds nothing. Prints the binary directory on its last line.
 set -euo pipefail
@@ -65,4 +66,12 @@ build kube "$kube_ld" \
   kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
   kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
   kubectl=k8s.io/kubernetes/cmd/kubectl
+# Real nodes' parts, after the control plane: kubelet and kube-proxy reuse the kube module's
+# build cache, so they cost little once the control plane is built.
+build kube "$kube_ld" \
+  kubelet=k8s.io/kubernetes/cmd/kubelet \
+  kube-proxy=k8s.io/kubernetes/cmd/kube-proxy
+build coredns "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" coredns=github.com/coredns/coredns
+build localpath "-X main.VERSION=$LOCAL_PATH_PROVISIONER_VERSION" \
+  local-path-provisioner=github.com/rancher/local-path-provisioner
 echo "$bin"

@@ -12,17 +12,20 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import orjson
 
 from coxswain_server import protocol_v1, protocol_v2
 from coxswain_server.admin import AdminEndpoints
+from coxswain_server.auth import Credentials
 from coxswain_server.errors import (
     MethodNotAllowed,
     ModelLoadError,
     NotFound,
     NotReady,
     Overloaded,
+    RequestTimeout,
     ServerError,
 )
 from coxswain_server.http_io import (
@@ -33,14 +36,18 @@ from coxswain_server.http_io import (
     Receive,
     Scope,
     Send,
-    check_bearer,
+    authorization,
     read_body,
     send_response,
 )
+from coxswain_server.limits import RequestGate
 from coxswain_server.metrics import UNKNOWN_VERSION, ServerMetrics, VersionMetrics
 from coxswain_server.settings import ServerSettings
 from coxswain_server.traffic import watch_traffic_file
 from coxswain_server.versions import ModelVersions, ServedVersion
+
+if TYPE_CHECKING:
+    from coxswain_server.grpc_service import GrpcEndpoint
 
 log = logging.getLogger("coxswain_server.app")
 
@@ -59,20 +66,23 @@ class InferenceApp:
         settings: ServerSettings,
         versions: ModelVersions,
         metrics: ServerMetrics,
+        credentials: Credentials,
         *,
-        auth_token: str | None,
-        admin_token: str | None,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.versions = versions
         self.metrics = metrics
-        self._auth = b"Bearer " + auth_token.encode() if auth_token else None
-        self._admin = AdminEndpoints(versions, admin_token, settings.max_body_bytes)
+        # credentials, gate and row cap are protocol-neutral: every front end applies these same ones
+        self.credentials = credentials
+        self.gate = RequestGate(settings.max_concurrent_requests)
+        self.request_rows = settings.request_rows
+        self._read_timeout = settings.request_read_timeout_seconds
+        self._admin = AdminEndpoints(versions, credentials, settings.max_body_bytes, self._read_timeout)
         self._on_fatal = on_fatal
         self.loaded = False  # every version asked for at start is loaded and warmed up
         self.draining = False  # SIGTERM seen: readiness false, in-flight work finishes
-        self.inflight = 0
+        self.inflight = 0  # requests whose body has arrived and that are not answered yet
         self._unrouted: VersionMetrics | None = None  # made on the first unroutable call
         self._tasks: list[asyncio.Task[None]] = []
         metrics.watch_inflight(lambda: self.inflight)
@@ -80,7 +90,8 @@ class InferenceApp:
         m = settings.model
         self._max_body = settings.max_body_bytes
         self._retry_after = b"1"
-        # exact paths -> (handler, protected); versioned paths are parsed below
+        # exact paths -> (handler, protected); versioned paths are parsed below. Unprotected
+        # paths (probes, metrics) need no token and are never refused by the request gate.
         self._routes: dict[str, tuple[Handler, bool]] = {
             "/v2/health/live": (self._live, False),
             "/v2/health/ready": (self._ready, False),
@@ -103,6 +114,12 @@ class InferenceApp:
         }
         self._version_prefix = f"/v2/models/{m}/versions/"
         self._v1_version_prefix = f"/v1/models/{m}/versions/"
+        self.grpc: GrpcEndpoint | None = None
+        if settings.grpc_port is not None:
+            # imported only when asked for: grpcio and the stubs cost start-up time otherwise
+            from coxswain_server.grpc_service import GrpcEndpoint
+
+            self.grpc = GrpcEndpoint(self, settings.host, settings.grpc_port)
 
     @property
     def ready(self) -> bool:
@@ -120,22 +137,31 @@ class InferenceApp:
         path: str = scope["path"]
         route = self._routes.get(path)
         version: str | None = None
+        entered = False
         try:
             if route is None:
                 handler, version = self._route_versioned(path)
                 protected = True
             else:
                 handler, protected = route
-            if protected and self._auth is not None and not path.startswith("/admin/"):
-                check_bearer(scope, self._auth, "this endpoint needs Authorization: Bearer <token>")
+            if protected:
+                if not path.startswith("/admin/"):  # admin checks its own, separate token
+                    self.credentials.check_inference(authorization(scope))
+                self.gate.enter()  # refused before the body is read: bodies held stay bounded
+                entered = True
             await handler(scope, receive, send, version)
         except ServerError as exc:
+            if isinstance(exc, Overloaded) and not entered:
+                self.observe_unrouted(429, 0.0)
             await self._send_error(send, exc, None)
         except ClientGone:
             pass
         except Exception:
             log.exception("unexpected error on %s %s", scope.get("method"), path)
             await self._send_error(send, ServerError("internal error; see the server log"), None)
+        finally:
+            if entered:
+                self.gate.leave()
 
     def _route_versioned(self, path: str) -> tuple[Handler, str | None]:
         if path.startswith(self._version_prefix):
@@ -168,6 +194,8 @@ class InferenceApp:
             extra.append((b"retry-after", self._retry_after))
         elif isinstance(exc, MethodNotAllowed):
             extra.append((b"allow", b"GET, POST"))
+        elif isinstance(exc, RequestTimeout):
+            extra.append((b"connection", b"close"))  # the rest of a trickled body is not waited for
         if served is not None:
             extra.append((b"x-coxswain-version", served.header))
         await send_response(send, exc.status, orjson.dumps({"error": exc.message}), JSON, extra)
@@ -182,18 +210,22 @@ class InferenceApp:
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, version: str | None, v1: bool) -> None:
         started = time.perf_counter()
-        self.inflight += 1
         served: ServedVersion | None = None
+        counted = False
         code = 500
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
+            body, header_length = await read_body(scope, receive, self._max_body, self._read_timeout)
+            # Routed and counted in flight only once the body is here: the autoscaler reads
+            # in-flight as work for the model, and a slow upload is none.
             served = self.versions.route(version)
             served.active += 1
-            body, header_length = await read_body(scope, receive, self._max_body)
+            self.inflight += 1
+            counted = True
             signature = served.model.signature
             if v1:
-                arrays, rows = protocol_v1.decode_request(body, signature)
+                arrays, rows = protocol_v1.decode_request(body, signature, self.request_rows)
                 outputs = await served.batcher.submit(arrays, rows)
                 payload = protocol_v1.encode_response(outputs, signature)
                 headers = [
@@ -202,7 +234,7 @@ class InferenceApp:
                     (b"x-coxswain-version", served.header),
                 ]
             else:
-                request = protocol_v2.decode_request(body, header_length, signature)
+                request = protocol_v2.decode_request(body, header_length, signature, self.request_rows)
                 outputs = await served.batcher.submit(request.arrays, request.rows)
                 payload, json_length = protocol_v2.encode_response(
                     self.settings.model, served.version, request, outputs, signature
@@ -226,15 +258,20 @@ class InferenceApp:
             log.exception("unexpected error serving an inference request")
             await self._send_error(send, ServerError("internal error; see the server log"), served)
         finally:
-            self.inflight -= 1
             elapsed = time.perf_counter() - started
+            if counted:
+                self.inflight -= 1
             if served is not None:
                 served.active -= 1
                 served.metrics.observe(code, elapsed)
             else:
-                if self._unrouted is None:
-                    self._unrouted = self.metrics.version(UNKNOWN_VERSION)
-                self._unrouted.observe(code, elapsed)
+                self.observe_unrouted(code, elapsed)
+
+    def observe_unrouted(self, code: int, elapsed: float, protocol: str = "http") -> None:
+        """Count a call that reached no version (refused before routing, unknown version)."""
+        if self._unrouted is None:
+            self._unrouted = self.metrics.version(UNKNOWN_VERSION)
+        self._unrouted.observe(code, elapsed, protocol)
 
     # --- health and metadata ------------------------------------------------------------
 
@@ -259,7 +296,7 @@ class InferenceApp:
         }
         await send_response(send, 200, orjson.dumps(body))
 
-    def _stable(self, version: str | None) -> ServedVersion:
+    def stable(self, version: str | None) -> ServedVersion:
         """The version a metadata call is about: the named one, else the heaviest-weighted."""
         if version is not None:
             return self.versions.route(version)
@@ -270,7 +307,7 @@ class InferenceApp:
         return self.versions.served[candidates[0]]
 
     async def _model_metadata(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
-        served = self._stable(version)
+        served = self.stable(version)
         versions = [version] if version is not None else list(self.versions.served)
         body = protocol_v2.model_metadata(
             self.settings.model, versions, served.model.platform, served.model.signature
@@ -278,7 +315,7 @@ class InferenceApp:
         await send_response(send, 200, body, JSON, [(b"x-coxswain-version", served.header)])
 
     async def _model_config(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
-        served = self._stable(version)
+        served = self.stable(version)
         body = protocol_v2.model_config(
             self.settings.model, served.model.platform, self.settings.max_batch_size, served.model.signature
         )
@@ -309,6 +346,15 @@ class InferenceApp:
                 # Load in the background: the port opens at once so liveness answers while a
                 # big model loads; readiness stays false until every version is warmed up.
                 self._tasks.append(asyncio.get_running_loop().create_task(self._start()))
+                if self.grpc is not None:
+                    try:
+                        await self.grpc.start()
+                    except OSError as exc:
+                        log.error("%s", exc)
+                        if self._on_fatal is not None:
+                            self._on_fatal(str(exc))
+                        await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                        return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self._stop()
@@ -343,8 +389,14 @@ class InferenceApp:
     async def _apply_traffic_file(self, weights: dict[str, int]) -> None:
         await self.versions.set_weights(weights, load_missing=True, unload_others=True)
 
+    async def stop_grpc(self) -> None:
+        """Stop taking gRPC calls and finish those in flight (the HTTP side does the same meanwhile)."""
+        if self.grpc is not None:
+            await self.grpc.stop(self.settings.graceful_timeout_seconds)
+
     async def _stop(self) -> None:
         self.draining = True
+        await self.stop_grpc()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -39,16 +39,18 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # RSS and CPU: the memory bound is visible
         r = self.registry
+        # `code` is the HTTP status, also for gRPC calls (INVALID_ARGUMENT counts as 400, see
+        # grpc_service.py): error-rate analysis then reads one label whatever the protocol.
         self.requests = Counter(
             "coxswain_server_requests",
-            "Inference requests by version and HTTP status",
-            ["model", "version", "code"],
+            "Inference requests by version, protocol (http, grpc) and HTTP status",
+            ["model", "version", "protocol", "code"],
             registry=r,
         )
         self.duration = Histogram(
             "coxswain_server_request_duration_seconds",
             "Inference request latency in the server, body read to response sent",
-            ["model", "version"],
+            ["model", "version", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -105,22 +107,27 @@ class VersionMetrics:
         self._metrics = metrics
         self.version = version
         model = metrics.model
-        self.duration: HistogramChild = metrics.duration.labels(model, version)
         self.batch_size: HistogramChild = metrics.batch_size.labels(model, version)
         self.inference_errors: CounterChild = metrics.inference_errors.labels(model, version)
-        self._requests: dict[int, CounterChild] = {}
+        self._duration: dict[str, HistogramChild] = {}
+        self._requests: dict[tuple[int, str], CounterChild] = {}
 
-    def observe(self, code: int, seconds: float) -> None:
-        child = self._requests.get(code)
+    def observe(self, code: int, seconds: float, protocol: str = "http") -> None:
+        child = self._requests.get((code, protocol))
         if child is None:
-            child = self._requests[code] = self._metrics.requests.labels(
-                self._metrics.model, self.version, str(code)
+            child = self._requests[code, protocol] = self._metrics.requests.labels(
+                self._metrics.model, self.version, protocol, str(code)
             )
         child.inc()
         if code < 400:
             # errors are counted but kept out of the latency histogram: a burst of fast 429s
             # would otherwise make p99 look better the more the server refuses
-            self.duration.observe(seconds)
+            duration = self._duration.get(protocol)
+            if duration is None:
+                duration = self._duration[protocol] = self._metrics.duration.labels(
+                    self._metrics.model, self.version, protocol
+                )
+            duration.observe(seconds)
 
     def watch_queue(self, read: Callable[[], float]) -> None:
         self._metrics.queue_depth.labels(self._metrics.model, self.version).set_function(read)

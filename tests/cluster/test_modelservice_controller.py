@@ -150,6 +150,7 @@ def test_create_makes_deployment_service_traffic_and_url(
     )
     st = ms["status"]
     assert st["url"] == f"http://digits.{ns}.svc.cluster.local"
+    assert st["grpcUrl"] == f"digits.{ns}.svc.cluster.local:8081"
     assert st["selector"] == "coxswain.dev/modelservice=digits"
     assert st["replicas"] == 2 and st["readyReplicas"] == 2
     assert st["versions"] == [{"version": "v1", "trafficPercent": 100, "ready": True}]

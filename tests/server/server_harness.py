@@ -25,11 +25,14 @@ class RunningServer:
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port()  # every test server speaks gRPC too: both sides share the state
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log = log
         full_env = {**os.environ, "COXSWAIN_CPU_LIMIT": "1", **(env or {})}
         self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        command = [sys.executable, "-m", "coxswain_server", "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coxswain_server", "--host", "127.0.0.1", "--port", str(self.port), *args],
+            [*command, "--grpc-port", str(self.grpc_port), *args],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env=full_env,

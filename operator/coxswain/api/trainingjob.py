@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from coxswain.api.common import (
+    DEFAULT_CANARY_PERCENT,
     ApiModel,
     Conditions,
     DnsLabel,
@@ -33,7 +34,6 @@ from coxswain.api.conditions import TrainingJobPhase
 from coxswain.api.rules import CelRule, RuleReason, immutable
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/coxswain-dev/trainer:0.1.0"
-DEFAULT_CANARY_PERCENT = 10
 
 
 class BuiltinModel(StrEnum):

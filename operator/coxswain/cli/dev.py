@@ -47,12 +47,33 @@ def _register_cluster(groups: Any) -> None:
     )
     up.add_argument("--cpu-nodes", type=int, default=2, help="kwok nodes without GPUs (default 2)")
     up.add_argument(
+        "--real-nodes",
+        type=int,
+        default=0,
+        help="real nodes (kubelet + containerd + kube-proxy, each in its own network namespace; "
+        "needs root), 0-4 (default 0)",
+    )
+    up.add_argument(
+        "--image",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="ARCHIVE",
+        help="image archive (OCI or docker tar) or OCI layout directory to import into every real node "
+        "(repeatable)",
+    )
+    up.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)"
     )
     up.set_defaults(func=_up)
     actions.add_parser("down", help="stop every process of the cluster and delete its data").set_defaults(
         func=_down
     )
+    load = actions.add_parser("load", help="import image archives into every real node's containerd")
+    load.add_argument(
+        "archives", type=Path, nargs="+", metavar="ARCHIVE", help="OCI/docker tar or OCI layout directory"
+    )
+    load.set_defaults(func=_load)
     actions.add_parser("status", help="say what runs; exit 0 only when healthy").set_defaults(func=_status)
     actions.add_parser("env", help="print `export KUBECONFIG=... PATH=...` for eval").set_defaults(func=_env)
 
@@ -82,16 +103,37 @@ def _up(args: argparse.Namespace) -> int:
     from coxswain.devcluster import ClusterStartError, DevCluster
     from coxswain.devcluster.binaries import BinariesError
     from coxswain.devcluster.bootstrap import BootstrapError
+    from coxswain.devcluster.realnode import RealNodeError
+    from coxswain.devcluster.realnode_images import ImageError
+    from coxswain.devcluster.realnode_net import NetworkError
+    from coxswain.devcluster.realnode_plan import MAX_REAL_NODES
 
     _setup_logging()
     if args.gpu_nodes < 0 or args.cpu_nodes < 0:
         print("--gpu-nodes and --cpu-nodes must be >= 0", file=sys.stderr)
         return 2
+    if not 0 <= args.real_nodes <= MAX_REAL_NODES:
+        print(f"--real-nodes must be between 0 and {MAX_REAL_NODES}, got {args.real_nodes}", file=sys.stderr)
+        return 2
+    missing = [str(a) for a in args.image if not a.exists()]
+    if missing:
+        print(f"--image: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.image and not args.real_nodes:
+        print("--image needs --real-nodes >= 1 (kwok nodes run no images)", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
     cluster = DevCluster(args.dir)
     try:
-        cluster.up(gpu_nodes=args.gpu_nodes, cpu_nodes=args.cpu_nodes, timeout=args.timeout)
-    except (ClusterStartError, BootstrapError, BinariesError) as e:
+        cluster.up(
+            gpu_nodes=args.gpu_nodes,
+            cpu_nodes=args.cpu_nodes,
+            timeout=args.timeout,
+            real_nodes=args.real_nodes,
+        )
+        for archive in args.image:
+            cluster.load_image(archive)
+    except (ClusterStartError, BootstrapError, BinariesError, RealNodeError, ImageError, NetworkError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -100,6 +142,27 @@ def _up(args: argparse.Namespace) -> int:
     print(
         f"cluster is up. Use it with:\n  eval $(coxswain dev cluster{_dir_flag(args)} env)", file=sys.stderr
     )
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from coxswain.devcluster import DevCluster
+    from coxswain.devcluster.realnode_images import ImageError
+
+    _setup_logging()
+    cluster = DevCluster(args.dir)
+    if cluster.real_nodes() is None:
+        print(
+            f"the cluster in {cluster.paths.root} has no real nodes: `up --real-nodes 1` first",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        for archive in args.archives:
+            cluster.load_image(archive)
+    except (ImageError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -312,7 +312,7 @@ def _service_url(name: str, namespace: str | None) -> tuple[str, str]:
     for eps in client.list(
         EndpointSlice, namespace=ms["metadata"]["namespace"], labels={"kubernetes.io/service-name": name}
     ):
-        port = next((p.port for p in eps.ports or [] if p.port), 8080)
+        port = next((p.port for p in eps.ports or [] if p.name == "http" and p.port), 8080)
         for ep in eps.endpoints or []:
             if ep.conditions is None or ep.conditions.ready:
                 return f"http://{ep.addresses[0]}:{port}", model

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from lightkube import Client
 from pydantic import BaseModel
 
 from coxswain.devcluster import components, processes, routes
@@ -30,7 +31,20 @@ from coxswain.devcluster.bootstrap import (
 from coxswain.devcluster.health import log_tail, probe
 from coxswain.devcluster.kubeconfig import write_kubeconfig
 from coxswain.devcluster.kwok_nodes import STAGES_FILE, default_pools
-from coxswain.devcluster.pki import create_pki, pki_layout
+from coxswain.devcluster.pki import CertPair, ClusterPKI, create_pki, pki_layout
+from coxswain.devcluster.realnode import (
+    apiserver_kubelet_client,
+    check_prerequisites,
+    create_cluster_objects,
+    import_into_nodes,
+    remove_real_nodes,
+    start_cluster_services,
+    start_real_nodes,
+    wait_for_real_nodes,
+)
+from coxswain.devcluster.realnode_images import ImageError
+from coxswain.devcluster.realnode_net import claim_bridge
+from coxswain.devcluster.realnode_plan import RealNodesPlan, plan
 from coxswain.devcluster.state import (
     ClusterPaths,
     ClusterState,
@@ -131,7 +145,9 @@ class DevCluster:
 
     # ---- up ------------------------------------------------------------------------------
 
-    def up(self, gpu_nodes: int = 2, cpu_nodes: int = 2, timeout: float = 120.0) -> ClusterState:
+    def up(
+        self, gpu_nodes: int = 2, cpu_nodes: int = 2, timeout: float = 120.0, real_nodes: int = 0
+    ) -> ClusterState:
         """Start the cluster, or return the running one when it is healthy.
 
         A cluster that runs with other node counts is kept, with a warning: restarting it
@@ -141,12 +157,13 @@ class DevCluster:
             current = self.status()
             state = self.state()
             if current.healthy and state is not None:
-                if (state.gpu_nodes, state.cpu_nodes) != (gpu_nodes, cpu_nodes):
+                if (state.gpu_nodes, state.cpu_nodes, state.real_nodes) != (gpu_nodes, cpu_nodes, real_nodes):
                     log.warning(
-                        "a cluster with %d GPU and %d CPU nodes is already up in %s; reusing it "
+                        "a cluster with %d GPU, %d CPU and %d real nodes is already up in %s; reusing it "
                         "(run `coxswain dev cluster down` first for other node counts)",
                         state.gpu_nodes,
                         state.cpu_nodes,
+                        state.real_nodes,
                         self.paths.root,
                     )
                 else:
@@ -156,27 +173,41 @@ class DevCluster:
             if current.recorded or current.stray_pids:
                 log.info("stopping what is left of a previous cluster in %s", self.paths.root)
                 self._stop_everything(state)
-            return self._start(gpu_nodes, cpu_nodes, timeout)
+            elif not current.recorded:
+                # A `kill -9` of `up` can leave namespaces, mounts or cgroups without a record.
+                remove_real_nodes(self.paths.root)
+            return self._start(gpu_nodes, cpu_nodes, timeout, real_nodes)
 
-    def _start(self, gpu_nodes: int, cpu_nodes: int, timeout: float) -> ClusterState:
+    def _start(self, gpu_nodes: int, cpu_nodes: int, timeout: float, real_nodes: int = 0) -> ClusterState:
         began = time.monotonic()
         bin_dir = locate_binaries()
+        if real_nodes:
+            check_prerequisites(bin_dir)
         paths = self.paths
         paths.make()
         for old_log in paths.logs_dir.glob("*.log"):
             old_log.unlink()
-        pki = create_pki(paths.pki_dir)
         ports = self._pick_ports()
         data_dir = Path(tempfile.mkdtemp(prefix="coxswain-etcd-"))
         state = ClusterState(
             cluster_dir=paths.root, bin_dir=bin_dir, data_dir=data_dir, ports=ports,
-            gpu_nodes=gpu_nodes, cpu_nodes=cpu_nodes,
+            gpu_nodes=gpu_nodes, cpu_nodes=cpu_nodes, real_nodes=real_nodes,
         )  # fmt: skip
         save_state(paths, state)
         deadline = time.monotonic() + timeout
         try:
             # Before any pod or node address exists: nothing aimed at them may leave the machine.
             routes.hold(paths.root)
+            nodes: RealNodesPlan | None = None
+            kubelet_client: CertPair | None = None
+            if real_nodes:
+                # Before the PKI: the API server's certificate names the bridge's address.
+                nodes = claim_bridge(paths.root, real_nodes)
+                state.node_slot = nodes.slot
+                save_state(paths, state)
+            pki = create_pki(paths.pki_dir, apiserver_ips=(nodes.gateway_ip,) if nodes else ())
+            if nodes:
+                kubelet_client = apiserver_kubelet_client(paths.pki_dir, pki.ca)
             self._launch(state, components.etcd(bin_dir, data_dir, ports), deadline)
             server = state.api_server_url
             write_kubeconfig(paths.kubeconfig, server, pki.ca.cert, pki.admin, "coxswain-admin")
@@ -186,7 +217,12 @@ class DevCluster:
             )
             scheduler_config = paths.run_dir / "kube-scheduler.kubeconfig"
             write_kubeconfig(scheduler_config, server, pki.ca.cert, pki.scheduler, "system:kube-scheduler")
-            self._launch(state, components.kube_apiserver(bin_dir, pki, paths, ports), deadline)
+            gateway = nodes.gateway_ip if nodes else None
+            self._launch(
+                state,
+                components.kube_apiserver(bin_dir, pki, paths, ports, gateway, kubelet_client),
+                deadline,
+            )
             # The other three only need the API server: start them together, then wait.
             rest = [
                 components.kube_controller_manager(bin_dir, pki, kcm_config, ports),
@@ -201,6 +237,8 @@ class DevCluster:
             names = create_nodes(client, default_pools(gpu_nodes, cpu_nodes))
             wait_for_default_service_account(client, max(deadline - time.monotonic(), 1.0))
             wait_for_nodes_ready(client, names, max(deadline - time.monotonic(), 1.0))
+            if nodes:
+                self._start_real_nodes(state, nodes, pki, client, deadline)
         except BaseException:
             # Ctrl-C, a timeout or a failed component: leave nothing behind.
             log.error("cluster start failed; stopping what was started (logs stay in %s)", paths.logs_dir)
@@ -209,10 +247,63 @@ class DevCluster:
         state.ready = True
         save_state(paths, state)
         log.info(
-            "cluster up in %.1f s: API server %s, %d GPU + %d CPU kwok nodes, kubeconfig %s",
-            time.monotonic() - began, state.api_server_url, gpu_nodes, cpu_nodes, paths.kubeconfig,
+            "cluster up in %.1f s: API server %s, %d GPU + %d CPU kwok nodes, %d real nodes, kubeconfig %s",
+            time.monotonic() - began, state.api_server_url, gpu_nodes, cpu_nodes, real_nodes, paths.kubeconfig,
         )  # fmt: skip
         return state
+
+    def _start_real_nodes(
+        self, state: ClusterState, nodes: RealNodesPlan, pki: ClusterPKI, client: Client, deadline: float
+    ) -> None:
+        began = time.monotonic()
+
+        def spawn(name: str, argv: list[str], env: dict[str, str]) -> None:
+            self._spawn(state, components.Component(name=name, argv=argv, env=env))
+
+        def alive(name: str) -> bool:
+            return any(processes.is_alive(r) for r in state.processes if r.name == name)
+
+        create_cluster_objects(client, nodes, self.paths.root / "nodes" / "storage")
+        start_cluster_services(
+            nodes,
+            state.bin_dir,
+            self.paths.kubeconfig,
+            self.paths.run_dir,
+            spawn,
+            state.ports["coredns-health"],
+        )
+        start_real_nodes(
+            nodes,
+            state.bin_dir,
+            pki,
+            state.ports["apiserver"],
+            self.paths.run_dir,
+            spawn,
+            alive,
+            self.paths.logs_dir,
+        )
+        wait_for_real_nodes(client, nodes, max(deadline - time.monotonic(), 1.0), self.paths.logs_dir)
+        log.info("%d real nodes Ready in %.1f s", len(nodes.nodes), time.monotonic() - began)
+
+    def load_image(self, archive: Path) -> None:
+        """Import an image archive into every real node (pods then use it without a pull)."""
+        nodes = self.real_nodes()
+        if nodes is None:
+            raise ImageError(f"the cluster in {self.paths.root} has no real nodes to load {archive} into")
+        if not archive.exists():
+            raise ImageError(f"no image archive or OCI layout directory at {archive}")
+        began = time.monotonic()
+        import_into_nodes(nodes, archive)
+        log.info(
+            "imported %s into %d real nodes in %.1f s", archive, len(nodes.nodes), time.monotonic() - began
+        )
+
+    def real_nodes(self) -> RealNodesPlan | None:
+        """The running cluster's real nodes, if it has any."""
+        state = self.state()
+        if state is None or not state.real_nodes or state.node_slot is None:
+            return None
+        return plan(self.paths.root, state.node_slot, state.real_nodes)
 
     @staticmethod
     def _pick_ports() -> dict[str, int]:
@@ -226,9 +317,17 @@ class DevCluster:
         ports, bin_dir = state.ports, state.bin_dir
         pki = pki_layout(self.paths.pki_dir)
         run = self.paths.run_dir
+        nodes = self.real_nodes()
+        gateway = nodes.gateway_ip if nodes else None
+        kubelet_client = CertPair(
+            self.paths.pki_dir / "apiserver-kubelet-client.crt",
+            self.paths.pki_dir / "apiserver-kubelet-client.key",
+        )
         return [
             components.etcd(bin_dir, state.data_dir, ports),
-            components.kube_apiserver(bin_dir, pki, self.paths, ports),
+            components.kube_apiserver(
+                bin_dir, pki, self.paths, ports, gateway, kubelet_client if nodes else None
+            ),
             components.kube_controller_manager(
                 bin_dir, pki, run / "kube-controller-manager.kubeconfig", ports
             ),
@@ -299,6 +398,8 @@ class DevCluster:
                 stopped.append(f"stray {program} (pid {pid})")
         for tier in tiers:
             processes.stop_groups(tier)
+        # Real nodes' containers, mounts, namespaces, links and cgroups, found by name.
+        stopped += remove_real_nodes(self.paths.root)
         if state is not None:
             shutil.rmtree(state.data_dir, ignore_errors=True)
             self._check_ports_released(state)

@@ -6,8 +6,8 @@ Choices that differ from a production cluster, and why:
 - etcd runs without fsync on a temporary directory: test data need not survive a crash;
 - leader election is off: a single controller-manager and scheduler, and a restart
   must not wait for an old lease to expire;
-- `--endpoint-reconciler-type=none`: the `kubernetes` Service would otherwise get the
-  loopback address as its endpoint, which endpoint validation refuses (log noise forever).
+- `--endpoint-reconciler-type=none` without real nodes: the `kubernetes` Service would otherwise
+  get the loopback address as its endpoint, which endpoint validation refuses (log noise forever).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from coxswain.devcluster.pki import ClusterPKI
+from coxswain.devcluster.pki import CertPair, ClusterPKI
 from coxswain.devcluster.state import ClusterPaths
 
 SERVICE_CIDR = "10.0.0.0/24"
 POD_CIDR = "10.244.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ALWAYS_ALLOW = "/healthz,/readyz,/livez,/metrics"
-PORT_NAMES = ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")
+PORT_NAMES = ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok", "coredns-health")
 
 
 class Component(BaseModel):
@@ -59,14 +59,42 @@ def etcd(bin_dir: Path, data_dir: Path, ports: dict[str, int]) -> Component:
     )
 
 
-def kube_apiserver(bin_dir: Path, pki: ClusterPKI, paths: ClusterPaths, ports: dict[str, int]) -> Component:
+def kube_apiserver(
+    bin_dir: Path,
+    pki: ClusterPKI,
+    paths: ClusterPaths,
+    ports: dict[str, int],
+    node_gateway: str | None = None,
+    kubelet_client: CertPair | None = None,
+) -> Component:
+    """With real nodes, `node_gateway` is the host bridge's address: the API server also
+    listens there (kubelets and pods reach it through the `kubernetes` Service, whose endpoint
+    it then publishes), and it calls kubelets at their InternalIP with `kubelet_client`."""
+    if node_gateway and kubelet_client:
+        # The wildcard is the only way to serve both loopback and the bridge from one port;
+        # the port is random and nothing is sent from it.
+        where = [
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={node_gateway}",
+            "--endpoint-reconciler-type=lease",
+        ]
+        where += [
+            f"--kubelet-client-certificate={kubelet_client.cert}",
+            f"--kubelet-client-key={kubelet_client.key}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+    else:
+        where = [
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",
+        ]
     return Component(
         name="kube-apiserver",
         argv=[
             str(bin_dir / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            *where,
             f"--secure-port={ports['apiserver']}",
             f"--cert-dir={paths.pki_dir}",
             f"--tls-cert-file={pki.apiserver.cert}",
@@ -85,9 +113,10 @@ def kube_apiserver(bin_dir: Path, pki: ClusterPKI, paths: ClusterPaths, ports: d
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
             f"--proxy-client-key-file={pki.front_proxy_client.key}",
-            "--authorization-mode=RBAC",
+            # Node: kubelets of real nodes act as system:node:<name>, limited to their own objects.
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
             "--allow-privileged=true",
-            "--endpoint-reconciler-type=none",
             "--profiling=false",
         ],
         health_url=f"https://127.0.0.1:{ports['apiserver']}/readyz",

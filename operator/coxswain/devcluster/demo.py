@@ -226,7 +226,7 @@ def _serve_and_predict(client: Client, background: Background) -> None:
         for eps in client.list(
             EndpointSlice, namespace=NAMESPACE, labels={"kubernetes.io/service-name": SERVICE}
         ):
-            port = next((p.port for p in eps.ports or [] if p.port), 8080)
+            port = next((p.port for p in eps.ports or [] if p.name == "http" and p.port), 8080)
             for ep in eps.endpoints or []:
                 if ep.conditions is None or ep.conditions.ready:
                     return f"http://{ep.addresses[0]}:{port}"

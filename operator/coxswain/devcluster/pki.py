@@ -141,6 +141,8 @@ def _issue(
     common_name: str,
     organization: str | None = None,
     server: bool = False,
+    extra_ips: tuple[str, ...] = (),
+    dns_names: tuple[str, ...] = API_SERVER_NAMES,
 ) -> CertPair:
     key = _new_key()
     usage = [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -154,8 +156,8 @@ def _issue(
         )
     )
     if server:
-        alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in API_SERVER_NAMES]
-        alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in API_SERVER_IPS]
+        alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+        alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in (*API_SERVER_IPS, *extra_ips)]
         builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     pair = CertPair(directory / f"{stem}.crt", directory / f"{stem}.key")
@@ -183,8 +185,12 @@ def pki_layout(directory: Path) -> ClusterPKI:
     )
 
 
-def create_pki(directory: Path) -> ClusterPKI:
-    """Write a fresh CA, serving and client certificates and the service-account keys."""
+def create_pki(directory: Path, apiserver_ips: tuple[str, ...] = ()) -> ClusterPKI:
+    """Write a fresh CA, serving and client certificates and the service-account keys.
+
+    `apiserver_ips` are addresses beyond loopback that the API server's certificate must
+    name: the real nodes' gateway, where pods and kubelets reach it.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key, ca_cert = _make_ca(directory)
     # A CA of its own for the aggregation layer's front proxy, as kubeadm does: a client
@@ -204,7 +210,9 @@ def create_pki(directory: Path) -> ClusterPKI:
     )
     return ClusterPKI(
         ca=ca,
-        apiserver=_issue(directory, "apiserver", ca_key, ca_cert, "kube-apiserver", server=True),
+        apiserver=_issue(
+            directory, "apiserver", ca_key, ca_cert, "kube-apiserver", server=True, extra_ips=apiserver_ips
+        ),
         # O=system:masters is bound to cluster-admin by the API server's bootstrap policy.
         admin=_issue(directory, "admin", ca_key, ca_cert, "coxswain-admin", "system:masters"),
         # The bootstrap policy grants these exact user names what the components need.
@@ -219,3 +227,26 @@ def create_pki(directory: Path) -> ClusterPKI:
         service_account_key=sa_private,
         service_account_pub=sa_public,
     )
+
+
+def issue_from_ca(
+    ca: CertPair,
+    directory: Path,
+    stem: str,
+    common_name: str,
+    organization: str | None = None,
+    server_ips: tuple[str, ...] = (),
+) -> CertPair:
+    """A certificate signed by the CA in `ca` (read back from disk): a client certificate,
+    or a serving one for `server_ips` when given (a kubelet's, for its node address)."""
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{ca.key} is not an ECDSA key")
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    directory.mkdir(parents=True, exist_ok=True)
+    if not server_ips:
+        return _issue(directory, stem, ca_key, ca_cert, common_name, organization)
+    return _issue(
+        directory, stem, ca_key, ca_cert, common_name, organization, server=True,
+        extra_ips=server_ips, dns_names=(common_name.rsplit(":", 1)[-1],),
+    )  # fmt: skip

@@ -23,10 +23,15 @@ from pathlib import Path
 
 from coxswain.devcluster.components import POD_CIDR, SERVICE_CIDR
 from coxswain.devcluster.kwok_nodes import KWOK_NODE_CIDRS
+from coxswain.devcluster.realnode_plan import LINK_RANGE as REAL_NODE_LINKS
+from coxswain.devcluster.realnode_plan import POD_RANGE as REAL_NODE_PODS
+from coxswain.devcluster.realnode_plan import is_cluster_bridge
 
 log = logging.getLogger("coxswain.devcluster")
 
-CLUSTER_RANGES: tuple[str, ...] = (POD_CIDR, SERVICE_CIDR, *KWOK_NODE_CIDRS)
+# Real nodes' pod and link ranges too: each cluster routes its own /24 of them onto its bridge
+# (realnode_plan.py), and whatever no cluster claimed must not leave either.
+CLUSTER_RANGES: tuple[str, ...] = (POD_CIDR, SERVICE_CIDR, *KWOK_NODE_CIDRS, REAL_NODE_PODS, REAL_NODE_LINKS)
 HOLDS_DIR = Path("/run/coxswain/routes")
 
 
@@ -87,4 +92,9 @@ def leaves_machine(address: str) -> bool:
     """True when the kernel would send a packet for `address` through a gateway (off this
     machine). An unreachable route, a local bridge or loopback all count as staying here."""
     got = _ip("route", "get", address)
-    return got.returncode == 0 and " via " in got.stdout
+    if got.returncode != 0 or " via " not in got.stdout:
+        return False
+    # A real node's pods are reached via the node's address on the cluster's own bridge.
+    words = got.stdout.split()
+    device = words[words.index("dev") + 1] if "dev" in words[:-1] else ""
+    return not is_cluster_bridge(device)

@@ -84,6 +84,8 @@ class ClusterState(BaseModel):
     processes: list[ProcessRecord] = Field(default_factory=list)
     gpu_nodes: int = 0
     cpu_nodes: int = 0
+    real_nodes: int = 0
+    node_slot: int | None = Field(default=None, description="the real nodes' address slot (realnode_plan.py)")
     started_at: float = Field(default_factory=time.time)
     ready: bool = False
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 from typing import Any
 
 from coxswain.api import API_VERSION, MODELSERVICE_KIND
@@ -25,6 +23,7 @@ from coxswain.api.modelservice import ModelService, ScaleMetric
 from coxswain.modelservice import naming
 from coxswain.modelservice.source import ServedModel
 from coxswain.podsecurity import container_security_context, pod_security_context
+from coxswain.quantity import format_quantity, parse_quantity, whole_cores
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # After SIGTERM the server stays up (unready) this long so endpoint controllers and
@@ -88,14 +87,25 @@ def _metadata(ms: ModelService, name: str) -> dict[str, Any]:
     }
 
 
-_CPU = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(m?)$")
-
-
 def cpu_threads(cpu: str) -> int:
     """Whole cores of a CPU limit, at least 1: torch's thread count (the server reads it)."""
-    m = _CPU.match(cpu)
-    cores = (float(m.group(1)) / (1000 if m.group(2) else 1)) if m else 1.0
-    return max(1, math.ceil(cores))
+    return whole_cores(cpu)
+
+
+# The server's body limit (its default) and what a request it holds can cost: the body and its
+# decompressed or decoded copy.
+SERVER_BODY_BYTES = 8 * 1024 * 1024
+BYTES_PER_HELD_REQUEST = 2 * SERVER_BODY_BYTES
+
+
+def max_concurrent_requests(memory: str) -> int:
+    """Requests a server pod may hold at once: half its memory limit for request bodies (the
+    rest for the model and the runtime), so clients cannot push it over its limit. 1Gi: 32."""
+    try:
+        memory_bytes = int(parse_quantity(memory))
+    except ValueError:
+        return 32
+    return max(4, min(128, memory_bytes // 2 // BYTES_PER_HELD_REQUEST))
 
 
 def traffic_document(weights: dict[str, int]) -> str:
@@ -123,7 +133,14 @@ def build_service(ms: ModelService) -> dict[str, Any]:
                 "type": "ClusterIP",
                 "selector": naming.selector(name),
                 "ports": [
-                    {"name": "http", "port": naming.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+                    {"name": "http", "port": naming.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"},
+                    {
+                        "name": "grpc",
+                        "port": naming.GRPC_PORT,
+                        "targetPort": "grpc",
+                        "protocol": "TCP",
+                        "appProtocol": "kubernetes.io/h2c",  # gRPC is cleartext HTTP/2 here
+                    },
                 ],
             },
         }
@@ -137,15 +154,22 @@ def build_env(ms: ModelService, model: ServedModel) -> list[dict[str, Any]]:
         {"name": "COXSWAIN_SERVER_MODEL", "value": model.name},
         {"name": "COXSWAIN_SERVER_TRAFFIC_FILE", "value": f"{naming.TRAFFIC_MOUNT}/{naming.TRAFFIC_FILE}"},
         {"name": "COXSWAIN_SERVER_PORT", "value": str(naming.HTTP_PORT)},
+        {"name": "COXSWAIN_SERVER_GRPC_PORT", "value": str(naming.GRPC_PORT)},
         {"name": "COXSWAIN_SERVER_MAX_BATCH_SIZE", "value": str(spec.batching.max_batch_size)},
         {"name": "COXSWAIN_SERVER_MAX_LATENCY_MS", "value": str(spec.batching.max_latency_ms)},
         {"name": "COXSWAIN_SERVER_MAX_QUEUE_SIZE", "value": str(spec.max_queue_size)},
+        {
+            "name": "COXSWAIN_SERVER_MAX_CONCURRENT_REQUESTS",
+            "value": str(max_concurrent_requests(spec.resources.memory)),
+        },
         {"name": "COXSWAIN_SERVER_DEVICE", "value": "cuda" if spec.resources.gpus > 0 else "cpu"},
         {"name": "COXSWAIN_SERVER_DRAIN_SECONDS", "value": str(DRAIN_SECONDS)},
         {"name": "COXSWAIN_SERVER_GRACEFUL_TIMEOUT_SECONDS", "value": str(GRACEFUL_SECONDS)},
         {"name": "COXSWAIN_CPU_LIMIT", "value": str(cpu_threads(spec.resources.cpu))},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    # No admin token, ever: the server's admin endpoints stay off (403) in operator-made pods,
+    # since the operator changes weights through the traffic file, not the admin API.
     if spec.auth_token_secret_ref is not None:
         env.append(
             {
@@ -237,7 +261,10 @@ def build_pod_template(ms: ModelService, model: ServedModel) -> dict[str, Any]:
                 "image": spec.image,
                 "command": ["coxswain-server"],
                 "env": build_env(ms, model),
-                "ports": [{"name": "http", "containerPort": naming.HTTP_PORT, "protocol": "TCP"}],
+                "ports": [
+                    {"name": "http", "containerPort": naming.HTTP_PORT, "protocol": "TCP"},
+                    {"name": "grpc", "containerPort": naming.GRPC_PORT, "protocol": "TCP"},
+                ],
                 "resources": build_resources(ms),
                 "volumeMounts": mounts,
                 # Readiness is false until every version in the traffic file is loaded and
@@ -319,7 +346,7 @@ def build_hpa(ms: ModelService) -> dict[str, Any]:
                         "type": "Pods",
                         "pods": {
                             "metric": {"name": HPA_METRIC_NAMES[target.metric]},
-                            "target": {"type": "AverageValue", "averageValue": _quantity(target.value)},
+                            "target": {"type": "AverageValue", "averageValue": format_quantity(target.value)},
                         },
                     }
                 ],
@@ -330,9 +357,3 @@ def build_hpa(ms: ModelService) -> dict[str, Any]:
             },
         }
     )
-
-
-def _quantity(value: float) -> str:
-    if float(value).is_integer():
-        return str(int(value))
-    return f"{round(value * 1000)}m"

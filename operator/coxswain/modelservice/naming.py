@@ -14,6 +14,9 @@ ANNOTATION_SPEC_HASH = "coxswain.dev/spec-hash"
 CONTAINER = "server"
 HTTP_PORT = 8080
 SERVICE_PORT = 80
+# gRPC (v2 protocol): the same number on the pod and the Service, KServe's convention; gRPC
+# targets always name their port, so there is no default like HTTP's 80 to map to.
+GRPC_PORT = 8081
 
 MODEL_REPOSITORY_MOUNT = "/models"
 TRAFFIC_MOUNT = "/etc/coxswain/traffic"
@@ -52,3 +55,8 @@ def selector_string(ms: str) -> str:
 
 def url(ms: str, namespace: str) -> str:
     return f"http://{service_name(ms)}.{namespace}.svc.cluster.local"
+
+
+def grpc_url(ms: str, namespace: str) -> str:
+    """host:port, the form gRPC clients (tritonclient.grpc, KServe's) take."""
+    return f"{service_name(ms)}.{namespace}.svc.cluster.local:{GRPC_PORT}"

@@ -55,7 +55,10 @@ def test_deployment_runs_the_server_on_the_model_with_the_traffic_file() -> None
     assert env["COXSWAIN_SERVER_MAX_LATENCY_MS"] == "3.0"
     assert env["COXSWAIN_SERVER_MAX_QUEUE_SIZE"] == "99"
     assert env["COXSWAIN_SERVER_DEVICE"] == "cpu"
+    assert env["COXSWAIN_SERVER_GRPC_PORT"] == "8081"
     assert container(dep)["command"] == ["coxswain-server"]
+    ports = {p["name"]: p["containerPort"] for p in container(dep)["ports"]}
+    assert ports == {"http": 8080, "grpc": 8081}  # the Service's targetPorts name both
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert volumes["traffic"]["configMap"]["name"] == "digits-traffic"
     assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
@@ -104,7 +107,7 @@ def test_gpus_cpu_threads_token_and_key() -> None:
     assert res["requests"] == res["limits"]
     env = env_of(dep)
     assert env["COXSWAIN_SERVER_DEVICE"] == "cuda"
-    assert env["COXSWAIN_CPU_LIMIT"] == "2"
+    assert env["COXSWAIN_CPU_LIMIT"] == "1"  # whole cores, rounded down (coxswain.quantity)
     assert env["COXSWAIN_SERVER_AUTH_TOKEN_FILE"] == "/etc/coxswain/auth/token"
     assert env["COXSWAIN_SERVER_KEY_FILE"] == "/etc/coxswain/key/key"
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
@@ -136,11 +139,21 @@ def test_service_and_traffic_config_map() -> None:
     ms = make()
     svc = builders.build_service(ms)
     assert svc["spec"]["type"] == "ClusterIP"
-    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+        {
+            "name": "grpc",
+            "port": 8081,
+            "targetPort": "grpc",
+            "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c",
+        },
+    ]
     assert svc["spec"]["selector"] == {naming.LABEL_MODELSERVICE: "digits"}
     cm = builders.build_traffic_config_map(ms, {"v1": 90, "v2": 10})
     assert json.loads(cm["data"]["traffic.json"]) == {"weights": {"v1": 90, "v2": 10}}
     assert naming.url("digits", "ml") == "http://digits.ml.svc.cluster.local"
+    assert naming.grpc_url("digits", "ml") == "digits.ml.svc.cluster.local:8081"
     assert naming.selector_string("digits") == "coxswain.dev/modelservice=digits"
 
 
@@ -226,3 +239,12 @@ def test_node_selector_and_tolerations_reach_the_pods() -> None:
     assert [t["key"] for t in pod["tolerations"]] == ["dedicated", "nvidia.com/gpu"]
     plain = builders.build_deployment(make(), served(make()), 1)["spec"]["template"]["spec"]
     assert "nodeSelector" not in plain and "tolerations" not in plain
+
+
+def test_server_pods_hold_requests_for_half_their_memory_and_have_no_admin_token() -> None:
+    ms = make(resources={"cpu": "1", "memory": "1Gi"}, authTokenSecretRef={"name": "tok", "key": "t"})
+    env = env_of(builders.build_deployment(ms, served(ms), replicas=1))
+    assert env["COXSWAIN_SERVER_MAX_CONCURRENT_REQUESTS"] == "32"  # 32 x 16 MiB = 512 MiB of 1 GiB
+    assert not [name for name in env if "ADMIN" in name]  # admin off: the traffic file is the only way in
+    assert builders.max_concurrent_requests("64Mi") == 4
+    assert builders.max_concurrent_requests("64Gi") == 128

@@ -81,6 +81,7 @@ def test_encrypted_export_needs_its_key(tmp_path: Path, task: Task) -> None:
         read_verified_files(result.path, key=bytes(32))
     manifest, files = read_verified_files(result.path, key=KEY)
     assert manifest.encryption is not None
+    assert manifest.encryption.format == 2  # bound to model, version and path (issue 15)
     _load_torchscript(files[MODEL_FILE])
     # What is on disk is not loadable as a model without the key.
     with pytest.raises(Exception):  # noqa: B017, PT011 - torch raises various errors for garbage
