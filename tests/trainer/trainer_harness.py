@@ -57,7 +57,7 @@ class Gang:
     workdir: Path
     started: float = field(default_factory=time.monotonic)
 
-    def wait(self, timeout: float = 300.0) -> list[int]:
+    def wait(self, timeout: float = 900.0) -> list[int]:
         deadline = time.monotonic() + timeout
         codes = []
         for proc in self.procs:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from coxswain.api.trainingjob import GradientDescent, TrainingJob, TrainingJobSpec
+from coxswain.api.trainingjob import GradientDescent, Strategy, TrainingJob, TrainingJobSpec
 from coxswain.artifacts import crypto
 from coxswain.artifacts.manifest import NAME_PATTERN
 from coxswain.artifacts.repository import version_dir
@@ -224,11 +224,13 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError(f"COXSWAIN_METRICS_PORT: {port} is not a port (0..65535; 0 picks a free one)")
     checkpoint_dir = Path(env.get("COXSWAIN_CHECKPOINT_DIR") or DEFAULT_CHECKPOINT_DIR)
     export = _export_target(spec, job, env)
-    if (_int_env(env, "RANK", 0) or 0) == 0:
-        # Rank 0 writes both; finding out after hours of training would waste them.
+    main_rank = (_int_env(env, "RANK", 0) or 0) == 0
+    if main_rank or (spec.optimization.strategy == Strategy.FSDP and world_size > 1):
+        # Rank 0 writes both (under fsdp every rank writes its checkpoint shard); finding out
+        # after hours of training would waste them.
         _check_writable(checkpoint_dir, "COXSWAIN_CHECKPOINT_DIR", "the checkpoint volume")
-        if export is not None:
-            _check_writable(export.repository, "COXSWAIN_MODEL_REPOSITORY", "spec.export.repository")
+    if main_rank and export is not None:
+        _check_writable(export.repository, "COXSWAIN_MODEL_REPOSITORY", "spec.export.repository")
     return TrainerConfig(
         spec=spec,
         job=job,
