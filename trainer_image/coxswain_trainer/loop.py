@@ -190,6 +190,7 @@ class Trainer:
             # Written on SIGTERM by rank 0 alone, or by a different world size.
             _seed_rank_generators(self.spec.seed, self.topo.rank, self.step)
         self.resumed_from = self.step
+        self.metrics.update(resumedFromStep=self.step)
 
     def start(self, state: dict[str, Any] | None) -> None:
         """Load a checkpoint (or seed afresh), then wrap in DDP, which broadcasts rank 0's weights."""

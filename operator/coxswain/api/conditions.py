@@ -29,6 +29,10 @@ class TrainingJobConditionType(StrEnum):
     FAILED = "Failed"
     SUSPENDED = "Suspended"
     STALLED = "Stalled"
+    # False when checkpoints would not outlive a gang restart (emptyDir, no StorageClass).
+    CHECKPOINTS_DURABLE = "CheckpointsDurable"
+    # True while a child's name is taken by an object this TrainingJob does not control.
+    NAME_CONFLICT = "NameConflict"
 
 
 class TrainingJobReason(StrEnum):
@@ -52,12 +56,23 @@ class TrainingJobReason(StrEnum):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     EXPORT_FAILED = "ExportFailed"
     INVALID_SPEC = "InvalidSpec"
+    POLICY_REFUSED = "PolicyRefused"
+    ATTEMPT_LIMIT_REACHED = "AttemptLimitReached"
     # Suspended
     JOB_SUSPENDED = "JobSuspended"
     JOB_RESUMED = "JobResumed"
     # Stalled
     NO_PROGRESS = "NoProgress"
     PROGRESS_RESUMED = "ProgressResumed"
+    # CheckpointsDurable
+    CLAIM_PER_JOB = "ClaimPerJob"
+    OWN_CLAIM = "OwnClaim"
+    HOST_PATH_VOLUME = "HostPathVolume"
+    EMPTY_DIR_VOLUME = "EmptyDirVolume"
+    NO_STORAGE_CLASS = "NoStorageClass"
+    # NameConflict
+    NAME_CONFLICT = "NameConflict"
+    NO_CONFLICT = "NoConflict"
 
 
 class ModelServiceConditionType(StrEnum):
@@ -67,6 +82,8 @@ class ModelServiceConditionType(StrEnum):
     MODEL_LOADED = "ModelLoaded"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
+    # True while a child's name is taken by an object this ModelService does not control.
+    NAME_CONFLICT = "NameConflict"
 
 
 class ModelServiceReason(StrEnum):
@@ -89,3 +106,7 @@ class ModelServiceReason(StrEnum):
     CRASH_LOOPING = "CrashLooping"
     CANARY_ROLLED_BACK = "CanaryRolledBack"
     REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
+    POLICY_REFUSED = "PolicyRefused"
+    # NameConflict
+    NAME_CONFLICT = "NameConflict"
+    NO_CONFLICT = "NoConflict"

@@ -6,6 +6,8 @@ Choices that differ from a production cluster, and why:
 - etcd runs without fsync on a temporary directory: test data need not survive a crash;
 - leader election is off: a single controller-manager and scheduler, and a restart
   must not wait for an old lease to expire;
+- OwnerReferencesPermissionEnforcement is on (off by default upstream), so the chart's RBAC
+  is tested against the stricter clusters;
 - `--endpoint-reconciler-type=none`: the `kubernetes` Service would otherwise get the
   loopback address as its endpoint, which endpoint validation refuses (log noise forever).
 """
@@ -86,6 +88,9 @@ def kube_apiserver(bin_dir: Path, pki: ClusterPKI, paths: ClusterPaths, ports: d
             f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
             f"--proxy-client-key-file={pki.front_proxy_client.key}",
             "--authorization-mode=RBAC",
+            # As on hardened clusters (OpenShift turns it on): setting blockOwnerDeletion on a
+            # child needs `update` on the owner's finalizers, which the chart's RBAC must grant.
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             "--allow-privileged=true",
             "--endpoint-reconciler-type=none",
             "--profiling=false",

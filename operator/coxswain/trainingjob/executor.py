@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -13,12 +14,14 @@ from lightkube.types import CascadeType, PatchType
 
 from coxswain.api.trainingjob import TrainingJob
 from coxswain.kube import TRAININGJOB_RESOURCE, is_conflict, is_not_found
+from coxswain.podhttp import PROGRESS_MAX_BYTES, get_bounded
 from coxswain.trainingjob import builders, naming
 from coxswain.trainingjob.planner import Action, ActionKind, Plan
 
 log = logging.getLogger(__name__)
 
-PROGRESS_TIMEOUT = httpx.Timeout(2.0, connect=1.0)
+# Overall time for rank 0's answer, body included (see podhttp: bounded reads).
+PROGRESS_DEADLINE = 2.0
 
 
 async def _create_or_replace(client: AsyncClient, obj: dict[str, Any], replace: bool) -> None:
@@ -105,12 +108,14 @@ async def fetch_progress(
     ip = pod.get("status", {}).get("podIP")
     if not ip or pod.get("status", {}).get("phase") != "Running":
         return None
+    body = await get_bounded(
+        http, f"http://{ip}:{port}/progress", max_bytes=PROGRESS_MAX_BYTES, deadline=PROGRESS_DEADLINE
+    )
+    if body is None:
+        return None
     try:
-        response = await http.get(f"http://{ip}:{port}/progress", timeout=PROGRESS_TIMEOUT)
-        if response.status_code != 200:
-            return None
-        doc = response.json()
-    except (httpx.HTTPError, ValueError):
+        doc = json.loads(body)
+    except ValueError:
         return None
     return doc if isinstance(doc, dict) else None
 
