@@ -13,6 +13,10 @@ bin="$cache/bin/$KUBE_VERSION-$key"
 export GOCACHE=${GOCACHE:-$cache/go-build} GOMODCACHE=${GOMODCACHE:-$cache/go-mod} GOFLAGS=-mod=mod CGO_ENABLED=0
 mkdir -p "$bin"
 log() { echo "[build-tools] $*" >&2; }
+# Two builds at once (two checkouts, two test sessions) would compile the same packages twice
+# on a 2-core machine: the second waits for the first, then finds its binaries built.
+exec 9>"$cache/bin/.build.lock"
+flock -n 9 || { log "another build of the cluster binaries is running; waiting for it"; flock 9; }
 
 need_go() { # the `tool` directive of dev/tools/*/go.mod needs Go 1.24 or newer
   local v

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from coxswain.devcluster import components, processes
+from coxswain.devcluster import components, processes, routes
 from coxswain.devcluster.binaries import locate_binaries
 from coxswain.devcluster.bootstrap import (
     create_nodes,
@@ -151,6 +151,7 @@ class DevCluster:
                     )
                 else:
                     log.info("cluster already up in %s; reusing it", self.paths.root)
+                routes.hold(self.paths.root)
                 return state
             if current.recorded or current.stray_pids:
                 log.info("stopping what is left of a previous cluster in %s", self.paths.root)
@@ -174,6 +175,8 @@ class DevCluster:
         save_state(paths, state)
         deadline = time.monotonic() + timeout
         try:
+            # Before any pod or node address exists: nothing aimed at them may leave the machine.
+            routes.hold(paths.root)
             self._launch(state, components.etcd(bin_dir, data_dir, ports), deadline)
             server = state.api_server_url
             write_kubeconfig(paths.kubeconfig, server, pki.ca.cert, pki.admin, "coxswain-admin")
@@ -300,6 +303,7 @@ class DevCluster:
             shutil.rmtree(state.data_dir, ignore_errors=True)
             self._check_ports_released(state)
         clear_state(self.paths)
+        routes.release(self.paths.root)
         return stopped
 
     @staticmethod

@@ -102,9 +102,16 @@ class NodePool(BaseModel):
         return [self.node(i) for i in range(self.count)]
 
 
+GPU_NODE_PREFIX, CPU_NODE_PREFIX = "10.1", "10.2"
+# The kwok nodes' InternalIPs: no interface owns them, so devcluster.routes keeps them local.
+KWOK_NODE_CIDRS = (f"{GPU_NODE_PREFIX}.0.0/16", f"{CPU_NODE_PREFIX}.0.0/16")
+
+
 def default_pools(gpu_nodes: int, cpu_nodes: int, gpus_per_node: int = 4) -> list[NodePool]:
     """The pools `coxswain dev cluster up` makes: GPU nodes first, then CPU nodes."""
     return [
-        NodePool(prefix="kwok-gpu", count=gpu_nodes, pool="gpu", gpus=gpus_per_node, address_prefix="10.1"),
-        NodePool(prefix="kwok-cpu", count=cpu_nodes, pool="cpu", address_prefix="10.2"),
+        NodePool(
+            prefix="kwok-gpu", count=gpu_nodes, pool="gpu", gpus=gpus_per_node, address_prefix=GPU_NODE_PREFIX
+        ),
+        NodePool(prefix="kwok-cpu", count=cpu_nodes, pool="cpu", address_prefix=CPU_NODE_PREFIX),
     ]
