@@ -94,28 +94,61 @@ class TenancyPolicy:
             "to allow it (chart value tenancy.secrets)",
         )
 
-    def check_trainingjob(self, namespace: str, spec: TrainingJobSpec) -> list[Refusal]:
-        """Everything in a TrainingJob spec this policy refuses (empty: allowed)."""
+    def check_trainingjob(
+        self, namespace: str, spec: TrainingJobSpec, pod_security: str | None = None
+    ) -> list[Refusal]:
+        """Everything in a TrainingJob spec this policy (or the namespace's Pod Security
+        level, its `pod-security.kubernetes.io/enforce` label) refuses; empty: allowed."""
         refusals = [*self._image("spec.image", spec.image)]
         volume = spec.checkpoint.volume
-        if volume is not None:
-            refusals += self._host_path("spec.checkpoint.volume.hostPath", volume.host_path)
-        if spec.export is not None:
-            refusals += self._host_path("spec.export.repository.hostPath", spec.export.repository.host_path)
-            if spec.export.encryption is not None:
-                refusals += self._secret(
-                    "spec.export.encryption.keySecretRef", namespace, spec.export.encryption.key_secret_ref
-                )
+        host_paths = {
+            "spec.checkpoint.volume.hostPath": volume.host_path if volume is not None else None,
+            "spec.export.repository.hostPath": spec.export.repository.host_path if spec.export else None,
+        }
+        refusals += _pod_security(namespace, pod_security, host_paths)
+        for field_, source in host_paths.items():
+            refusals += self._host_path(field_, source)
+        if spec.export is not None and spec.export.encryption is not None:
+            refusals += self._secret(
+                "spec.export.encryption.keySecretRef", namespace, spec.export.encryption.key_secret_ref
+            )
         return refusals
 
-    def check_modelservice(self, namespace: str, spec: ModelServiceSpec) -> list[Refusal]:
-        """Everything in a ModelService spec this policy refuses (empty: allowed)."""
+    def check_modelservice(
+        self, namespace: str, spec: ModelServiceSpec, pod_security: str | None = None
+    ) -> list[Refusal]:
+        """Everything in a ModelService spec this policy (or the namespace's Pod Security
+        level) refuses; empty: allowed."""
         refusals = [*self._image("spec.image", spec.image)]
-        if spec.repository is not None:
-            refusals += self._host_path("spec.repository.hostPath", spec.repository.host_path)
+        host_path = spec.repository.host_path if spec.repository is not None else None
+        refusals += _pod_security(namespace, pod_security, {"spec.repository.hostPath": host_path})
+        refusals += self._host_path("spec.repository.hostPath", host_path)
         refusals += self._secret("spec.authTokenSecretRef", namespace, spec.auth_token_secret_ref)
         refusals += self._secret("spec.encryptionKeySecretRef", namespace, spec.encryption_key_secret_ref)
         return refusals
+
+
+# Pod Security Standards levels that refuse hostPath volumes; the operator's pods pass
+# `restricted` otherwise (podsecurity.py), so hostPath is the one thing to foresee.
+_NO_HOST_PATH_LEVELS = ("baseline", "restricted")
+POD_SECURITY_LABEL = "pod-security.kubernetes.io/enforce"
+
+
+def _pod_security(
+    namespace: str, level: str | None, host_paths: dict[str, HostPathSource | None]
+) -> list[Refusal]:
+    """The namespace would refuse the pods: say so now rather than leave a Job without pods."""
+    if level not in _NO_HOST_PATH_LEVELS:
+        return []
+    return [
+        Refusal(
+            field_,
+            f"namespace {namespace} enforces the {level} Pod Security Standard, which refuses hostPath "
+            "volumes; use a persistentVolumeClaim",
+        )
+        for field_, source in host_paths.items()
+        if source is not None
+    ]
 
 
 def parse_secret_rule(text: str) -> tuple[str, str]:

@@ -94,3 +94,15 @@ def test_bad_flags_are_refused_naming_the_flag() -> None:
         policy_from_flags(allow_host_path=False, host_path_prefixes=[], image_prefixes=[], secrets=["x"])
     with pytest.raises(ValueError, match="--host-path-prefix"):
         policy_from_flags(allow_host_path=True, host_path_prefixes=["srv"], image_prefixes=[], secrets=[])
+
+
+def test_a_namespace_enforcing_restricted_refuses_host_path_up_front() -> None:
+    policy = TenancyPolicy(allow_host_path=True)
+    spec = tj(export={"repository": {"hostPath": {"path": "/srv/models"}}})
+    assert policy.check_trainingjob("dev", spec, pod_security="privileged") == []
+    (refusal,) = policy.check_trainingjob("prod", spec, pod_security="restricted")
+    assert refusal.field == "spec.export.repository.hostPath" and "restricted" in refusal.message
+    served = ms(repository={"hostPath": {"path": "/srv/models"}})
+    assert fields(policy.check_modelservice("prod", served, pod_security="baseline")) == [
+        "spec.repository.hostPath"
+    ]
