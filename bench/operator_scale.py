@@ -4,11 +4,17 @@ Measures, in one run on the local cluster:
 - baseline: 100 plain Indexed batch/v1 Jobs (the same pod template) applied at once: time
   from apply to all of a Job's pods created — the floor set by the Job controller;
 - coxswain: 100 TrainingJobs applied at once: time from apply to all pods created (the
-  operator's hop + the Job controller), p50 and p99; operator CPU seconds and RSS;
-- RSS of the operator holding 1000 TrainingJobs.
-Goals (issue 7): p50 <= 1 s, p99 <= 3 s, RSS <= 150 MB.
+  operator's hop + the Job controller), p50 and p99; operator CPU per TrainingJob and RSS;
+- ModelServices: 100 applied at once, apply -> Deployment created p50, against 100 plain
+  Deployments' apply -> ReplicaSet created (the Deployment controller's hop) in the same run;
+- RSS of the operator holding --many TrainingJobs (and --report-many, when given).
+Goals (issue 14): p50 <= 1.25x and p99 <= 1.5x plain Jobs, <= 25 ms CPU per TrainingJob,
+RSS <= 120 MB at 1000 TrainingJobs.
 
 Run: .venv/bin/python bench/operator_scale.py [--jobs 100] [--nodes 50] [--many 1000]
+     [--services 100] [--report-many 5000] [--profile operator.prof]
+`--profile` runs the operator under cProfile for the whole run and writes its stats there
+(`python -m pstats operator.prof`, or the top lines printed at the end).
 """
 
 from __future__ import annotations
@@ -66,18 +72,19 @@ def trainingjob(name: str, nodes: int, gpus: int, suspend: bool = False) -> dict
 
 
 class PodWatch:
-    """Records when this process first sees each pod (by owner label), from a watch."""
+    """Records when this process first sees each object (pods by default) by owner label, from a watch."""
 
-    def __init__(self, client: Client, namespace: str, label: str) -> None:
+    def __init__(self, client: Client, namespace: str, label: str, kind: Any = Pod) -> None:
         self.first_seen: dict[str, list[float]] = {}
         self._stop = threading.Event()
+        self._kind = kind
         self._thread = threading.Thread(target=self._run, args=(client, namespace, label), daemon=True)
         self._thread.start()
 
     def _run(self, client: Client, namespace: str, label: str) -> None:
         seen: set[str] = set()
         while not self._stop.is_set():
-            for _, pod in client.watch(Pod, namespace=namespace, labels={label: operators.exists()}):
+            for _, pod in client.watch(self._kind, namespace=namespace, labels={label: operators.exists()}):
                 meta = pod.metadata
                 if meta is None or meta.name in seen or meta.labels is None:
                     continue
@@ -126,6 +133,73 @@ def apply_all(objects: list[tuple[str, Any]], create: Any) -> dict[str, float]:
     return applied
 
 
+def wait_handled(client: Client, ns: str, count: int, timeout: float = 900) -> int:
+    """Wait until `count` TrainingJobs of `ns` have a phase (the operator made a pass on each)."""
+    deadline = time.monotonic() + timeout
+    handled = 0
+    while time.monotonic() < deadline:
+        handled = sum(
+            1 for o in client.list(TRAININGJOB_RESOURCE, namespace=ns) if (o.get("status") or {}).get("phase")
+        )
+        if handled >= count:
+            break
+        time.sleep(2)
+    return handled
+
+
+def modelservice(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "coxswain.dev/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "pvc://models/bench"},
+            "repository": {"persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
+            "resources": {"cpu": "100m", "memory": "128Mi"},
+            "replicas": 1,
+            "autoscaling": {"mode": "none"},
+            "nodeSelector": {"coxswain.dev/node-pool": POOL},
+            "versions": {"stable": "v1"},
+        },
+    }
+
+
+def services_burst(client: Client, count: int, namespaces: list[str]) -> tuple[float, float]:
+    """(plain Deployment apply -> ReplicaSet p50, ModelService apply -> Deployment p50), seconds."""
+    from lightkube.resources.apps_v1 import Deployment, ReplicaSet
+
+    from coxswain.modelservice import naming as ms_naming
+
+    ns = make_namespace(client, "bench-deploy-")
+    namespaces.append(ns)
+    watch = PodWatch(client, ns, "bench/owner", ReplicaSet)
+    deployments = []
+    for i in range(count):
+        labels = {"bench/owner": f"d{i}"}
+        deployments.append((f"d{i}", from_dict({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"d{i}", "labels": labels},
+            "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "c", "image": "bench"}]}}},
+        })))  # fmt: skip
+    applied = apply_all(deployments, lambda obj: client.create(obj, namespace=ns))
+    base = wait_all(watch, applied, 1, 300)
+    ns = make_namespace(client, "bench-ms-")
+    namespaces.append(ns)
+    watch = PodWatch(client, ns, ms_naming.LABEL_MODELSERVICE, Deployment)
+    time.sleep(2)
+    from coxswain.kube import MODELSERVICE_RESOURCE
+
+    items = [(f"s{i}", modelservice(f"s{i}")) for i in range(count)]
+    applied = apply_all(items, lambda obj: client.create(MODELSERVICE_RESOURCE(obj), namespace=ns))
+    ours = wait_all(watch, applied, 1, 300)
+    print(
+        f"{count} Deployments: apply->ReplicaSet p50 {statistics.median(base):.3f} s p99 {percentile(base, 0.99):.3f} s; "
+        f"{count} ModelServices: apply->Deployment p50 {statistics.median(ours):.3f} s p99 {percentile(ours, 0.99):.3f} s"
+    )
+    return statistics.median(base), statistics.median(ours)
+
+
 def proc_stats(pid: int) -> tuple[float, float]:
     """(cpu seconds, RSS MB) of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -147,6 +221,9 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--many", type=int, default=1000)
     parser.add_argument("--gang", type=int, default=2, help="pods per job")
+    parser.add_argument("--services", type=int, default=100, help="ModelServices applied at once (0: skip)")
+    parser.add_argument("--report-many", type=int, default=0, help="also report RSS holding this many")
+    parser.add_argument("--profile", type=Path, default=None, help="cProfile the operator into this file")
     args = parser.parse_args()
 
     dev = DevCluster()
@@ -176,9 +253,11 @@ def main() -> int:
     with open(log, "wb") as out:
         # Cluster-wide, as most installs run it: a namespace glob would add kopf's namespace
         # discovery to the first burst in a namespace made just before it.
+        profile = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
         op = subprocess.Popen(
             [
                 sys.executable,
+                *profile,
                 "-m",
                 "coxswain",
                 "operator",
@@ -240,34 +319,47 @@ def main() -> int:
         print(
             f"coxswain TrainingJobs: {len(ours)} jobs x {args.gang} pods, apply->pods p50 {p50:.3f} s p99 {p99:.3f} s (goal p50 <= 1 s, p99 <= 3 s)"
         )
-        print(f"operator during the burst: cpu {cpu_b - cpu_a:.2f} s, rss {rss_b:.1f} MB")
-
-        more = [(f"m{i}", trainingjob(f"m{i}", 1, 0)) for i in range(args.many - args.jobs)]
-        apply_all(more, lambda obj: client.create(TRAININGJOB_RESOURCE(obj), namespace=ns))
-        deadline = time.monotonic() + 600
-        handled = 0
-        while time.monotonic() < deadline:
-            handled = sum(
-                1
-                for o in client.list(TRAININGJOB_RESOURCE, namespace=ns)
-                if (o.get("status") or {}).get("phase")
-            )
-            if handled >= args.many:
-                break
-            time.sleep(2)
-        time.sleep(5)
-        cpu_c, rss_c = proc_stats(op.pid)
+        cpu_ms = (cpu_b - cpu_a) * 1000 / args.jobs
         print(
-            f"operator with {handled} TrainingJobs: rss {rss_c:.1f} MB (goal <= 150 MB), cpu total {cpu_c - cpu0:.1f} s"
+            f"operator during the burst: cpu {cpu_b - cpu_a:.2f} s ({cpu_ms:.1f} ms per TrainingJob), rss {rss_b:.1f} MB"
         )
+
+        ms_p50 = deploy_p50 = None
+        if args.services:
+            deploy_p50, ms_p50 = services_burst(client, args.services, namespaces)
+
+        held: dict[int, float] = {}
+        made = args.jobs
+        for target in [args.many] + ([args.report_many] if args.report_many > args.many else []):
+            more = [(f"m{i}", trainingjob(f"m{i}", 1, 0)) for i in range(made, target)]
+            apply_all(more, lambda obj: client.create(TRAININGJOB_RESOURCE(obj), namespace=ns))
+            made = target
+            handled = wait_handled(client, ns, target)
+            time.sleep(5)
+            cpu_c, held[target] = proc_stats(op.pid)
+            print(
+                f"operator with {handled} TrainingJobs: rss {held[target]:.1f} MB (goal <= 120 MB at 1000), "
+                f"cpu total {cpu_c - cpu0:.1f} s"
+            )
         print(f"ratio apply_to_pods_p50_vs_plain_jobs {p50 / statistics.median(base):.2f}")
         print(f"ratio apply_to_pods_p99_vs_plain_jobs {p99 / percentile(base, 0.99):.2f}")
-        print(f"ratio p50_over_goal_1s {p50 / 1.0:.2f}")
-        print(f"ratio p99_over_goal_3s {p99 / 3.0:.2f}")
-        print(f"ratio rss_{args.many}_jobs_over_goal_150MB {rss_c / 150:.2f}")
+        print(f"ratio p50_vs_plain_jobs_over_goal_1.25 {p50 / statistics.median(base) / 1.25:.2f}")
+        print(f"ratio p99_vs_plain_jobs_over_goal_1.5 {p99 / percentile(base, 0.99) / 1.5:.2f}")
+        print(f"ratio cpu_per_trainingjob_over_goal_25ms {cpu_ms / 25:.2f}")
+        for count, rss in held.items():
+            print(f"ratio rss_{count}_jobs_over_goal_120MB {rss / 120:.2f}")
+        if ms_p50 is not None and deploy_p50 is not None:
+            print(
+                f"ratio modelservice_to_deployment_p50_vs_deployment_to_replicaset {ms_p50 / deploy_p50:.2f}"
+            )
     finally:
         op.terminate()
-        op.wait(timeout=30)
+        op.wait(timeout=60)
+        if args.profile:
+            import pstats
+
+            print(f"operator profile: {args.profile} (top 25 by cumulative time)")
+            pstats.Stats(str(args.profile)).sort_stats("cumulative").print_stats(25)
         for ns in namespaces:
             with contextlib.suppress(Exception):
                 client.delete(Namespace, ns)

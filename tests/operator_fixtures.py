@@ -16,7 +16,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -47,6 +47,8 @@ class OperatorProcess:
     metrics_port: int
     health_port: int
     proc: subprocess.Popen[bytes] | None = None
+    # Who acts: this process alone, or (e.g. ["--lease", NAME]) the holder of a Lease.
+    leadership: list[str] = field(default_factory=lambda: ["--standalone"])
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it for its whole life
@@ -57,7 +59,7 @@ class OperatorProcess:
                 "coxswain",
                 "operator",
                 "run",
-                "--standalone",
+                *self.leadership,
                 "-n",
                 f"{NAMESPACE_PREFIX}*",
                 "--metrics-port",

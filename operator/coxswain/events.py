@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
+
+
+@dataclass(frozen=True)
+class Event:
+    """An Event a planner decided on; the runtime posts it on the object after the actions."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
 
 
 def post(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

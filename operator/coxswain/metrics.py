@@ -7,10 +7,8 @@ number of live objects.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Sized
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -219,22 +217,10 @@ def record_trainingjob_stalled(namespace: str, name: str, stalled: bool) -> None
     TRAININGJOB_STALLED.labels(namespace, name).set(1.0 if stalled else 0.0)
 
 
-def watch_reconcile_pending(kind: str, wakers: Mapping[Any, asyncio.Event]) -> None:
-    """Report `coxswain_reconcile_pending{kind}` from a controller's wake-up events.
+def watch_reconcile_pending(kind: str, queue: Sized) -> None:
+    """Report `coxswain_reconcile_pending{kind}`: keys queued and waiting for a worker.
 
-    A set event is an object that was woken (watch event, timer) and whose loop has not yet
-    started its next pass; the count is read when Prometheus scrapes, so the hot path pays
-    nothing.
+    Read when Prometheus scrapes (in its thread; `len` of the queue's set is atomic), so the
+    hot path pays nothing.
     """
-
-    def pending() -> float:
-        # The scrape runs in prometheus_client's thread while the event loop adds and removes
-        # keys; a copy that races a resize is simply retried.
-        for _ in range(3):
-            try:
-                return float(sum(1 for event in list(wakers.values()) if event.is_set()))
-            except RuntimeError:
-                continue
-        return 0.0
-
-    RECONCILE_QUEUE.labels(kind).set_function(pending)
+    RECONCILE_QUEUE.labels(kind).set_function(lambda: float(len(queue)))

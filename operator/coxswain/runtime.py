@@ -1,94 +1,292 @@
-"""What the operator's handlers share, made once at start-up and kept in kopf's memo."""
+"""The one controller runtime both kinds run on.
+
+watch (kopf handlers, every replica) -> a de-duplicated, per-key serialised work queue ->
+one pass per key (only on the replica that leads):
+
+    parse -> observe -> plan -> write status (once, only on change) -> act -> post events
+    -> record metrics -> the delay until the next pass
+
+with errors classified in one place: a spec that does not parse waits for a change (it
+cannot fix itself); an API error or an unreachable API server is retried after a per-key
+jittered back-off. Each kind (trainingjob.controller, modelservice.controller) supplies a
+`Kind`: its parser, observation, planner, executor and metrics.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import kopf
-from lightkube import AsyncClient
+from lightkube import ApiError, AsyncClient
+from lightkube.types import PatchType
 
+from coxswain import events, metrics
+from coxswain.clock import Clock, LoopClock
 from coxswain.kube import make_client
+from coxswain.leadership import Leadership
 from coxswain.own_writes import OwnWrites
 from coxswain.workqueue import WorkQueue
 
 Key = tuple[str, str]  # (namespace, name)
+
+log = logging.getLogger("coxswain.runtime")
+
+# Large and never read by a planner or a builder: not kept in memory for every object.
+_DROPPED_ANNOTATIONS = (
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "coxswain.dev/last-handled-configuration",
+)
+
+# What older operators put on every ModelService (a kopf daemon needed it); removed on the
+# first pass so that deleting one never waits for an operator again.
+LEGACY_FINALIZER = "coxswain.dev/finalizer"
+
+
+def slim_object(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A custom object as the planners read it: without managedFields and large annotations."""
+    meta = dict(body.get("metadata", {}) or {})
+    meta.pop("managedFields", None)
+    annotations = meta.get("annotations")
+    if annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in _DROPPED_ANNOTATIONS}
+    return {**body, "metadata": meta}
+
+
+class PlanLike(Protocol):
+    status: Any  # a pydantic status model with to_dict()
+    events: list[Any]  # coxswain.events.Event
+
+
+class Kind(Protocol):
+    """What one controller adds to the shared pass."""
+
+    name: str  # the kind, e.g. "TrainingJob" (metrics labels, log lines)
+    resource: Any  # the lightkube resource (its .Status is patched)
+    workers: int
+    resync: float  # seconds to the next pass when nothing asks for an earlier one
+
+    def parse(self, raw: dict[str, Any]) -> Any: ...
+
+    async def observe(self, key: Key, obj: Any) -> Any: ...
+
+    def plan(self, key: Key, obj: Any, observed: Any) -> PlanLike: ...
+
+    async def act(self, obj: Any, plan: Any, logger: Logger) -> dict[str, Any] | None:
+        """Carry out the plan; returns the object if an action rewrote it."""
+        ...
+
+    def record(self, key: Key, obj: Any, plan: Any, observed: Any) -> float:
+        """Record metrics; returns the seconds until the next pass."""
+        ...
+
+    def forget(self, key: Key) -> None: ...
+
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+class ObjectLog(logging.LoggerAdapter[logging.Logger]):
+    """The operator's lines about one object, prefixed like kopf's: "[namespace/name] ..."."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['key'] if self.extra else ''}] {msg}", kwargs
+
+
+class Controller:
+    """One kind's queue, cached bodies and own writes, and its pass."""
+
+    def __init__(self, runtime: Runtime, kind: Kind) -> None:
+        self.runtime = runtime
+        self.kind = kind
+        self.queue: WorkQueue[Key] = WorkQueue(runtime.clock)
+        # The latest body of every object the watch delivered (slimmed).
+        self.bodies: dict[Key, dict[str, Any]] = {}
+        # Our own last write of each object (see own_writes).
+        self.written = OwnWrites()
+        self.log = logging.getLogger(f"coxswain.{kind.name.lower()}")
+
+    def seen(self, key: Key, body: Mapping[str, Any]) -> None:
+        """A watch event of the object itself: keep its body and queue it."""
+        self.bodies[key] = slim_object(body)
+        self.wake(key)
+
+    def wake(self, key: Key) -> None:
+        self.runtime.start_workers()
+        self.queue.add(key)
+
+    def forget(self, key: Key) -> None:
+        self.queue.forget(key)
+        self.bodies.pop(key, None)
+        self.written.forget(key)
+        self.kind.forget(key)
+
+    async def process(self, key: Key) -> float | None:
+        """One pass of one object; returns the seconds until its next pass (None: none)."""
+        body = self.bodies.get(key)
+        if body is None:
+            return None  # deleted, or its children came before its own watch event
+        logger = ObjectLog(self.log, {"key": f"{key[0]}/{key[1]}"})
+        started = time.monotonic()
+        try:
+            delay = await self.reconcile(key, body, logger)
+        except ValueError as exc:
+            # The API server's schema should make this impossible; say so rather than loop.
+            metrics.RECONCILE_ERRORS.labels(self.kind.name).inc()
+            logger.error(
+                "this %s does not parse (is the CRD older than the operator?): %s", self.kind.name, exc
+            )
+            return None  # a change of the object queues it again
+        except ApiError as exc:
+            metrics.RECONCILE_ERRORS.labels(self.kind.name).inc()
+            delay = self.queue.failed(key)
+            logger.warning("reconcile failed, retrying in %.1f s: %s", delay, exc.status.message)
+            return delay
+        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+            metrics.RECONCILE_ERRORS.labels(self.kind.name).inc()
+            delay = self.queue.failed(key)
+            logger.warning(
+                "cannot reach the API server (%s: %s), retrying in %.1f s", type(exc).__name__, exc, delay
+            )
+            return delay
+        finally:
+            metrics.RECONCILE_DURATION.labels(self.kind.name).observe(time.monotonic() - started)
+        return delay
+
+    async def reconcile(self, key: Key, body: dict[str, Any], logger: Logger) -> float | None:
+        kind, client = self.kind, self.runtime.client
+        raw = self.written.freshest(body)
+        meta = raw.get("metadata", {})
+        if meta.get("deletionTimestamp"):
+            await self._drop_legacy_finalizer(raw)
+            return None  # children go by ownerReference garbage collection
+        obj = kind.parse(raw)
+        observed = await kind.observe(key, obj)
+        plan = kind.plan(key, obj, observed)
+        # The status is written before the actions: a restart or rollback is on record first.
+        old_status = obj.status.to_dict() if obj.status else {}
+        new_status = plan.status.to_dict()
+        if new_status != old_status:
+            # Nulls clear fields a merge patch would otherwise keep.
+            cleared = {k: None for k in old_status if k not in new_status}
+            self.written.remember(await patch_status(client, kind.resource, key, {**cleared, **new_status}))
+        await self._drop_legacy_finalizer(raw)
+        rewritten = await kind.act(obj, plan, logger)
+        if rewritten is not None:
+            self.written.remember(rewritten)
+        for event in plan.events:
+            self.runtime.post_event(raw, event.type, event.reason, event.message)
+        return kind.record(key, obj, plan, observed)
+
+    async def _drop_legacy_finalizer(self, raw: dict[str, Any]) -> None:
+        finalizers = raw.get("metadata", {}).get("finalizers") or []
+        if LEGACY_FINALIZER not in finalizers:
+            return
+        meta = raw["metadata"]
+        kept = [f for f in finalizers if f != LEGACY_FINALIZER]
+        # JSON patch with a test: another writer's finalizer added meanwhile is never lost.
+        ops = [
+            {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+            {"op": "replace", "path": "/metadata/finalizers", "value": kept},
+        ]
+        updated = await self.runtime.client.patch(
+            self.kind.resource, meta["name"], ops, namespace=meta.get("namespace"), patch_type=PatchType.JSON
+        )
+        self.written.remember(dict(updated))
+        self.log.info(
+            "[%s/%s] removed the finalizer %s older operators added: deleting it no longer waits for an "
+            "operator",
+            meta.get("namespace"),
+            meta["name"],
+            LEGACY_FINALIZER,
+        )
+
+
+async def patch_status(
+    client: AsyncClient, resource: Any, key: Key, status: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge-patch the status subresource; returns the object as stored now."""
+    updated = await client.patch(
+        resource.Status, key[1], {"status": status}, namespace=key[0], patch_type=PatchType.MERGE
+    )
+    return dict(updated)
 
 
 @dataclass
 class Runtime:
     client: AsyncClient
     http: httpx.AsyncClient
-    # TrainingJobs to reconcile, served by a few workers (see trainingjob.controller).
-    queue: WorkQueue[Key] = field(default_factory=WorkQueue)
-    # The latest body of every TrainingJob the watch delivered (slimmed), and when it came.
-    bodies: dict[Key, tuple[dict[str, Any], float]] = field(default_factory=dict)
-    # kopf's indexes of the jobs' batch Jobs and pods, captured at start-up (live views).
+    leadership: Leadership = field(default_factory=Leadership.standalone)
+    clock: Clock = field(default_factory=LoopClock)
+    controllers: dict[str, Controller] = field(default_factory=dict)
+    # kopf's indexes (live views), captured at start-up, by their function's name.
     indexes: dict[str, Mapping[Key, Any]] = field(default_factory=dict)
-    # kopf's "operator paused" toggle set (peering), when it could be captured; see startup.
-    paused: Any = None
-    # loop.time() of the last end of a pause: bodies delivered before it may be stale.
-    resumed_at: float = 0.0
+    # How Events reach the API server (kopf's queue; a test records them instead).
+    post_event: Callable[[Mapping[str, Any], str, str, str], None] = events.post
+    _context: contextvars.Context | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _process: Callable[[Key], Awaitable[float | None]] | None = None
-    _workers: int = 0
-    # Our own last status write of each TrainingJob (see own_writes).
-    written: OwnWrites = field(default_factory=OwnWrites)
 
     @classmethod
-    def create(cls) -> Runtime:
+    def create(cls, leadership: Leadership | None = None) -> Runtime:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
-        return cls(client=make_client(), http=httpx.AsyncClient(limits=limits))
+        return cls(
+            client=make_client(),
+            http=httpx.AsyncClient(limits=limits),
+            leadership=leadership or Leadership.standalone(),
+        )
 
     @staticmethod
     def of(memo: kopf.Memo) -> Runtime:
         runtime: Runtime = memo["runtime"]
         return runtime
 
-    def wake(self, namespace: str, name: str) -> None:
-        """Queue a TrainingJob for a pass (called from kopf handlers, on the event loop)."""
-        if self._process is not None:
-            self._start_workers()
-        self.queue.add((namespace, name))
+    def add(self, kind: Kind) -> Controller:
+        controller = self.controllers[kind.name] = Controller(self, kind)
+        return controller
 
-    def forget(self, namespace: str, name: str) -> None:
-        self.queue.forget((namespace, name))
-        self.bodies.pop((namespace, name), None)
-        self.written.forget((namespace, name))
+    def index(self, name: str) -> Mapping[Key, Any]:
+        return self.indexes.get(name, {})
 
-    async def unpaused(self) -> None:
-        """Return once kopf's peering does not hold this replica paused (at once if unknown)."""
-        if self.paused is not None and self.paused.is_on():
-            await self.paused.wait_for(False)
-
-    def start(self, process: Callable[[Key], Awaitable[float | None]], workers: int) -> None:
-        """Serve the queue with `workers` tasks, started by the first `wake` (see there)."""
-        self._process, self._workers = process, workers
-        self._tasks.append(asyncio.create_task(self.watch_pauses(), name="coxswain pause watcher"))
-
-    def _start_workers(self) -> None:
+    def start_workers(self) -> None:
         # Started from the first watch event's handler, not from the start-up handler: tasks
         # inherit the context they are created in, and kopf sets the context variables that
-        # `kopf.event` needs (its Event queue) only for handlers of watched objects.
-        if self._process is not None:
-            self.queue.start(self._process, self._workers, gate=self.unpaused)
-            self._process = None
-
-    async def watch_pauses(self) -> None:
-        """Note the end of every pause: what was seen before it may be stale (another replica acted)."""
-        if self.paused is None:
+        # `kopf.event` needs (its Event queue) only for handlers of watched objects. The
+        # context is kept for workers restarted later (leadership lost and regained).
+        if self._context is not None:
             return
-        loop = asyncio.get_running_loop()
-        while True:
-            await self.paused.wait_for(True)
-            await self.paused.wait_for(False)
-            self.resumed_at = loop.time()
+        self._context = contextvars.copy_context()
+        self._context.run(self._start_all)
+        self.leadership.on_lost(self._on_lost)
+
+    def _start_all(self) -> None:
+        for controller in self.controllers.values():
+            controller.queue.start(controller.process, controller.kind.workers, gate=self.leadership.wait)
+
+    def _on_lost(self) -> None:
+        # Passes in flight are cut short (their keys are queued again): a replica that no
+        # longer leads must not write. The new workers wait for the leadership.
+        async def restart() -> None:
+            for controller in self.controllers.values():
+                await controller.queue.restart_workers(
+                    controller.process, controller.kind.workers, gate=self.leadership.wait
+                )
+
+        assert self._context is not None
+        self._tasks.append(self._context.run(asyncio.create_task, restart()))
+
+    def run_leadership(self) -> None:
+        self._tasks.append(asyncio.create_task(self.leadership.run(), name="coxswain leadership"))
 
     async def close(self) -> None:
-        await self.queue.stop()
+        for controller in self.controllers.values():
+            await controller.queue.stop()
+        await self.leadership.release()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -5,7 +5,11 @@
   and `done` queues it again, so the change that came in during the pass is not lost.
 - `add_after` keeps only the earliest pending timer of a key. A worker taking a key drops its
   timer: every pass asks afresh for the delay it needs (see `run`).
-- `forget` drops a key's timer and pending re-queue (the object is gone).
+- `forget` drops a key's timer, pending re-queue and failure count (the object is gone).
+- A pass that raises is retried after a per-key back-off: exponential in the key's failures
+  in a row, with jitter so that keys failing together (the API server was away) do not come
+  back together; one pass that does not raise resets it.
+- Timers run on a `Clock` (coxswain.clock): tests step it instead of sleeping.
 
 A fixed number of worker tasks serve any number of keys: memory grows by a few small entries
 per key instead of a task, an event and kopf's daemon bookkeeping per object.
@@ -15,26 +19,48 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from coxswain.clock import Clock, LoopClock, Timer
 
 K = TypeVar("K", bound=Hashable)
 
 log = logging.getLogger(__name__)
 
-ERROR_BACKOFF = 5.0  # seconds before retrying a key whose pass raised unexpectedly
+
+@dataclass
+class Backoff:
+    """Seconds before retrying a key after its n-th failure in a row: base * 2^(n-1), capped,
+    times a random factor in [1 - jitter, 1]."""
+
+    base: float = 1.0
+    cap: float = 120.0
+    jitter: float = 0.5
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, failures: int) -> float:
+        raw = min(self.base * 2 ** max(failures - 1, 0), self.cap)
+        return float(raw * (1.0 - self.jitter * self.rng.random()))
 
 
 class WorkQueue(Generic[K]):
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None, backoff: Backoff | None = None) -> None:
+        self.clock: Clock = clock or LoopClock()
+        self.backoff = backoff or Backoff()
         self._order: deque[K] = deque()  # may hold stale duplicates; `_queued` is the truth
         self._queued: set[K] = set()
         self._processing: set[K] = set()
         self._dirty: set[K] = set()
-        self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._timers: dict[K, Timer] = {}
+        self._failures: dict[K, int] = {}
+        self._failed_now: set[K] = set()  # keys whose pass in flight called `failed`
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     def __len__(self) -> int:
         """Keys waiting for a worker (not those being processed or waiting on a timer)."""
@@ -57,20 +83,30 @@ class WorkQueue(Generic[K]):
         if seconds <= 0:
             self.add(key)
             return
-        loop = asyncio.get_running_loop()
-        when = loop.time() + seconds
+        when = self.clock.monotonic() + seconds
         timer = self._timers.get(key)
         if timer is not None:
             if timer.when() <= when:
                 return
             timer.cancel()
-        self._timers[key] = loop.call_at(when, self._fire, key)
+        self._timers[key] = self.clock.call_at(when, lambda: self._fire(key))
+
+    def failed(self, key: K) -> float:
+        """Count a failed pass of `key`; returns the seconds to wait before its retry."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        self._failed_now.add(key)
+        return self.backoff.delay(failures)
+
+    def succeeded(self, key: K) -> None:
+        self._failures.pop(key, None)
 
     def forget(self, key: K) -> None:
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
         self._dirty.discard(key)
+        self._failures.pop(key, None)
         self._queued.discard(key)  # its stale entry in `_order` is skipped by `get`
 
     async def get(self) -> K:
@@ -122,20 +158,35 @@ class WorkQueue(Generic[K]):
     ) -> None:
         """Start `workers` tasks; `process(key)` returns seconds until its next pass (None: none).
 
-        `gate` is awaited after taking a key and before processing it (e.g. while the operator
-        is paused by peering); the key stays marked as processing meanwhile.
+        `gate` is awaited after taking a key and before processing it (e.g. while another
+        replica leads); the key stays marked as processing meanwhile.
         """
+        self._stopping = False
         for i in range(workers):
             self._tasks.append(asyncio.create_task(self._work(process, gate), name=f"workqueue worker {i}"))
 
     async def stop(self) -> None:
+        self._stopping = True
+        await self._cancel_workers()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    async def restart_workers(
+        self,
+        process: Callable[[K], Awaitable[float | None]],
+        workers: int,
+        gate: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Cancel the passes in flight (their keys are queued again) and start fresh workers."""
+        await self._cancel_workers()
+        self.start(process, workers, gate)
+
+    async def _cancel_workers(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
 
     async def _work(
         self, process: Callable[[K], Awaitable[float | None]], gate: Callable[[], Awaitable[None]] | None
@@ -148,11 +199,18 @@ class WorkQueue(Generic[K]):
                     await gate()
                 delay = await process(key)
             except asyncio.CancelledError:
+                self._failed_now.discard(key)
                 self.done(key)
+                if not self._stopping:
+                    self.add(key)  # cut short (leadership lost): whoever acts next redoes it
                 raise
             except Exception:
-                log.exception("processing %s failed; retrying in %.0f s", key, ERROR_BACKOFF)
-                delay = ERROR_BACKOFF
+                delay = self.failed(key)
+                log.exception("processing %s failed; retrying in %.1f s", key, delay)
+            if key in self._failed_now:
+                self._failed_now.discard(key)
+            else:
+                self.succeeded(key)
             self.done(key)
             if delay is not None:
                 self.add_after(key, delay)

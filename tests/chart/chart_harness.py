@@ -184,8 +184,6 @@ def install(
 ) -> Release:
     """`helm install` (CRDs are already applied by the cluster fixture, as helm would skip them)."""
     namespace = namespace or name
-    # A unique peering name: ClusterKopfPeering objects are cluster-wide, releases are not.
-    values = {"peering": {"name": name}, **values}
     helm(
         "install",
         name,
@@ -246,6 +244,8 @@ class Replica:
             **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e},
             "KUBECONFIG": str(release.kubeconfig),
             "POD_ID": pod_id,
+            # What the Deployment's fieldRef gives the pod: the Lease lives there.
+            "POD_NAMESPACE": release.namespace,
             # The image's PATH: this project's environment stands in for the operator image.
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         }
@@ -273,9 +273,8 @@ class Replica:
 
 
 def delete_custom_objects(cluster: Any, namespace: str, timeout: float = 90) -> None:
-    """Delete the namespace's TrainingJobs and ModelServices while the operator still runs:
-    each carries the operator's finalizer, which only a running operator removes (left
-    behind, the namespace would hang in Terminating)."""
+    """Delete the namespace's TrainingJobs and ModelServices and wait until they are gone
+    (they carry no finalizer: nothing waits for the operator)."""
     from cluster_fixtures import wait_for
     from coxswain.kube import MODELSERVICE_RESOURCE, TRAININGJOB_RESOURCE
 
@@ -286,5 +285,5 @@ def delete_custom_objects(cluster: Any, namespace: str, timeout: float = 90) -> 
     wait_for(
         lambda: all(not list(cluster.client.list(r, namespace=namespace)) for r in resources) or None,
         timeout,
-        f"TrainingJobs and ModelServices of {namespace} deleted (finalizers released)",
+        f"TrainingJobs and ModelServices of {namespace} deleted",
     )

@@ -3,8 +3,8 @@
 The operator Deployment's pods land on kwok nodes, where containers only pretend to run.
 So that the installed chart really operates, the test runs the Deployment's own command
 line (read back from the cluster) as local processes, authenticated with a token of the
-chart's ServiceAccount: two replicas, as the Deployment has, meeting in the chart's peering
-object. Gap: the pod itself (image, probes, read-only root) does not run here until the
+chart's ServiceAccount: two replicas, as the Deployment has, electing a leader through the
+chart's Lease. Gap: the pod itself (image, probes, read-only root) does not run here until the
 node agent can start it.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,16 +87,17 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     _check_monitor_objects(monitors)
 
 
-def _priority(pod_id: str) -> int:
-    # What `printf %s "$POD_ID" | cksum` prints: POSIX cksum is not zlib's CRC-32, so ask it.
-    out = subprocess.run(["cksum"], input=pod_id, capture_output=True, text=True, check=True).stdout
-    return int(out.split()[0])
+def _leading(replica: Replica) -> bool:
+    """Whether this replica's last word on leadership was that it leads."""
+    said = re.findall(r"(leads now and acts|is held by|lost it)", replica.log.read_text(errors="replace"))
+    return bool(said) and said[-1] == "leads now and acts"
 
 
-def _acting(replica: Replica) -> bool:
-    """Whether kopf's last word on peering in this replica's log was to act, not to pause."""
-    events = re.findall(r"(Resuming operations|Pausing operations)", replica.log.read_text(errors="replace"))
-    return bool(events) and events[-1] == "Resuming operations"
+def _holder(cluster: ClusterHandle, namespace: str) -> str | None:
+    lease = json.loads(
+        cluster.kubectl("get", "lease", "coxswain", "-n", namespace, "-o", "json", check=False).stdout or "{}"
+    )
+    return (lease.get("spec") or {}).get("holderIdentity")
 
 
 def _trainingjob(name: str) -> dict[str, Any]:
@@ -176,32 +176,27 @@ def test_install_operates_upgrade_changes_and_uninstall_leaves_nothing(
         ]
         for replica in replicas:
             wait_for(lambda r=replica: r.healthy() or None, 60, f"/healthz of {replica.pod_id}")  # type: ignore[misc]
-        peering = f"kopfpeerings.kopf.dev/{name}"
-
-        def both_peers() -> dict[str, Any] | None:
-            status = (
-                json.loads(cluster.kubectl("get", peering, "-n", first, "-o", "json").stdout).get("status")
-                or {}
-            )
-            return status if len(status) == 2 else None
-
-        peers = wait_for(both_peers, 60, "both replicas in the peering object")
-        for replica in replicas:
-            assert peers[replica.pod_id]["priority"] == _priority(replica.pod_id)
-        standby = min(replicas, key=lambda r: _priority(r.pod_id))
-        active = max(replicas, key=lambda r: _priority(r.pod_id))
-        # kopf starts paused until the peering says it may act: the higher priority resumes,
-        # the lower stays paused (or pauses, if it had resumed before the other appeared).
-        wait_for(lambda: _acting(active) or None, 60, "the higher-priority replica acting")
+        # One replica takes the Lease (in the release's namespace) and acts; the other waits
+        # and says whom for.
+        holder = wait_for(lambda: _holder(cluster, release_ns), 60, "a replica holding the Lease")
+        active = next(r for r in replicas if r.pod_id == holder)
+        standby = next(r for r in replicas if r.pod_id != holder)
+        wait_for(lambda: _leading(active) or None, 60, "the Lease holder acting")
+        wait_for(
+            lambda: f"is held by {holder}" in standby.log.read_text(errors="replace") or None,
+            60,
+            "the standby saying which replica it waits for",
+        )
 
         _run_to_success(cluster, first, "installed")
         delete_custom_objects(cluster, first)
-        assert not _acting(standby), "both replicas acted at once"
+        assert not _leading(standby), "both replicas acted at once"
 
-        # Failover: the active replica stops (SIGTERM removes it from the peering) and the
-        # standby takes over.
+        # Failover: the active replica stops (SIGTERM gives the Lease up) and the standby
+        # takes over.
         active.stop()
-        wait_for(lambda: _acting(standby) or None, 60, "the standby replica taking over")
+        wait_for(lambda: _leading(standby) or None, 60, "the standby replica taking over")
+        assert _holder(cluster, release_ns) == standby.pod_id
 
         helm("upgrade", name, str(CHART), "-n", release_ns, "--reuse-values", "--set", f"watchNamespaces={{{first},{second}}}",
              "--set", "logLevel=DEBUG", "--wait", env=cluster.env())  # fmt: skip
@@ -234,4 +229,4 @@ def test_install_operates_upgrade_changes_and_uninstall_leaves_nothing(
     )
     assert leftovers
     # Helm never deletes what crds/ installed (on purpose: deleting a CRD deletes every object).
-    cluster.kubectl("get", "crd", "trainingjobs.coxswain.dev", "kopfpeerings.kopf.dev")
+    cluster.kubectl("get", "crd", "trainingjobs.coxswain.dev", "modelservices.coxswain.dev")

@@ -166,9 +166,13 @@ def _must_not(release: Release) -> list[tuple[str, list[str], tuple[str, str, ob
             ("DELETE", f"/apis/coxswain.dev/v1alpha1/namespaces/{ns}/modelservices/x", None),
         ),
         (
-            "write another operator's peering",
-            ["patch", "clusterkopfpeerings.kopf.dev/someone-else"],
-            ("PATCH", "/apis/kopf.dev/v1/clusterkopfpeerings/someone-else", {"status": {}}),
+            "take another operator's Lease",
+            ["update", "leases.coordination.k8s.io/someone-else", "-n", ns],
+            (
+                "PUT",
+                f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/someone-else",
+                {"metadata": {"name": "someone-else"}, "spec": {}},
+            ),
         ),
         (
             "delete Deployments",

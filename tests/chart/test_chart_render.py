@@ -38,7 +38,7 @@ def test_helm_lint_is_clean(mode: str, tmp_path: Path) -> None:
     assert "0 chart(s) failed" in result.stdout
 
 
-def test_operator_runs_two_peered_replicas_locked_down(tmp_path: Path) -> None:
+def test_operator_runs_two_replicas_electing_a_leader_locked_down(tmp_path: Path) -> None:
     objs = render(tmp_path, {"watchNamespaces": ["team-a"], "logLevel": "debug", "logFormat": "plain"})
     (deploy,) = find(objs, "Deployment")
     assert deploy["spec"]["replicas"] == 2
@@ -55,11 +55,12 @@ def test_operator_runs_two_peered_replicas_locked_down(tmp_path: Path) -> None:
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8080, "health": 8081}
     assert container["resources"]["limits"]["memory"] == "256Mi"
     command = " ".join(container["command"] + container["args"])
-    for part in ("coxswain operator run", '--peering "coxswain"', '-n "team-a"', "--log-level DEBUG"):
+    for part in ("coxswain operator run", '--lease "coxswain"', '-n "team-a"', "--log-level DEBUG"):
         assert part in command
-    assert "--priority" in command and "$POD_ID" in command, "each replica needs its own priority"
+    assert "--standalone" not in command, "two replicas must elect one leader"
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     (svc,) = find(objs, "Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     assert svc["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
@@ -122,21 +123,36 @@ def test_tenancy_values_become_operator_flags(tmp_path: Path) -> None:
         assert part in command
 
 
+def _leader_election_role(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    (role,) = [r for r in find(objs, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    return role
+
+
+@pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
+def test_leader_election_is_one_lease_in_the_release_namespace(mode: str, tmp_path: Path) -> None:
+    objs = render(tmp_path, MODES[mode])
+    role = _leader_election_role(objs)
+    assert role["metadata"]["namespace"] == "coxswain-system"
+    assert all(
+        r["apiGroups"] == ["coordination.k8s.io"] and r["resources"] == ["leases"] for r in role["rules"]
+    )
+    update = next(r for r in role["rules"] if "update" in r["verbs"])
+    assert update["resourceNames"] == ["coxswain"], "only its own Lease is written"
+    (binding,) = [b for b in find(objs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
+    assert binding["subjects"][0]["name"] == "cx-coxswain"
+    assert not [o for o in objs if o["apiVersion"].startswith("kopf.dev")], "no kopf peering objects"
+
+
 def test_cluster_wide_mode_is_one_cluster_role(tmp_path: Path) -> None:
     objs = render(tmp_path)
-    assert not find(objs, "Role") and not find(objs, "RoleBinding")
+    assert [r["metadata"]["name"] for r in find(objs, "Role")] == ["cx-coxswain-leader-election"]
     (role,) = find(objs, "ClusterRole")
     (binding,) = find(objs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "cx-coxswain", "namespace": "coxswain-system"}
     ]
-    peering = [r for r in role["rules"] if r["apiGroups"] == ["kopf.dev"]]
-    assert {tuple(r["resources"]) for r in peering} == {("clusterkopfpeerings",)}
-    patch = next(r for r in peering if "patch" in r["verbs"])
-    assert patch["resourceNames"] == ["coxswain"], "only its own peering object is written"
-    (peer,) = find(objs, "ClusterKopfPeering")
-    assert peer["metadata"]["name"] == "coxswain"
+    assert not [r for r in role["rules"] if r["apiGroups"] == ["kopf.dev"]]
 
 
 def test_namespaced_mode_is_a_role_per_namespace_plus_kopfs_cluster_reads(tmp_path: Path) -> None:
@@ -151,14 +167,14 @@ def test_namespaced_mode_is_a_role_per_namespace_plus_kopfs_cluster_reads(tmp_pa
         ("storage.k8s.io", "storageclasses"),
     }
     assert all(rule["verbs"] == ["list", "watch"] for rule in cluster_role["rules"])
-    roles = find(objs, "Role")
-    bindings = find(objs, "RoleBinding")
+    roles = [r for r in find(objs, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
+    bindings = [
+        b for b in find(objs, "RoleBinding") if not b["metadata"]["name"].endswith("-leader-election")
+    ]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["subjects"][0]["namespace"] == "coxswain-system"
-    assert sorted(p["metadata"]["namespace"] for p in find(objs, "KopfPeering")) == ["team-a", "team-b"]
-    assert not find(objs, "ClusterKopfPeering")
 
 
 def test_namespace_globs_are_refused(tmp_path: Path) -> None:
@@ -193,11 +209,6 @@ def test_dashboards_are_configmaps_holding_the_json_files(tmp_path: Path) -> Non
     assert not find(render(tmp_path, {"dashboards": {"enabled": False}}), "ConfigMap")
 
 
-def test_crds_include_ours_and_kopfs_peering_kinds(tmp_path: Path) -> None:
+def test_crds_are_ours_only(tmp_path: Path) -> None:
     names = {o["metadata"]["name"] for o in find(render(tmp_path), "CustomResourceDefinition")}
-    assert names == {
-        "trainingjobs.coxswain.dev",
-        "modelservices.coxswain.dev",
-        "kopfpeerings.kopf.dev",
-        "clusterkopfpeerings.kopf.dev",
-    }
+    assert names == {"trainingjobs.coxswain.dev", "modelservices.coxswain.dev"}

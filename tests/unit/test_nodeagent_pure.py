@@ -12,8 +12,8 @@ from coxswain.nodeagent.config import image_entry, image_repository
 from coxswain.nodeagent.dns import PodAddress, host_entries, hosts_file
 from coxswain.nodeagent.env import expand, field_value
 from coxswain.nodeagent.process import Mount, setup_script
-from coxswain.nodeagent.quantity import parse_quantity
 from coxswain.nodeagent.status import ContainerRecord, pod_phase, terminated_state, termination_message
+from coxswain.quantity import parse_quantity
 
 pytestmark = pytest.mark.unit
 

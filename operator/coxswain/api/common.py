@@ -25,6 +25,10 @@ QUANTITY_PATTERN = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[KMGTPE]i
 ZERO_QUANTITY_PATTERN = r"^[+]?(0+(\.0*)?|\.0+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$"
 CAMEL_CASE_PATTERN = r"^[A-Z][A-Za-z0-9]*$"
 
+# Canary traffic (percent) when neither the user nor an analysis says otherwise; used by
+# ModelService.spec.versions and TrainingJob.spec.serving alike.
+DEFAULT_CANARY_PERCENT = 10
+
 
 def _schema_rules(schema: dict[str, Any], model_class: type[Any]) -> None:
     """Put a model's `rules` into its JSON schema, where the CRD generator finds them."""

@@ -64,6 +64,9 @@ class TrainingJobReason(StrEnum):
     # Stalled
     NO_PROGRESS = "NoProgress"
     PROGRESS_RESUMED = "ProgressResumed"
+    # Events of the hand-off to serving
+    HANDED_OFF = "HandedOff"
+    HANDOFF_SKIPPED = "HandoffSkipped"
     # CheckpointsDurable
     CLAIM_PER_JOB = "ClaimPerJob"
     OWN_CLAIM = "OwnClaim"
@@ -92,8 +95,12 @@ class ModelServiceReason(StrEnum):
     # Ready
     REPLICAS_READY = "ReplicasReady"
     NO_READY_REPLICAS = "NoReadyReplicas"
+    SCALED_TO_ZERO = "ScaledToZero"
+    NOT_ENOUGH_READY = "NotEnoughReadyReplicas"
+    WEIGHTS_PROPAGATING = "WeightsPropagating"
     # ModelLoaded
     MODEL_LOADED = "ModelLoaded"
+    MODEL_LOADING = "ModelLoading"
     MODEL_NOT_FOUND = "ModelNotFound"
     CHECKSUM_MISMATCH = "ChecksumMismatch"
     LOAD_FAILED = "LoadFailed"
@@ -105,7 +112,13 @@ class ModelServiceReason(StrEnum):
     # Degraded
     CRASH_LOOPING = "CrashLooping"
     CANARY_ROLLED_BACK = "CanaryRolledBack"
+    # Events of the canary analysis
+    CANARY_STARTED = "CanaryStarted"
+    CANARY_STEP_PASSED = "CanaryStepPassed"
+    CANARY_PROMOTED = "CanaryPromoted"
     REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
+    PODS_PENDING = "PodsPending"
+    HEALTHY = "Healthy"
     POLICY_REFUSED = "PolicyRefused"
     # NameConflict
     NAME_CONFLICT = "NameConflict"

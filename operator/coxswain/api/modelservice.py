@@ -9,6 +9,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from coxswain.api.common import (
+    DEFAULT_CANARY_PERCENT,
     ApiModel,
     Conditions,
     DnsSubdomain,
@@ -24,7 +25,6 @@ from coxswain.api.common import (
 from coxswain.api.rules import CelRule, RuleReason
 
 DEFAULT_SERVER_IMAGE = "ghcr.io/coxswain-dev/server:0.1.0"
-DEFAULT_CANARY_PERCENT = 10
 
 
 class TrainingJobRef(ApiModel):
@@ -132,6 +132,16 @@ class CanaryAnalysis(ApiModel):
     )
     min_requests: int = Field(default=50, ge=0, description="Requests needed before a step is judged.")
 
+    def first_step(self, canary_percent: int | None) -> int:
+        """The step a new canary starts at: the first at or above canaryPercent (the user's
+        starting traffic), else step 0."""
+        if canary_percent is None:
+            return 0
+        for i, pct in enumerate(self.steps):
+            if pct >= canary_percent:
+                return i
+        return len(self.steps) - 1
+
 
 class Versions(ApiModel):
     """Model versions served and the traffic split between them."""
@@ -171,13 +181,14 @@ class Versions(ApiModel):
 
     @property
     def effective_canary_percent(self) -> int:
-        """Traffic the canary gets: 0 without one, else canaryPercent, the first analysis step, or 10."""
+        """Traffic a new canary starts with: 0 without one; with an analysis, its first step at
+        or above canaryPercent; else canaryPercent, or 10."""
         if self.canary is None:
             return 0
+        if self.analysis is not None:
+            return self.analysis.steps[self.analysis.first_step(self.canary_percent)]
         if self.canary_percent is not None:
             return self.canary_percent
-        if self.analysis is not None:
-            return self.analysis.steps[0]
         return DEFAULT_CANARY_PERCENT
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from coxswain.api.common import (
+    DEFAULT_CANARY_PERCENT,
     ApiModel,
     Conditions,
     DnsLabel,
@@ -34,7 +35,6 @@ from coxswain.api.conditions import TrainingJobPhase
 from coxswain.api.rules import CelRule, RuleReason, immutable
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/coxswain-dev/trainer:0.1.0"
-DEFAULT_CANARY_PERCENT = 10
 MAX_NODES = 1024
 # Attempts (first run plus every restart, charged or not) a TrainingJob may make: each names
 # a batch Job "<name>-<attempt>" whose pods' hostnames "<name>-<attempt>-<rank>" must be DNS

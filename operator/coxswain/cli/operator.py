@@ -21,10 +21,17 @@ def register(sub: Any, name: str, help_text: str) -> None:
         help="watch only this namespace (repeatable; globs like 'team-*' work); default: all namespaces",
     )
     run.add_argument(
-        "--peering", default="coxswain", help="kopf peering name: only one replica acts (default %(default)s)"
+        "--lease",
+        default="coxswain",
+        help="leader election: only the replica holding this coordination.k8s.io Lease acts "
+        "(default %(default)s)",
     )
-    run.add_argument("--standalone", action="store_true", help="no peering: this replica always acts")
-    run.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    run.add_argument(
+        "--lease-namespace",
+        default=None,
+        help="the Lease's namespace (default: $POD_NAMESPACE, the pod's own, else 'default')",
+    )
+    run.add_argument("--standalone", action="store_true", help="no leader election: this replica always acts")
     run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
     run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port")
     run.add_argument("--log-format", choices=LOG_FORMATS, default="plain")
@@ -59,7 +66,8 @@ def register(sub: Any, name: str, help_text: str) -> None:
 
 
 class _DropHandlerSuccess(logging.Filter):
-    """Drop kopf's "Handler 'trainingjob_seen' succeeded." INFO line, logged for every watch event.
+    """Drop kopf's "Handler 'trainingjob_seen' succeeded." INFO line (and modelservice_seen's),
+    logged for every watch event.
 
     Only that handler's: kopf's other per-object lines (and those of the handlers that still
     log through kopf's logger) stay.
@@ -69,7 +77,7 @@ class _DropHandlerSuccess(logging.Filter):
         return not (
             record.levelno <= logging.INFO
             and isinstance(record.msg, str)
-            and record.msg.startswith("Handler 'trainingjob_seen'")
+            and record.msg.startswith(("Handler 'trainingjob_seen'", "Handler 'modelservice_seen'"))
         )
 
 
@@ -79,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from coxswain import handlers  # noqa: F401  (registers the handlers)
     from coxswain.metrics import REGISTRY
+    from coxswain.startup import LeadershipOptions, configure_leadership
     from coxswain.tenancy import policy_from_flags
 
     try:
@@ -101,12 +110,14 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf.objects").addFilter(_DropHandlerSuccess())
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=REGISTRY)
+    configure_leadership(
+        LeadershipOptions(standalone=args.standalone, lease=args.lease, namespace=args.lease_namespace)
+    )
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,
-        standalone=args.standalone,
-        peering_name=None if args.standalone else args.peering,
-        priority=args.priority,
+        # kopf's own peering is off: every replica watches; our Lease decides who acts.
+        standalone=True,
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
         memo=kopf.Memo(tenancy=policy),
     )

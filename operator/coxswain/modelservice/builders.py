@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 from typing import Any
 
 from coxswain.api import API_VERSION, MODELSERVICE_KIND
@@ -25,6 +23,7 @@ from coxswain.api.modelservice import ModelService, ScaleMetric
 from coxswain.modelservice import naming
 from coxswain.modelservice.source import ServedModel
 from coxswain.podsecurity import container_security_context, pod_security_context
+from coxswain.quantity import format_quantity, whole_cores
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # After SIGTERM the server stays up (unready) this long so endpoint controllers and
@@ -88,14 +87,9 @@ def _metadata(ms: ModelService, name: str) -> dict[str, Any]:
     }
 
 
-_CPU = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(m?)$")
-
-
 def cpu_threads(cpu: str) -> int:
     """Whole cores of a CPU limit, at least 1: torch's thread count (the server reads it)."""
-    m = _CPU.match(cpu)
-    cores = (float(m.group(1)) / (1000 if m.group(2) else 1)) if m else 1.0
-    return max(1, math.ceil(cores))
+    return whole_cores(cpu)
 
 
 def traffic_document(weights: dict[str, int]) -> str:
@@ -319,7 +313,7 @@ def build_hpa(ms: ModelService) -> dict[str, Any]:
                         "type": "Pods",
                         "pods": {
                             "metric": {"name": HPA_METRIC_NAMES[target.metric]},
-                            "target": {"type": "AverageValue", "averageValue": _quantity(target.value)},
+                            "target": {"type": "AverageValue", "averageValue": format_quantity(target.value)},
                         },
                     }
                 ],
@@ -330,9 +324,3 @@ def build_hpa(ms: ModelService) -> dict[str, Any]:
             },
         }
     )
-
-
-def _quantity(value: float) -> str:
-    if float(value).is_integer():
-        return str(int(value))
-    return f"{round(value * 1000)}m"

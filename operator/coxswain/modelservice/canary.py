@@ -18,12 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from coxswain.api.modelservice import (
-    DEFAULT_CANARY_PERCENT,
-    CanaryAnalysis,
-    CanaryPhase,
-    CanaryStatus,
-)
+from coxswain.api.conditions import ModelServiceReason as R
+from coxswain.api.modelservice import CanaryAnalysis, CanaryPhase, CanaryStatus, Versions
 from coxswain.modelservice.load import VersionWindow
 
 # Latency differences smaller than this are no problem for anybody, whatever the ratio:
@@ -49,22 +45,14 @@ class Judgement:
 
 def first_step(analysis: CanaryAnalysis, canary_percent: int | None) -> int:
     """The first step at or above canaryPercent (the user's starting traffic), else step 0."""
-    if canary_percent is None:
-        return 0
-    for i, pct in enumerate(analysis.steps):
-        if pct >= canary_percent:
-            return i
-    return len(analysis.steps) - 1
+    return analysis.first_step(canary_percent)
 
 
-def canary_traffic(
-    canary_percent: int | None, analysis: CanaryAnalysis | None, record: CanaryStatus | None
-) -> int:
-    """Percent of unversioned requests the canary gets now."""
-    if analysis is None:
-        return DEFAULT_CANARY_PERCENT if canary_percent is None else canary_percent
-    if record is None or record.phase is None:
-        return analysis.steps[first_step(analysis, canary_percent)]
+def canary_traffic(versions: Versions, record: CanaryStatus | None) -> int:
+    """Percent of unversioned requests the canary gets now (given it has one)."""
+    analysis = versions.analysis
+    if analysis is None or record is None or record.phase is None:
+        return versions.effective_canary_percent
     if record.phase == CanaryPhase.ROLLED_BACK:
         return 0
     if record.phase == CanaryPhase.PROMOTED:
@@ -142,7 +130,7 @@ def advance(record: CanaryStatus, version: str, analysis: CanaryAnalysis, judgem
         message = f"canary {version} rolled back at {analysis.steps[step]}% traffic: {judgement.message}"
         return StepResult(
             CanaryStatus(phase=CanaryPhase.ROLLED_BACK, version=version, step=step, message=message),
-            "CanaryRolledBack",
+            R.CANARY_ROLLED_BACK,
             message + "; it keeps 0% until spec.versions.canary changes",
             warning=True,
         )
@@ -151,13 +139,13 @@ def advance(record: CanaryStatus, version: str, analysis: CanaryAnalysis, judgem
         message = f"canary {version} promoted to 100% of traffic: {judgement.message}"
         return StepResult(
             CanaryStatus(phase=CanaryPhase.PROMOTED, version=version, step=step, message=message),
-            "CanaryPromoted",
+            R.CANARY_PROMOTED,
             message + "; set spec.versions.stable to it and remove the canary to make it permanent",
         )
     message = f"canary {version} at {analysis.steps[nxt]}% after passing {analysis.steps[step]}%: {judgement.message}"
     return StepResult(
         CanaryStatus(phase=CanaryPhase.PROGRESSING, version=version, step=nxt, message=message),
-        "CanaryStepPassed",
+        R.CANARY_STEP_PASSED,
         message,
     )
 

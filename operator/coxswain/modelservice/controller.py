@@ -1,39 +1,39 @@
-"""kopf wiring for ModelServices: watches wake one loop per service; the logic is elsewhere.
+"""The ModelService controller: kopf watches feed the shared runtime (coxswain.runtime).
 
 - `@kopf.index` keeps each service's pods and children (Deployment, Service, ConfigMap,
-  HPA) and every TrainingJob in memory, so a pass lists nothing from the API server.
-- Watch events of those objects and of the ModelService itself wake its loop. The loop
-  also wakes every SCRAPE_INTERVAL seconds to read the servers' /metrics (pulled: server
-  pods hold no API credentials) for the autoscaler and the canary analysis.
-- kopf starts the loop (a daemon) for every ModelService, also after an operator restart,
-  and cancels it when the object goes; children go by ownerReference garbage collection.
+  HPA) in memory, so a pass lists nothing from the API server; the TrainingJob a service
+  serves from is read from the TrainingJob controller's cache.
+- Watch events of those objects and of the ModelService itself queue its key. A pass also
+  asks for the next one every SCRAPE_INTERVAL seconds to read the servers' /metrics
+  (pulled: server pods hold no API credentials) for the autoscaler and the canary analysis.
+- No daemon and no finalizer (deletion never waits for the operator; older operators'
+  finalizers are removed on the first pass): children go by ownerReference garbage
+  collection, our bookkeeping on the DELETED event.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
-from lightkube import ApiError
 
-from coxswain import events, metrics
-from coxswain.api import GROUP, MODELSERVICE_PLURAL, TRAININGJOB_PLURAL, VERSION
+from coxswain import metrics
+from coxswain.api import GROUP, MODELSERVICE_PLURAL, VERSION
 from coxswain.api.common import ConditionStatus
 from coxswain.api.conditions import ModelServiceConditionType as C
+from coxswain.api.conditions import ModelServiceReason as R
 from coxswain.api.modelservice import AutoscalingMode, ModelService
 from coxswain.conditions import get_condition
+from coxswain.kube import MODELSERVICE_RESOURCE
 from coxswain.modelservice import naming
-from coxswain.modelservice.executor import execute, patch_status
+from coxswain.modelservice.executor import execute
 from coxswain.modelservice.planner import Memory, Observed, Plan, plan
 from coxswain.modelservice.scrape import scrape, scrape_targets
-from coxswain.own_writes import OwnWrites
-from coxswain.runtime import Runtime
+from coxswain.runtime import Key, Logger, Runtime
 
 # Seconds between scrapes while the builtin autoscaler or a canary analysis needs them:
 # with a 3 s period a load step is seen within 3 s and acted on in the same pass.
@@ -41,37 +41,12 @@ SCRAPE_INTERVAL = 3.0
 LOAD_INTERVAL = 15.0  # hpa / none modes: scrape only for status.load
 RESYNC_INTERVAL = 60.0
 LABELS = {naming.LABEL_MODELSERVICE: kopf.PRESENT}
+WORKERS = 8
+KIND = "ModelService"
+
+log = logging.getLogger("coxswain.modelservice")
 
 _POD_STATUS_KEYS = ("phase", "podIP", "conditions", "containerStatuses")
-
-
-@dataclass
-class ServingState:
-    """The ModelService controller's share of kopf's memo (separate from the TrainingJob
-    controller's: a ModelService and a TrainingJob often share a name)."""
-
-    wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
-    memory: dict[tuple[str, str], Memory] = field(default_factory=dict)
-    # Our own last write of each ModelService (see own_writes).
-    written: OwnWrites = field(default_factory=OwnWrites)
-
-    @staticmethod
-    def of(memo: kopf.Memo) -> ServingState:
-        state = memo.get("modelservice")
-        if not isinstance(state, ServingState):
-            state = ServingState()
-            memo["modelservice"] = state
-        return state
-
-    def wake(self, namespace: str, name: str | None = None) -> None:
-        for (ns, ms), event in list(self.wakers.items()):
-            if ns == namespace and (name is None or ms == name):
-                event.set()
-
-    def forget(self, namespace: str, name: str) -> None:
-        self.wakers.pop((namespace, name), None)
-        self.memory.pop((namespace, name), None)
-        self.written.forget((namespace, name))
 
 
 def _slim(body: kopf.Body, status_keys: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -96,185 +71,155 @@ def _slim(body: kopf.Body, status_keys: tuple[str, ...] | None = None) -> dict[s
     }
 
 
+def _controller(memo: kopf.Memo) -> Any:
+    return Runtime.of(memo).controllers[KIND]
+
+
 def _child_index(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo
 ) -> dict[tuple[str, str], dict[str, Any]]:
     key = (namespace or "", labels[naming.LABEL_MODELSERVICE])
-    ServingState.of(memo).wake(*key)
+    _controller(memo).wake(key)
     return {key: _slim(body)}
 
 
+# Async: they run on the event loop, where the work queue lives (kopf runs sync handlers in
+# threads).
 @kopf.index("", "v1", "pods", labels=LABELS)
-def modelservice_pods(
+async def modelservice_pods(
     *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     key = (namespace or "", labels[naming.LABEL_MODELSERVICE])
-    ServingState.of(memo).wake(*key)
+    _controller(memo).wake(key)
     return {key: _slim(body, _POD_STATUS_KEYS)}
 
 
 @kopf.index("apps", "v1", "deployments", labels=LABELS)
-def modelservice_deployments(
+async def modelservice_deployments(
     *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return _child_index(namespace, labels, body, memo)
 
 
 @kopf.index("", "v1", "services", labels=LABELS)
-def modelservice_services(
+async def modelservice_services(
     *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return _child_index(namespace, labels, body, memo)
 
 
 @kopf.index("", "v1", "configmaps", labels=LABELS)
-def modelservice_configmaps(
+async def modelservice_configmaps(
     *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return _child_index(namespace, labels, body, memo)
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=LABELS)
-def modelservice_hpas(
+async def modelservice_hpas(
     *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return _child_index(namespace, labels, body, memo)
 
 
-@kopf.index(GROUP, VERSION, TRAININGJOB_PLURAL)
-def modelservice_trainingjobs(
-    *, namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """A job's success is what a ModelService with trainingJobRef waits for: wake them."""
-    ServingState.of(memo).wake(namespace or "")
-    spec = body.get("spec", {}) or {}
-    return {
-        (namespace or "", name): {
-            "spec": {"export": spec.get("export")},
-            "status": {
-                k: v
-                for k, v in (body.get("status", {}) or {}).items()
-                if k in ("phase", "exportedModel", "progress")
-            },
-        }
-    }
-
-
-@kopf.index(GROUP, VERSION, MODELSERVICE_PLURAL)
-def modelservice_wakeup(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Spec changes (versions, replicas from `kubectl scale` or an HPA) take effect at once."""
-    ServingState.of(memo).wake(namespace or "", name)
-
-
-@kopf.on.delete(GROUP, VERSION, MODELSERVICE_PLURAL, optional=True)
-def modelservice_deleted(
-    *, namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+# kopf's "Handler 'modelservice_seen' succeeded." INFO line is dropped by a log filter
+# (cli/operator.py).
+@kopf.on.event(GROUP, VERSION, MODELSERVICE_PLURAL)
+async def modelservice_seen(
+    *, type: str | None, namespace: str | None, name: str, memo: kopf.Memo, body: kopf.Body, **_: Any
 ) -> None:
-    metrics.forget_modelservice(namespace or "", name)
-    ServingState.of(memo).forget(namespace or "", name)
-    logger.info(
-        "ModelService deleted; its Deployment, pods, Service, ConfigMap and HPA are garbage-collected"
-    )
+    """Keep the latest body and queue the service: spec changes (versions, replicas from
+    `kubectl scale` or an HPA) take effect at once."""
+    key = (namespace or "", name)
+    controller = _controller(memo)
+    if type == "DELETED":
+        metrics.forget_modelservice(*key)
+        controller.forget(key)
+        log.info(
+            "[%s/%s] ModelService deleted; its Deployment, pods, Service, ConfigMap and HPA are "
+            "garbage-collected",
+            *key,
+        )
+        return
+    controller.seen(key, body)
 
 
-def _first(
-    index: kopf.Index[tuple[str, str], dict[str, Any]], key: tuple[str, str], kind: str
-) -> dict[str, Any] | None:
+def _first(index: Mapping[Key, Any], key: Key, kind: str) -> dict[str, Any] | None:
     for obj in index.get(key, []):
         if obj.get("kind") in (kind, None):
-            return obj
+            return cast(dict[str, Any], obj)
     return None
 
 
-@kopf.daemon(GROUP, VERSION, MODELSERVICE_PLURAL, cancellation_timeout=5.0)
-async def modelservice_loop(
-    *,
-    body: kopf.Body,
-    namespace: str | None,
-    name: str,
-    memo: kopf.Memo,
-    logger: kopf.Logger,
-    stopped: kopf.DaemonStopped,
-    **kwargs: Any,
-) -> None:
-    state = ServingState.of(memo)
-    runtime = Runtime.of(memo)
-    key = (namespace or "", name)
-    wake = state.wakers.setdefault(key, asyncio.Event())
-    while not stopped:
-        wake.clear()
-        delay = RESYNC_INTERVAL
-        started = time.monotonic()
-        try:
-            delay = await reconcile(body, runtime, state, logger, key, kwargs)
-        except ApiError as exc:
-            metrics.RECONCILE_ERRORS.labels("ModelService").inc()
-            logger.warning("reconcile failed, retrying in 5 s: %s", exc.status.message)
-            delay = 5.0
-        except ValueError as exc:
-            metrics.RECONCILE_ERRORS.labels("ModelService").inc()
-            logger.error("this ModelService does not parse (is the CRD older than the operator?): %s", exc)
-        finally:
-            metrics.RECONCILE_DURATION.labels("ModelService").observe(time.monotonic() - started)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=delay)
+@dataclass
+class Observation:
+    observed: Observed
+    scraped_at: float
 
 
-async def reconcile(
-    body: kopf.Body,
-    runtime: Runtime,
-    state: ServingState,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    key: tuple[str, str],
-    indexes: dict[str, Any],
-) -> float:
-    """One pass; returns the seconds until the next pass is needed without a watch event."""
-    raw = state.written.freshest(dict(body))
-    if raw.get("metadata", {}).get("deletionTimestamp"):
-        return RESYNC_INTERVAL
-    ms = ModelService.model_validate(raw)
-    pods = [p for p in indexes["modelservice_pods"].get(key, []) if p]
-    ref = ms.spec.model.training_job_ref
-    trainingjob = _first(indexes["modelservice_trainingjobs"], (key[0], ref.name), "") if ref else None
-    targets = scrape_targets(pods)
-    scraped_at = time.monotonic()
-    samples = await scrape(runtime.http, targets) if targets else {}
-    if len(samples) < len(targets):
-        metrics.MODELSERVICE_SCRAPE_FAILURES.labels(*key).inc(len(targets) - len(samples))
-    observed = Observed(
-        deployment=_first(indexes["modelservice_deployments"], key, "Deployment"),
-        service=_first(indexes["modelservice_services"], key, "Service"),
-        traffic=_first(indexes["modelservice_configmaps"], key, "ConfigMap"),
-        hpa=_first(indexes["modelservice_hpas"], key, "HorizontalPodAutoscaler"),
-        pods=pods,
-        trainingjob=trainingjob,
-        samples=samples,
-    )
-    memory = state.memory.get(key) or Memory()
-    result = plan(ms, observed, memory, datetime.now(UTC), time.monotonic())
-    state.memory[key] = result.memory
+@dataclass
+class ModelServices:
+    """The ModelService kind on the shared runtime."""
 
-    old_status = ms.status.to_dict() if ms.status else {}
-    new_status = result.status.to_dict()
-    if new_status != old_status:
-        cleared = {k: None for k in old_status if k not in new_status}
-        state.written.remember(await patch_status(runtime.client, ms, {**cleared, **new_status}))
-    written = await execute(runtime.client, ms, result, logger)
-    if written is not None:
-        state.written.remember(written)
-    if result.scale is not None and samples:
-        metrics.MODELSERVICE_SCALE_DECISION_SECONDS.observe(time.monotonic() - scraped_at)
-    for event in result.events:
-        events.post(raw, event.type, event.reason, event.message)
-        log = logger.warning if event.type == "Warning" else logger.info
-        log("%s: %s", event.reason, event.message)
-    _record_metrics(ms, result)
+    runtime: Runtime
+    name: str = KIND
+    resource: Any = MODELSERVICE_RESOURCE
+    workers: int = WORKERS
+    resync: float = RESYNC_INTERVAL
+    # What the autoscaler and the canary analysis remember between passes (see planner.Memory).
+    memory: dict[Key, Memory] = field(default_factory=dict)
 
-    auto = ms.spec.autoscaling
-    analysing = ms.spec.versions.analysis is not None and ms.spec.versions.canary is not None
-    if auto.mode == AutoscalingMode.BUILTIN or analysing:
-        return SCRAPE_INTERVAL
-    return LOAD_INTERVAL if pods else RESYNC_INTERVAL
+    def parse(self, raw: dict[str, Any]) -> ModelService:
+        return ModelService.model_validate(raw)
+
+    async def observe(self, key: Key, ms: ModelService) -> Observation:
+        index = self.runtime.index
+        pods = [p for p in index("modelservice_pods").get(key, []) if p]
+        ref = ms.spec.model.training_job_ref
+        trainingjobs = self.runtime.controllers.get("TrainingJob")
+        trainingjob = trainingjobs.bodies.get((key[0], ref.name)) if ref and trainingjobs else None
+        targets = scrape_targets(pods)
+        scraped_at = time.monotonic()
+        samples = await scrape(self.runtime.http, targets) if targets else {}
+        if len(samples) < len(targets):
+            metrics.MODELSERVICE_SCRAPE_FAILURES.labels(*key).inc(len(targets) - len(samples))
+        observed = Observed(
+            deployment=_first(index("modelservice_deployments"), key, "Deployment"),
+            service=_first(index("modelservice_services"), key, "Service"),
+            traffic=_first(index("modelservice_configmaps"), key, "ConfigMap"),
+            hpa=_first(index("modelservice_hpas"), key, "HorizontalPodAutoscaler"),
+            pods=pods,
+            trainingjob=trainingjob,
+            samples=samples,
+        )
+        return Observation(observed, scraped_at)
+
+    def plan(self, key: Key, ms: ModelService, observation: Observation) -> Plan:
+        memory = self.memory.get(key) or Memory()
+        clock = self.runtime.clock
+        result = plan(ms, observation.observed, memory, clock.now(), time.monotonic())
+        self.memory[key] = result.memory
+        return result
+
+    async def act(self, ms: ModelService, result: Plan, logger: Logger) -> dict[str, Any] | None:
+        written = await execute(self.runtime.client, ms, result, logger)
+        for event in result.events:
+            say = logger.warning if event.type == "Warning" else logger.info
+            say("%s: %s", event.reason, event.message)
+        return written
+
+    def record(self, key: Key, ms: ModelService, result: Plan, observation: Observation) -> float:
+        if result.scale is not None and observation.observed.samples:
+            metrics.MODELSERVICE_SCALE_DECISION_SECONDS.observe(time.monotonic() - observation.scraped_at)
+        _record_metrics(ms, result)
+        auto = ms.spec.autoscaling
+        analysing = ms.spec.versions.analysis is not None and ms.spec.versions.canary is not None
+        if auto.mode == AutoscalingMode.BUILTIN or analysing:
+            return SCRAPE_INTERVAL
+        return LOAD_INTERVAL if observation.observed.pods else RESYNC_INTERVAL
+
+    def forget(self, key: Key) -> None:
+        self.memory.pop(key, None)
 
 
 def _record_metrics(ms: ModelService, result: Plan) -> None:
@@ -302,5 +247,5 @@ def _record_metrics(ms: ModelService, result: Plan) -> None:
     metrics.MODELSERVICE_CANARY_TRAFFIC.labels(ns, name).set(pct)
     if result.rolled_back:
         metrics.MODELSERVICE_CANARY_ROLLBACKS.labels(ns, name).inc()
-    if any(e.reason == "CanaryPromoted" for e in result.events):
+    if any(e.reason == R.CANARY_PROMOTED for e in result.events):
         metrics.MODELSERVICE_CANARY_PROMOTIONS.labels(ns, name).inc()

@@ -18,18 +18,6 @@ from coxswain.modelservice.planner import Action, ActionKind, Plan
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
-async def patch_status(client: AsyncClient, ms: ModelService, status: dict[str, Any]) -> dict[str, Any]:
-    """Merge-patch the status subresource; returns the object as stored now."""
-    updated = await client.patch(
-        MODELSERVICE_RESOURCE.Status,
-        ms.metadata.name or "",
-        {"status": status},
-        namespace=ms.metadata.namespace,
-        patch_type=PatchType.MERGE,
-    )
-    return dict(updated)
-
-
 async def execute(client: AsyncClient, ms: ModelService, plan: Plan, log: Logger) -> dict[str, Any] | None:
     """Apply the plan's actions in order; returns the ModelService if an action rewrote it."""
     written: dict[str, Any] | None = None

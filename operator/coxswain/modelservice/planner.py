@@ -30,6 +30,7 @@ from coxswain.api.modelservice import (
     VersionStatus,
 )
 from coxswain.conditions import get_condition, set_condition
+from coxswain.events import Event
 from coxswain.modelservice import autoscaler, builders, canary, naming
 from coxswain.modelservice.load import Window, total_inflight, window
 from coxswain.modelservice.readiness import inspect_pods, load_failure_reason, weights_applied
@@ -37,17 +38,6 @@ from coxswain.modelservice.scrape import PodSample
 from coxswain.modelservice.source import NotServable, ServedModel, resolve
 
 MIN_RATE_SECONDS = 2.0
-
-
-class Reason(StrEnum):
-    """Reasons api/conditions.py does not have yet (CamelCase, defined once, here)."""
-
-    MODEL_LOADING = "ModelLoading"
-    SCALED_TO_ZERO = "ScaledToZero"
-    NOT_ENOUGH_READY = "NotEnoughReadyReplicas"
-    WEIGHTS_PROPAGATING = "WeightsPropagating"
-    HEALTHY = "Healthy"
-    PODS_PENDING = "PodsPending"
 
 
 class ActionKind(StrEnum):
@@ -65,13 +55,6 @@ class Action:
     kind: ActionKind
     obj: dict[str, Any] | None = None
     replicas: int = 0
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass
@@ -195,7 +178,7 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     record = canary.current_record(
         served.canary, ms.spec.versions.analysis, ms.spec.versions.canary_percent, old.canary
     )
-    pct = canary.canary_traffic(ms.spec.versions.canary_percent, ms.spec.versions.analysis, record)
+    pct = canary.canary_traffic(ms.spec.versions, record)
     weights = canary.weights(served.stable, served.canary, pct)
     # Only ready pods get requests: a pod still loading answers /metrics without weights yet.
     ready_samples = {n: s for n, s in obs.samples.items() if n in report.ready_names}
@@ -206,7 +189,7 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     if served.canary is not None and served.canary not in {v.version for v in old.versions}:
         how = f"analysis from {pct}%" if ms.spec.versions.analysis is not None else f"{pct}% of traffic"
         result.events.append(
-            Event("Normal", "CanaryStarted", f"canary {served.canary} next to {served.stable}: {how}")
+            Event("Normal", R.CANARY_STARTED, f"canary {served.canary} next to {served.stable}: {how}")
         )
     result.weights = weights
 
@@ -262,7 +245,7 @@ def _analyse(
             Event("Warning" if step.warning else "Normal", step.event_reason, step.event_message)
         )
         result.rolled_back = step.record.phase == CanaryPhase.ROLLED_BACK
-    pct = canary.canary_traffic(ms.spec.versions.canary_percent, analysis, step.record)
+    pct = canary.canary_traffic(ms.spec.versions, step.record)
     return step.record, canary.weights(served.stable, served.canary, pct)
 
 
@@ -271,7 +254,7 @@ def _not_servable(ms: ModelService, result: Plan, served: NotServable, report: A
     cond(C.MODEL_LOADED, False, reason, served.message)
     cond(C.READY, False, reason, served.message)
     cond(C.PROGRESSING, served.waiting, reason, served.message)
-    cond(C.DEGRADED, not served.waiting, reason if not served.waiting else Reason.HEALTHY, served.message)
+    cond(C.DEGRADED, not served.waiting, reason if not served.waiting else R.HEALTHY, served.message)
     old = get_condition((ms.status or ModelServiceStatus()).conditions, C.MODEL_LOADED)
     if old is None or old.reason != reason or old.message != served.message:
         result.events.append(Event("Normal" if served.waiting else "Warning", reason, served.message))
@@ -299,22 +282,22 @@ def _conditions(
         cond(C.MODEL_LOADED, False, load_failure_reason(report.load_failure), report.load_failure)
     else:
         why = report.pending or "waiting for a pod to load and warm up the model"
-        cond(C.MODEL_LOADED, ConditionStatus.UNKNOWN, Reason.MODEL_LOADING, why)
+        cond(C.MODEL_LOADED, ConditionStatus.UNKNOWN, R.MODEL_LOADING, why)
     # Ready: true only when a request would succeed on enough pods.
     if desired == 0:
-        cond(C.READY, False, Reason.SCALED_TO_ZERO, "spec.replicas is 0: no pod serves requests")
+        cond(C.READY, False, R.SCALED_TO_ZERO, "spec.replicas is 0: no pod serves requests")
     elif report.ready == 0:
         detail = (
             f"crash looping: {crash}" if crash else (report.load_failure or report.pending or "pods starting")
         )
         cond(C.READY, False, R.NO_READY_REPLICAS, f"0 of {desired} pods ready; {detail}")
     elif report.ready < need:
-        cond(C.READY, False, Reason.NOT_ENOUGH_READY, f"{report.ready} of at least {need} pods ready")
+        cond(C.READY, False, R.NOT_ENOUGH_READY, f"{report.ready} of at least {need} pods ready")
     elif not weights_ok:
         cond(
             C.READY,
             False,
-            Reason.WEIGHTS_PROPAGATING,
+            R.WEIGHTS_PROPAGATING,
             "pods have not applied the current traffic weights yet",
         )
     else:
@@ -337,11 +320,11 @@ def _conditions(
     elif record is not None and record.phase == CanaryPhase.ROLLED_BACK:
         cond(C.DEGRADED, True, R.CANARY_ROLLED_BACK, record.message)
     elif report.pending is not None:
-        cond(C.DEGRADED, True, Reason.PODS_PENDING, report.pending)
+        cond(C.DEGRADED, True, R.PODS_PENDING, report.pending)
     elif report.ready < need and report.existing >= need:
         cond(C.DEGRADED, True, R.REPLICAS_UNAVAILABLE, f"{report.ready} of at least {need} pods ready")
     else:
-        cond(C.DEGRADED, False, Reason.HEALTHY, "no problem seen")
+        cond(C.DEGRADED, False, R.HEALTHY, "no problem seen")
     before, after = get_condition(old.conditions, C.READY), get_condition(status.conditions, C.READY)
     if after is not None and (before is None or before.status != after.status):
         kind = "Normal" if after.status == ConditionStatus.TRUE else "Warning"

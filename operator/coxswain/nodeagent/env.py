@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from coxswain.nodeagent.quantity import parse_quantity
+from coxswain.quantity import parse_quantity, whole_cores
 
 # (namespace, name) -> the object's data as text, or None when it does not exist.
 DataLookup = Callable[[str, str], Awaitable[dict[str, str] | None]]
@@ -154,4 +154,4 @@ def cpu_threads(container: Mapping[str, Any]) -> int | None:
     limit = ((container.get("resources") or {}).get("limits") or {}).get("cpu")
     if limit is None:
         return None
-    return max(1, int(parse_quantity(limit)))
+    return whole_cores(limit)

@@ -20,7 +20,6 @@ from coxswain.nodeagent.config import AgentConfig, image_entry
 from coxswain.nodeagent.dns import PodAddress, resolv_conf
 from coxswain.nodeagent.env import EnvError, build_env, cpu_threads, expand
 from coxswain.nodeagent.probes import probe_loop
-from coxswain.nodeagent.quantity import parse_quantity
 from coxswain.nodeagent.volumes import (
     Sources,
     VolumeError,
@@ -28,6 +27,7 @@ from coxswain.nodeagent.volumes import (
     prepare_volumes,
     unsupported_volumes,
 )
+from coxswain.quantity import parse_quantity
 
 log = logging.getLogger(__name__)
 

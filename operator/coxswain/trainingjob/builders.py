@@ -9,7 +9,6 @@ pod: whole-gang restarts are the operator's, not the Job controller's.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import yaml
@@ -17,6 +16,7 @@ import yaml
 from coxswain.api import API_VERSION, TRAININGJOB_KIND
 from coxswain.api.trainingjob import Backend, TrainingJob, TrainingJobSpec
 from coxswain.podsecurity import container_security_context, pod_security_context
+from coxswain.quantity import whole_cores
 from coxswain.trainingjob import naming
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -107,14 +107,9 @@ def build_service(tj: TrainingJob) -> dict[str, Any]:
     }
 
 
-_CPU = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(m?)$")
-
-
 def cpu_threads(cpu: str, procs_per_node: int) -> int:
     """Threads per process for a pod CPU limit: whole cores split across its processes."""
-    m = _CPU.match(cpu)
-    cores = (float(m.group(1)) / (1000 if m.group(2) else 1)) if m else 1.0
-    return max(1, int(cores // procs_per_node))
+    return max(1, whole_cores(cpu) // procs_per_node)
 
 
 def build_env(tj: TrainingJob, attempt: int) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from lightkube.resources.batch_v1 import Job
 from lightkube.types import CascadeType, PatchType
 
 from coxswain.api.trainingjob import TrainingJob
-from coxswain.kube import TRAININGJOB_RESOURCE, is_conflict, is_not_found
+from coxswain.kube import FIELD_MANAGER, TRAININGJOB_RESOURCE, is_conflict, is_not_found
 from coxswain.podhttp import PROGRESS_MAX_BYTES, get_bounded
 from coxswain.trainingjob import builders, naming
 from coxswain.trainingjob.planner import Action, ActionKind, Plan
@@ -32,7 +32,7 @@ async def _create_or_replace(client: AsyncClient, obj: dict[str, Any], replace: 
             raise
         if replace:
             # Server-side apply: our fields, our manager; leaves fields of others alone.
-            await client.apply(from_dict(obj), field_manager="coxswain", force=True)
+            await client.apply(from_dict(obj), field_manager=FIELD_MANAGER, force=True)
 
 
 async def execute(
@@ -44,18 +44,6 @@ async def execute(
     current = tj.model_copy(update={"status": plan.status})
     for action in plan.actions:
         await _execute_one(client, current, ns, name, action, log_)
-
-
-async def patch_status(client: AsyncClient, tj: TrainingJob, status: dict[str, Any]) -> dict[str, Any]:
-    """Merge-patch the status subresource; returns the object as stored now."""
-    updated = await client.patch(
-        TRAININGJOB_RESOURCE.Status,
-        tj.metadata.name or "",
-        {"status": status},
-        namespace=tj.metadata.namespace,
-        patch_type=PatchType.MERGE,
-    )
-    return dict(updated)
 
 
 async def _execute_one(
@@ -120,4 +108,4 @@ async def fetch_progress(
     return doc if isinstance(doc, dict) else None
 
 
-__all__ = ["execute", "fetch_progress", "naming", "patch_status"]
+__all__ = ["execute", "fetch_progress", "naming"]

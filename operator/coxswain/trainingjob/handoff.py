@@ -9,10 +9,9 @@ from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
 from coxswain import events
+from coxswain.api.conditions import TrainingJobReason as R
 from coxswain.api.trainingjob import Rollout, TrainingJob
 from coxswain.kube import MODELSERVICE_RESOURCE, is_not_found
-
-DEFAULT_CANARY_PERCENT = 10
 
 
 def handoff_patch(
@@ -33,7 +32,7 @@ def handoff_patch(
         return {"spec": {"versions": {"stable": version, "canary": None, "canaryPercent": None}}}
     if current_versions.get("canary") == version or current_versions.get("stable") == version:
         return None
-    percent = serving.canary_percent or DEFAULT_CANARY_PERCENT
+    percent = serving.effective_canary_percent
     versions: dict[str, Any] = {"canary": version, "canaryPercent": percent}
     promoted = (canary_status or {}).get("phase") == "Promoted"
     if (
@@ -58,7 +57,7 @@ async def hand_off(
         if not is_not_found(exc):
             raise
         message = f"spec.serving.modelService {serving.model_service} does not exist in namespace {ns}; create it to serve the model"
-        events.post(tj.to_dict(), "Warning", "HandoffSkipped", message)
+        events.post(tj.to_dict(), "Warning", R.HANDOFF_SKIPPED, message)
         log.warning(message)
         return
     ref = ((ms.get("spec") or {}).get("model") or {}).get("trainingJobRef") or {}
@@ -81,5 +80,5 @@ async def hand_off(
     )
     exported = tj.status.exported_model if tj.status else None
     message = f"rolled version {exported.version if exported else '?'} into ModelService {serving.model_service} as {serving.rollout.value}"
-    events.post(tj.to_dict(), "Normal", "HandedOff", message)
+    events.post(tj.to_dict(), "Normal", R.HANDED_OFF, message)
     log.info(message)

@@ -1,4 +1,4 @@
-"""Decide, from what is observed, the TrainingJob's status and the actions to take.
+"""Decide, from what is observed (observation.py), the TrainingJob's status and the actions to take.
 
 Level-triggered and pure: the same observation gives the same plan, so an operator killed
 at any point and started again carries on (style.md: KEP-2307). The status is written
@@ -9,7 +9,6 @@ deleted and the next one made; a restarted operator finds the record and finishe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -21,18 +20,26 @@ from coxswain.api.conditions import TrainingJobPhase as Phase
 from coxswain.api.conditions import TrainingJobReason as R
 from coxswain.api.trainingjob import (
     CleanPodPolicy,
-    ExportedModel,
     FailureAction,
-    LastCheckpoint,
     LastFailure,
-    Progress,
     ProgressState,
     TrainingJob,
     TrainingJobStatus,
 )
 from coxswain.conditions import get_condition, set_condition
+from coxswain.events import Event
 from coxswain.trainingjob import naming
 from coxswain.trainingjob.failures import FailureCause, PodFailure, root_cause
+from coxswain.trainingjob.observation import (
+    Observed,
+    attempt_of,
+    exported_model,
+    job_condition,
+    last_checkpoint,
+    merge_progress,
+    pending_reason,
+    rank0_pod,
+)
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
 
@@ -57,13 +64,6 @@ class Action:
 
 
 @dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
 class RestartRecord:
     cause: str
     charged: bool
@@ -79,126 +79,11 @@ class Plan:
     finished: Phase | None = None  # set on the pass that finishes the job (for metrics)
 
 
-@dataclass(frozen=True)
-class Observed:
-    """What the watches show for one TrainingJob: its batch Jobs and pods (all attempts)."""
-
-    jobs: list[dict[str, Any]]
-    pods: list[dict[str, Any]]
-    progress: dict[str, Any] | None = None  # rank 0's /progress, when it answered
-
-
-def attempt_of(obj: dict[str, Any]) -> int | None:
-    value = obj.get("metadata", {}).get("labels", {}).get(naming.LABEL_ATTEMPT)
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 def backoff_seconds(tj: TrainingJob, restarts_so_far: int) -> float:
     """Exponential back-off: base * 2^(n-1) for the n-th restart, capped."""
     policy = tj.spec.failure_policy
     n = max(restarts_so_far, 1)
     return float(min(policy.backoff_seconds * 2 ** (n - 1), policy.max_backoff_seconds))
-
-
-def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for cond in job.get("status", {}).get("conditions", []) or []:
-        if cond.get("type") == type_ and cond.get("status") == "True":
-            return dict(cond)
-    return None
-
-
-def _rank(pod: dict[str, Any]) -> int:
-    labels = pod.get("metadata", {}).get("labels", {})
-    annotations = pod.get("metadata", {}).get("annotations", {})
-    value = labels.get(
-        naming.LABEL_COMPLETION_INDEX, annotations.get(naming.ANNOTATION_COMPLETION_INDEX, "-1")
-    )
-    try:
-        return int(value)
-    except ValueError:
-        return -1
-
-
-def rank0_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return next((p for p in pods if _rank(p) == 0), None)
-
-
-def pending_reason(pods: list[dict[str, Any]], expected: int) -> str:
-    """Why the gang is not all running yet, in the scheduler's and kubelet's words."""
-    running = sum(1 for p in pods if p.get("status", {}).get("phase") == "Running")
-    parts = [f"{running}/{expected} pods running"]
-    for pod in sorted(pods, key=_rank):
-        status = pod.get("status", {})
-        if status.get("phase") != "Pending":
-            continue
-        for cond in status.get("conditions", []) or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                msg = (cond.get("message") or cond.get("reason") or "").strip()
-                parts.append(f"pod {pod['metadata']['name']} cannot be scheduled: {msg}")
-                return "; ".join(parts)
-        for cs in status.get("containerStatuses", []) or []:
-            waiting = (cs.get("state") or {}).get("waiting")
-            if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
-                parts.append(
-                    f"pod {pod['metadata']['name']} is waiting: {waiting.get('reason')} {waiting.get('message', '')}".strip()
-                )
-                return "; ".join(parts)
-    missing = expected - len(pods)
-    if missing > 0:
-        parts.append(f"{missing} pods not created yet")
-    return "; ".join(parts)
-
-
-def _exported_model(pods: list[dict[str, Any]]) -> ExportedModel | None:
-    """Rank 0 writes a JSON line to its termination log on success (the trainer contract)."""
-    pod = rank0_pod(pods)
-    if pod is None:
-        return None
-    for cs in pod.get("status", {}).get("containerStatuses", []) or []:
-        term = (cs.get("state") or {}).get("terminated") or {}
-        message = (term.get("message") or "").strip()
-        for line in reversed(message.splitlines()):
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            exported = doc.get("exportedModel") if isinstance(doc, dict) else None
-            if isinstance(exported, dict):
-                try:
-                    return ExportedModel.model_validate(exported)
-                except ValueError:
-                    return None
-    return None
-
-
-def _merge_progress(old: Progress | None, fresh: dict[str, Any] | None, now: datetime) -> Progress | None:
-    if fresh is None:
-        return old
-    keys = set(Progress.model_fields)
-    by_alias = {f.alias or name: name for name, f in Progress.model_fields.items()}
-    data = {by_alias.get(k, k): v for k, v in fresh.items() if by_alias.get(k, k) in keys}
-    try:
-        new = Progress.model_validate(data)
-    except ValueError:
-        return old
-    stepped = old is None or old.step != new.step or old.last_update_time is None
-    return new.model_copy(
-        update={"last_update_time": now if stepped else old.last_update_time if old else now}
-    )
-
-
-def _last_checkpoint(old: LastCheckpoint | None, fresh: dict[str, Any] | None) -> LastCheckpoint | None:
-    """Rank 0's newest checkpoint as /progress reports it (kept across attempts)."""
-    record = (fresh or {}).get("lastCheckpoint")
-    if not isinstance(record, dict):
-        return old
-    try:
-        return LastCheckpoint.model_validate(record)
-    except ValueError:
-        return old
 
 
 class Planner:
@@ -364,7 +249,7 @@ class Planner:
 
     def observe_job(self, job: dict[str, Any]) -> None:
         pods = self.pods_of_attempt(self.attempt)
-        failed_job = _job_condition(job, "Failed")
+        failed_job = job_condition(job, "Failed")
         failure = root_cause(pods)
         if failure is not None and failure.follower and failed_job is None:
             # Only pods that were torn down (a suspend, a deleted pod the Job controller
@@ -373,11 +258,11 @@ class Planner:
         if failure is not None or failed_job is not None:
             self.handle_failure(job, failure, failed_job)
             return
-        if _job_condition(job, "Complete") is not None:
+        if job_condition(job, "Complete") is not None:
             self.succeed(pods)
             return
-        self.status.progress = _merge_progress(self.status.progress, self.obs.progress, self.now)
-        self.status.last_checkpoint = _last_checkpoint(self.status.last_checkpoint, self.obs.progress)
+        self.status.progress = merge_progress(self.status.progress, self.obs.progress, self.now)
+        self.status.last_checkpoint = last_checkpoint(self.status.last_checkpoint, self.obs.progress)
         running = [
             p
             for p in pods
@@ -545,7 +430,7 @@ class Planner:
     def succeed(self, pods: list[dict[str, Any]]) -> None:
         self.set_phase(Phase.SUCCEEDED)
         self.status.completion_time = self.now
-        exported = _exported_model(pods)
+        exported = exported_model(pods)
         if exported is not None:
             self.status.exported_model = exported
         if self.status.progress is not None:
@@ -573,3 +458,6 @@ class Planner:
 
 def plan_reconcile(tj: TrainingJob, observed: Observed, now: datetime) -> Plan:
     return Planner(tj, observed, now).run()
+
+
+__all__ = ["Action", "ActionKind", "Observed", "Plan", "attempt_of", "plan_reconcile", "rank0_pod"]

@@ -104,7 +104,7 @@ def test_gpus_cpu_threads_token_and_key() -> None:
     assert res["requests"] == res["limits"]
     env = env_of(dep)
     assert env["COXSWAIN_SERVER_DEVICE"] == "cuda"
-    assert env["COXSWAIN_CPU_LIMIT"] == "2"
+    assert env["COXSWAIN_CPU_LIMIT"] == "1"  # whole cores, rounded down (coxswain.quantity)
     assert env["COXSWAIN_SERVER_AUTH_TOKEN_FILE"] == "/etc/coxswain/auth/token"
     assert env["COXSWAIN_SERVER_KEY_FILE"] == "/etc/coxswain/key/key"
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}

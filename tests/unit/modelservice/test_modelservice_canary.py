@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from coxswain.api.modelservice import CanaryAnalysis, CanaryPhase, CanaryStatus
+from coxswain.api.modelservice import CanaryAnalysis, CanaryPhase, CanaryStatus, Versions
 from coxswain.modelservice import canary
 from coxswain.modelservice.canary import Verdict, advance, judge
 from coxswain.modelservice.load import VersionWindow, histogram_quantile, quantile_bucket, window
@@ -83,7 +83,13 @@ def test_steps_walk_then_promote() -> None:
     for _ in range(3):
         result = advance(record, "v2", ANALYSIS, ok)
         record = result.record
-        seen.append((record.phase, canary.canary_traffic(None, ANALYSIS, record), result.event_reason))
+        seen.append(
+            (
+                record.phase,
+                canary.canary_traffic(Versions(stable="v1", canary="v2", analysis=ANALYSIS), record),
+                result.event_reason,
+            )
+        )
     assert seen == [
         (CanaryPhase.PROGRESSING, 25, "CanaryStepPassed"),
         (CanaryPhase.PROGRESSING, 50, "CanaryStepPassed"),
@@ -97,7 +103,9 @@ def test_failure_rolls_back_to_zero_and_keeps_the_version_loaded() -> None:
     result = advance(record, "v2", ANALYSIS, judge(vw(1000), vw(100, errors=50), ANALYSIS))
     assert result.record.phase == CanaryPhase.ROLLED_BACK and result.warning
     assert "25%" in result.record.message
-    pct = canary.canary_traffic(10, ANALYSIS, result.record)
+    pct = canary.canary_traffic(
+        Versions(stable="v1", canary="v2", canaryPercent=10, analysis=ANALYSIS), result.record
+    )
     assert pct == 0 and canary.weights("v1", "v2", pct) == {"v1": 100, "v2": 0}
 
 
@@ -117,8 +125,10 @@ def test_record_lasts_until_the_canary_version_changes() -> None:
 def test_canary_percent_picks_the_first_step_and_without_analysis_is_the_traffic() -> None:
     assert canary.first_step(ANALYSIS, 25) == 2 - 1
     assert canary.first_step(ANALYSIS, 30) == 2
-    assert canary.canary_traffic(None, None, None) == 10
-    assert canary.canary_traffic(33, None, None) == 33
+    assert canary.canary_traffic(Versions(stable="v1", canary="v2"), None) == 10
+    assert canary.canary_traffic(Versions(stable="v1", canary="v2", canaryPercent=33), None) == 33
+    with_analysis = Versions(stable="v1", canary="v2", canaryPercent=30, analysis=ANALYSIS)
+    assert canary.canary_traffic(with_analysis, None) == with_analysis.effective_canary_percent == 50
     assert canary.weights("v1", None, 0) == {"v1": 100}
 
 

@@ -1,7 +1,9 @@
-"""Kubernetes resource quantities ("500m", "2Gi", "1e3") as numbers."""
+"""Kubernetes resource quantities ("500m", "2Gi", "1e3") as numbers: the one parser the
+operator, its builders and the node agent share."""
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 
@@ -32,3 +34,16 @@ def parse_quantity(value: str | int | float) -> Decimal:
     if not m or m.group(2) not in _SUFFIXES:
         raise ValueError(f"not a Kubernetes quantity: {value!r}")
     return Decimal(m.group(1)) * _SUFFIXES[m.group(2)]
+
+
+def whole_cores(cpu: str | int | float) -> int:
+    """Whole cores of a CPU quantity, rounded down, at least 1 (thread counts: a 1500m limit
+    runs 1 busy thread without throttling, not 2)."""
+    return max(1, math.floor(parse_quantity(cpu)))
+
+
+def format_quantity(value: float) -> str:
+    """A number as a quantity: whole numbers plain, others in milli-units ("1.5" -> "1500m")."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{round(value * 1000)}m"

@@ -1,0 +1,131 @@
+"""What the watches and rank 0 show about one TrainingJob, read into plain facts.
+
+The observation half of the planner (planner.py decides): which attempt an object belongs
+to, a Job's conditions, the pods' ranks, why a gang is not running yet, the model rank 0
+exported and the progress it reports. Pure functions of the observed objects.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from coxswain.api.trainingjob import ExportedModel, LastCheckpoint, Progress
+from coxswain.trainingjob import naming
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the watches show for one TrainingJob: its batch Jobs and pods (all attempts)."""
+
+    jobs: list[dict[str, Any]]
+    pods: list[dict[str, Any]]
+    progress: dict[str, Any] | None = None  # rank 0's /progress, when it answered
+
+
+def attempt_of(obj: dict[str, Any]) -> int | None:
+    value = obj.get("metadata", {}).get("labels", {}).get(naming.LABEL_ATTEMPT)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in job.get("status", {}).get("conditions", []) or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def rank(pod: dict[str, Any]) -> int:
+    labels = pod.get("metadata", {}).get("labels", {})
+    annotations = pod.get("metadata", {}).get("annotations", {})
+    value = labels.get(
+        naming.LABEL_COMPLETION_INDEX, annotations.get(naming.ANNOTATION_COMPLETION_INDEX, "-1")
+    )
+    try:
+        return int(value)
+    except ValueError:
+        return -1
+
+
+def rank0_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((p for p in pods if rank(p) == 0), None)
+
+
+def pending_reason(pods: list[dict[str, Any]], expected: int) -> str:
+    """Why the gang is not all running yet, in the scheduler's and kubelet's words."""
+    running = sum(1 for p in pods if p.get("status", {}).get("phase") == "Running")
+    parts = [f"{running}/{expected} pods running"]
+    for pod in sorted(pods, key=rank):
+        status = pod.get("status", {})
+        if status.get("phase") != "Pending":
+            continue
+        for cond in status.get("conditions", []) or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                msg = (cond.get("message") or cond.get("reason") or "").strip()
+                parts.append(f"pod {pod['metadata']['name']} cannot be scheduled: {msg}")
+                return "; ".join(parts)
+        for cs in status.get("containerStatuses", []) or []:
+            waiting = (cs.get("state") or {}).get("waiting")
+            if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+                parts.append(
+                    f"pod {pod['metadata']['name']} is waiting: {waiting.get('reason')} {waiting.get('message', '')}".strip()
+                )
+                return "; ".join(parts)
+    missing = expected - len(pods)
+    if missing > 0:
+        parts.append(f"{missing} pods not created yet")
+    return "; ".join(parts)
+
+
+def exported_model(pods: list[dict[str, Any]]) -> ExportedModel | None:
+    """Rank 0 writes a JSON line to its termination log on success (the trainer contract)."""
+    pod = rank0_pod(pods)
+    if pod is None:
+        return None
+    for cs in pod.get("status", {}).get("containerStatuses", []) or []:
+        term = (cs.get("state") or {}).get("terminated") or {}
+        message = (term.get("message") or "").strip()
+        for line in reversed(message.splitlines()):
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            exported = doc.get("exportedModel") if isinstance(doc, dict) else None
+            if isinstance(exported, dict):
+                try:
+                    return ExportedModel.model_validate(exported)
+                except ValueError:
+                    return None
+    return None
+
+
+def merge_progress(old: Progress | None, fresh: dict[str, Any] | None, now: datetime) -> Progress | None:
+    if fresh is None:
+        return old
+    keys = set(Progress.model_fields)
+    by_alias = {f.alias or name: name for name, f in Progress.model_fields.items()}
+    data = {by_alias.get(k, k): v for k, v in fresh.items() if by_alias.get(k, k) in keys}
+    try:
+        new = Progress.model_validate(data)
+    except ValueError:
+        return old
+    stepped = old is None or old.step != new.step or old.last_update_time is None
+    return new.model_copy(
+        update={"last_update_time": now if stepped else old.last_update_time if old else now}
+    )
+
+
+def last_checkpoint(old: LastCheckpoint | None, fresh: dict[str, Any] | None) -> LastCheckpoint | None:
+    """Rank 0's newest checkpoint as /progress reports it (kept across attempts)."""
+    record = (fresh or {}).get("lastCheckpoint")
+    if not isinstance(record, dict):
+        return old
+    try:
+        return LastCheckpoint.model_validate(record)
+    except ValueError:
+        return old

@@ -1,0 +1,180 @@
+"""One pass of the shared runtime against a fake API client: what is written, in which order.
+
+The fake records every write; the planner, builders, executor and the pass are the real ones.
+(The controller suites in tests/cluster run the same code against a real API server.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import pytest
+from lightkube import ApiError
+
+from coxswain.clock import ManualClock
+from coxswain.kube import TRAININGJOB_RESOURCE
+from coxswain.runtime import LEGACY_FINALIZER, Runtime
+from coxswain.trainingjob.controller import KIND, TrainingJobs
+
+pytestmark = pytest.mark.unit
+
+KEY = ("ns", "tj")
+
+
+class FakeClient:
+    """Records writes as (verb, what) and answers like the API server would."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, str]] = []
+        self.fail_next: Exception | None = None
+        self.version = 10
+
+    def _maybe_fail(self) -> None:
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+
+    async def patch(self, resource: Any, name: str, obj: Any, **kwargs: Any) -> dict[str, Any]:
+        self._maybe_fail()
+        self.version += 1
+        what = "status" if resource is TRAININGJOB_RESOURCE.Status else f"{resource.__name__}/{name}"
+        self.writes.append(("patch", what))
+        body = tj_body()
+        body["metadata"]["resourceVersion"] = str(self.version)
+        if isinstance(obj, dict) and "status" in obj:
+            body["status"] = obj["status"]
+        return body
+
+    async def create(self, obj: Any) -> Any:
+        self._maybe_fail()
+        self.writes.append(("create", type(obj).__name__))
+        return obj
+
+    async def apply(self, obj: Any, **kwargs: Any) -> Any:
+        self._maybe_fail()
+        self.writes.append(("apply", type(obj).__name__))
+        return obj
+
+    async def delete(self, resource: Any, name: str, **kwargs: Any) -> None:
+        self.writes.append(("delete", f"{resource.__name__}/{name}"))
+
+
+def tj_body(**meta: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "coxswain.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {
+            "name": "tj",
+            "namespace": "ns",
+            "uid": "u1",
+            "generation": 1,
+            "resourceVersion": "5",
+            **meta,
+        },
+        "spec": {"task": {"builtin": {"model": "mlp", "dataset": "digits"}}, "nodes": 2},
+    }
+
+
+def runtime_with(client: FakeClient) -> tuple[Runtime, list[tuple[str, str]]]:
+    posted: list[tuple[str, str]] = []
+
+    def post(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        posted.append((type_, reason))
+        client.writes.append(("event", reason))
+
+    runtime = Runtime(client=client, http=httpx.AsyncClient(), clock=ManualClock())  # type: ignore[arg-type]
+    runtime.post_event = post
+    runtime.add(TrainingJobs(runtime))
+    return runtime, posted
+
+
+async def test_a_new_job_gets_its_status_first_then_its_children_then_events() -> None:
+    client = FakeClient()
+    runtime, posted = runtime_with(client)
+    controller = runtime.controllers[KIND]
+    controller.bodies[KEY] = tj_body()
+    delay = await controller.process(KEY)
+    verbs = [w[0] for w in client.writes]
+    assert client.writes[0] == ("patch", "status"), client.writes
+    assert verbs.count("patch") == 1, "status is written once per pass"
+    assert {w for w in client.writes if w[0] == "create"} == {
+        ("create", "ConfigMap"),
+        ("create", "Service"),
+        ("create", "Job"),
+    }
+    assert verbs.index("event") > max(i for i, v in enumerate(verbs) if v == "create")
+    assert ("Normal", "JobCreated") in posted
+    assert delay is not None and delay <= 5.0  # pending: pull progress soon
+    await runtime.http.aclose()
+
+
+async def test_a_pass_that_changes_nothing_writes_nothing() -> None:
+    client = FakeClient()
+    runtime, _ = runtime_with(client)
+    controller = runtime.controllers[KIND]
+    controller.bodies[KEY] = tj_body()
+    await controller.process(KEY)
+    first = list(client.writes)
+    # The watch delivers our own write back; the Job exists now (as the index would show).
+    written = controller.written.freshest(controller.bodies[KEY])
+    controller.bodies[KEY] = written
+    runtime.indexes["trainingjob_jobs"] = {
+        KEY: [
+            {
+                "metadata": {
+                    "name": "tj-1",
+                    "labels": {"coxswain.dev/trainingjob": "tj", "coxswain.dev/attempt": "1"},
+                },
+                "spec": {},
+                "status": {},
+            }
+        ]
+    }
+    await controller.process(KEY)  # the Job is seen: the status says why pods are missing
+    controller.bodies[KEY] = controller.written.freshest(controller.bodies[KEY])
+    client.writes.clear()
+    await controller.process(KEY)  # nothing new observed
+    assert client.writes == [], f"a pass that saw nothing new wrote {client.writes} (first: {first})"
+    await runtime.http.aclose()
+
+
+async def test_api_and_connection_errors_back_off_per_key_and_a_success_resets() -> None:
+    client = FakeClient()
+    runtime, _ = runtime_with(client)
+    controller = runtime.controllers[KIND]
+    controller.bodies[KEY] = tj_body()
+    client.fail_next = httpx.ConnectError("connection refused")
+    first = await controller.process(KEY)
+    client.fail_next = ApiError(
+        response=httpx.Response(500, json={"message": "etcd timeout", "code": 500}),
+    )
+    second = await controller.process(KEY)
+    assert first is not None and second is not None
+    assert 0.5 <= first <= 1.0 and 1.0 <= second <= 2.0  # jittered, doubling
+    assert client.writes == []
+    await runtime.http.aclose()
+
+
+async def test_the_finalizer_of_older_operators_is_removed_on_the_first_pass() -> None:
+    client = FakeClient()
+    runtime, _ = runtime_with(client)
+    controller = runtime.controllers[KIND]
+    controller.bodies[KEY] = tj_body(finalizers=[LEGACY_FINALIZER, "someone.else/keep"])
+    await controller.process(KEY)
+    assert ("patch", "status") in client.writes
+    assert any(w == ("patch", f"{TRAININGJOB_RESOURCE.__name__}/tj") for w in client.writes)
+    await runtime.http.aclose()
+
+
+async def test_a_body_that_does_not_parse_is_left_until_it_changes() -> None:
+    client = FakeClient()
+    runtime, _ = runtime_with(client)
+    controller = runtime.controllers[KIND]
+    body = tj_body()
+    body["spec"]["nodes"] = 0
+    controller.bodies[KEY] = body
+    assert await controller.process(KEY) is None
+    assert client.writes == []
+    await runtime.http.aclose()
