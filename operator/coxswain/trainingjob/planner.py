@@ -154,7 +154,9 @@ class Planner:
             refused = "; ".join(str(r) for r in self.obs.refusals)
             self.fail(R.POLICY_REFUSED, f"refused by the cluster's tenancy policy: {refused}")
             return self.plan
-        self.checkpoint_condition()
+        if get_condition(self.status.conditions, C.CHECKPOINTS_DURABLE.value) is None and self.obs.jobs:
+            # A job made before the operator said where checkpoints live (an upgrade).
+            self.checkpoint_condition()
         if spec_changed:
             # Mutable fields (env of a suspended job, serving, ...) reach the trainer's config.
             self.plan.actions += [Action(ActionKind.ENSURE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
@@ -244,6 +246,9 @@ class Planner:
             # Created once and kept: its checkpoints are what the next attempt resumes from.
             self.plan.actions.append(Action(ActionKind.ENSURE_CHECKPOINT_CLAIM, storage.claim))
             self.plan.checkpoint_claim = storage.claim
+        # Said when a Job is made, which is when the choice takes effect: a default
+        # StorageClass that appears later serves the next attempt, not the running one.
+        self.checkpoint_condition()
         if Action(ActionKind.ENSURE_CONFIG) not in self.plan.actions:
             self.plan.actions += [Action(ActionKind.CREATE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
         self.plan.actions.append(Action(ActionKind.CREATE_JOB, job_name, self.attempt))
