@@ -343,6 +343,22 @@ _COMBINATIONS: list[tuple[str, str, str, _Edit]] = [
         _edit(((S, "backend"), "nccl"), ((S, "resources", "gpus"), 0)),
     ),
     (
+        "fp16-without-gpus",
+        "mlp",
+        "spec.optimization.precision",
+        _edit(((S, "optimization", "precision"), "fp16"), ((S, "resources", "gpus"), 0)),
+    ),
+    (
+        "fsdp-on-two-nodes-with-a-per-pod-volume",
+        "mlp",
+        "spec.optimization.strategy",
+        _edit(
+            ((S, "optimization", "strategy"), "fsdp"),
+            ((S, "nodes"), 2),
+            ((S, "checkpoint", "volume"), {"emptyDir": {}}),
+        ),
+    ),
+    (
         "early-stopping-accuracy-min",
         "mlp",
         "spec.evaluation.earlyStopping.mode",

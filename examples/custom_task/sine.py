@@ -18,7 +18,9 @@ from torch.utils.data import Dataset, TensorDataset
 def build_model(config: dict[str, Any]) -> nn.Module:
     """The network to train; its input is one feature (x), its output one value (y)."""
     hidden = int(config.get("hidden", 32))
-    return nn.Sequential(nn.Linear(1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+    return nn.Sequential(
+        nn.Linear(1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+    )
 
 
 def build_datasets(config: dict[str, Any]) -> tuple[Dataset[Any], Dataset[Any]]:
@@ -35,3 +37,11 @@ def build_datasets(config: dict[str, Any]) -> tuple[Dataset[Any], Dataset[Any]]:
 def loss_fn(config: dict[str, Any]) -> nn.Module:
     """The training loss: mean squared error."""
     return nn.MSELoss()
+
+
+def shard_blocks(model: nn.Module) -> list[nn.Module]:
+    """Optional, for `optimization.strategy: fsdp`: the submodules sharded one by one (each is
+    gathered whole for its forward and backward, then freed). Here each Linear layer; a
+    transformer would return its layers. Without this function every module owning parameters
+    is a block."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]

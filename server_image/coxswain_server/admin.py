@@ -1,15 +1,20 @@
 """Admin endpoints: read and set traffic weights, load and unload versions at run time.
 
-They need their own bearer token (or the clients' one); with neither configured they answer
-403, so a server is never open to re-routing by accident.
+They need their own bearer token (--admin-token-file), never the clients' one; without it
+they answer 403, so a server is never open to re-routing by accident. Pods the operator
+makes run with admin off: the operator changes weights through the traffic file.
 """
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
-from coxswain_server.errors import BadRequest, Forbidden, MethodNotAllowed, ModelLoadError
-from coxswain_server.http_io import Receive, Scope, Send, check_bearer, read_body, send_response
+from coxswain.artifacts.manifest import VERSION_PATTERN
+from coxswain_server.auth import Credentials
+from coxswain_server.errors import BadRequest, MethodNotAllowed, ModelLoadError
+from coxswain_server.http_io import Receive, Scope, Send, authorization, read_body, send_response
 from coxswain_server.traffic import parse_traffic_document
 from coxswain_server.versions import ModelVersions
 
@@ -20,17 +25,16 @@ def allow(scope: Scope, *methods: str) -> None:
 
 
 class AdminEndpoints:
-    def __init__(self, versions: ModelVersions, token: str | None, max_body: int) -> None:
+    def __init__(
+        self, versions: ModelVersions, credentials: Credentials, max_body: int, read_timeout: float
+    ) -> None:
         self._versions = versions
-        self._expected = b"Bearer " + token.encode() if token else None
+        self._credentials = credentials
         self._max_body = max_body
+        self._read_timeout = read_timeout
 
     def _check(self, scope: Scope) -> None:
-        if self._expected is None:
-            raise Forbidden(
-                "admin endpoints are off: start the server with --admin-token-file (or --auth-token-file) to use them"
-            )
-        check_bearer(scope, self._expected, "admin endpoints need Authorization: Bearer <admin token>")
+        self._credentials.check_admin(authorization(scope))
 
     def _state(self) -> bytes:
         return orjson.dumps(
@@ -42,7 +46,7 @@ class AdminEndpoints:
         self._check(scope)
         allow(scope, "GET", "PUT")
         if scope["method"] == "PUT":
-            body, _ = await read_body(scope, receive, self._max_body)
+            body, _ = await read_body(scope, receive, self._max_body, self._read_timeout)
             try:
                 weights = parse_traffic_document(orjson.loads(body), "the request body")
             except (orjson.JSONDecodeError, ValueError) as exc:
@@ -53,7 +57,7 @@ class AdminEndpoints:
     async def load(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
         self._check(scope)
         allow(scope, "POST")
-        assert version is not None
+        version = _version_name(version)
         try:
             await self._versions.load(version)
         except ModelLoadError as exc:
@@ -63,6 +67,13 @@ class AdminEndpoints:
     async def unload(self, scope: Scope, receive: Receive, send: Send, version: str | None) -> None:
         self._check(scope)
         allow(scope, "POST")
-        assert version is not None
-        await self._versions.unload(version)
+        await self._versions.unload(_version_name(version))
         await send_response(send, 200, self._state())
+
+
+def _version_name(version: str | None) -> str:
+    """A version name as the repository allows it (it starts with a letter or digit: never
+    `..`, so the version's directory stays inside the model's)."""
+    if version is None or not re.fullmatch(VERSION_PATTERN, version):
+        raise BadRequest(f"version {version!r} is not a valid version name ({VERSION_PATTERN})")
+    return version

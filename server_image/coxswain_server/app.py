@@ -17,12 +17,14 @@ import orjson
 
 from coxswain_server import protocol_v1, protocol_v2
 from coxswain_server.admin import AdminEndpoints
+from coxswain_server.auth import Credentials
 from coxswain_server.errors import (
     MethodNotAllowed,
     ModelLoadError,
     NotFound,
     NotReady,
     Overloaded,
+    RequestTimeout,
     ServerError,
 )
 from coxswain_server.http_io import (
@@ -33,10 +35,11 @@ from coxswain_server.http_io import (
     Receive,
     Scope,
     Send,
-    check_bearer,
+    authorization,
     read_body,
     send_response,
 )
+from coxswain_server.limits import RequestGate
 from coxswain_server.metrics import UNKNOWN_VERSION, ServerMetrics, VersionMetrics
 from coxswain_server.settings import ServerSettings
 from coxswain_server.traffic import watch_traffic_file
@@ -59,20 +62,23 @@ class InferenceApp:
         settings: ServerSettings,
         versions: ModelVersions,
         metrics: ServerMetrics,
+        credentials: Credentials,
         *,
-        auth_token: str | None,
-        admin_token: str | None,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.versions = versions
         self.metrics = metrics
-        self._auth = b"Bearer " + auth_token.encode() if auth_token else None
-        self._admin = AdminEndpoints(versions, admin_token, settings.max_body_bytes)
+        # credentials, gate and row cap are protocol-neutral: every front end applies these same ones
+        self.credentials = credentials
+        self.gate = RequestGate(settings.max_concurrent_requests)
+        self.request_rows = settings.request_rows
+        self._read_timeout = settings.request_read_timeout_seconds
+        self._admin = AdminEndpoints(versions, credentials, settings.max_body_bytes, self._read_timeout)
         self._on_fatal = on_fatal
         self.loaded = False  # every version asked for at start is loaded and warmed up
         self.draining = False  # SIGTERM seen: readiness false, in-flight work finishes
-        self.inflight = 0
+        self.inflight = 0  # requests whose body has arrived and that are not answered yet
         self._unrouted: VersionMetrics | None = None  # made on the first unroutable call
         self._tasks: list[asyncio.Task[None]] = []
         metrics.watch_inflight(lambda: self.inflight)
@@ -80,7 +86,8 @@ class InferenceApp:
         m = settings.model
         self._max_body = settings.max_body_bytes
         self._retry_after = b"1"
-        # exact paths -> (handler, protected); versioned paths are parsed below
+        # exact paths -> (handler, protected); versioned paths are parsed below. Unprotected
+        # paths (probes, metrics) need no token and are never refused by the request gate.
         self._routes: dict[str, tuple[Handler, bool]] = {
             "/v2/health/live": (self._live, False),
             "/v2/health/ready": (self._ready, False),
@@ -120,22 +127,31 @@ class InferenceApp:
         path: str = scope["path"]
         route = self._routes.get(path)
         version: str | None = None
+        entered = False
         try:
             if route is None:
                 handler, version = self._route_versioned(path)
                 protected = True
             else:
                 handler, protected = route
-            if protected and self._auth is not None and not path.startswith("/admin/"):
-                check_bearer(scope, self._auth, "this endpoint needs Authorization: Bearer <token>")
+            if protected:
+                if not path.startswith("/admin/"):  # admin checks its own, separate token
+                    self.credentials.check_inference(authorization(scope))
+                self.gate.enter()  # refused before the body is read: bodies held stay bounded
+                entered = True
             await handler(scope, receive, send, version)
         except ServerError as exc:
+            if isinstance(exc, Overloaded) and not entered:
+                self._observe_unrouted(429, 0.0)
             await self._send_error(send, exc, None)
         except ClientGone:
             pass
         except Exception:
             log.exception("unexpected error on %s %s", scope.get("method"), path)
             await self._send_error(send, ServerError("internal error; see the server log"), None)
+        finally:
+            if entered:
+                self.gate.leave()
 
     def _route_versioned(self, path: str) -> tuple[Handler, str | None]:
         if path.startswith(self._version_prefix):
@@ -168,6 +184,8 @@ class InferenceApp:
             extra.append((b"retry-after", self._retry_after))
         elif isinstance(exc, MethodNotAllowed):
             extra.append((b"allow", b"GET, POST"))
+        elif isinstance(exc, RequestTimeout):
+            extra.append((b"connection", b"close"))  # the rest of a trickled body is not waited for
         if served is not None:
             extra.append((b"x-coxswain-version", served.header))
         await send_response(send, exc.status, orjson.dumps({"error": exc.message}), JSON, extra)
@@ -182,18 +200,22 @@ class InferenceApp:
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, version: str | None, v1: bool) -> None:
         started = time.perf_counter()
-        self.inflight += 1
         served: ServedVersion | None = None
+        counted = False
         code = 500
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST")
+            body, header_length = await read_body(scope, receive, self._max_body, self._read_timeout)
+            # Routed and counted in flight only once the body is here: the autoscaler reads
+            # in-flight as work for the model, and a slow upload is none.
             served = self.versions.route(version)
             served.active += 1
-            body, header_length = await read_body(scope, receive, self._max_body)
+            self.inflight += 1
+            counted = True
             signature = served.model.signature
             if v1:
-                arrays, rows = protocol_v1.decode_request(body, signature)
+                arrays, rows = protocol_v1.decode_request(body, signature, self.request_rows)
                 outputs = await served.batcher.submit(arrays, rows)
                 payload = protocol_v1.encode_response(outputs, signature)
                 headers = [
@@ -202,7 +224,7 @@ class InferenceApp:
                     (b"x-coxswain-version", served.header),
                 ]
             else:
-                request = protocol_v2.decode_request(body, header_length, signature)
+                request = protocol_v2.decode_request(body, header_length, signature, self.request_rows)
                 outputs = await served.batcher.submit(request.arrays, request.rows)
                 payload, json_length = protocol_v2.encode_response(
                     self.settings.model, served.version, request, outputs, signature
@@ -226,15 +248,19 @@ class InferenceApp:
             log.exception("unexpected error serving an inference request")
             await self._send_error(send, ServerError("internal error; see the server log"), served)
         finally:
-            self.inflight -= 1
             elapsed = time.perf_counter() - started
+            if counted:
+                self.inflight -= 1
             if served is not None:
                 served.active -= 1
                 served.metrics.observe(code, elapsed)
             else:
-                if self._unrouted is None:
-                    self._unrouted = self.metrics.version(UNKNOWN_VERSION)
-                self._unrouted.observe(code, elapsed)
+                self._observe_unrouted(code, elapsed)
+
+    def _observe_unrouted(self, code: int, elapsed: float) -> None:
+        if self._unrouted is None:
+            self._unrouted = self.metrics.version(UNKNOWN_VERSION)
+        self._unrouted.observe(code, elapsed)
 
     # --- health and metadata ------------------------------------------------------------
 

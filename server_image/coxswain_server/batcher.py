@@ -14,6 +14,11 @@ is not full also goes as soon as requests stop arriving (no arrival for twice th
 gap between arrivals): under a steady stream it would otherwise always wait the full
 `max_latency` for rows that are still with the clients, which costs latency and, in a
 closed loop, throughput.
+
+A batch that fails is run again request by request, so a request the model cannot take
+fails alone instead of taking its batch-mates with it. The failing request's client gets a
+generic message with an error id; the exception and its traceback go to the log line that
+carries the same id (exception text can hold model internals or other clients' data).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -61,6 +67,7 @@ class Batcher:
         max_latency_s: float,
         max_queue_size: int,
         label: str,
+        max_queue_rows: int | None = None,
         inline_below_s: float = 0.0,
         observe_batch: Callable[[int], None] | None = None,
         count_error: Callable[[], None] | None = None,
@@ -70,6 +77,7 @@ class Batcher:
         self._max_rows = max_batch_size
         self._max_latency = max_latency_s
         self._max_queue = max_queue_size
+        self._max_queue_rows = max_queue_rows if max_queue_rows is not None else 32 * max_batch_size
         self._label = label
         self._observe_batch = observe_batch
         self._count_error = count_error
@@ -105,6 +113,13 @@ class Batcher:
         if len(self._queue) >= self._max_queue:
             raise Overloaded(
                 f"version {self._label} has {len(self._queue)} requests queued (max {self._max_queue}); retry later"
+            )
+        # rows, not only requests, bound what waits in memory; an empty queue takes any
+        # request (each is at most one batch, the per-request row cap)
+        if self._queue and self._queued_rows + rows > self._max_queue_rows:
+            raise Overloaded(
+                f"version {self._label} has {self._queued_rows} rows queued (max {self._max_queue_rows} rows, "
+                "--max-queue-rows); retry later"
             )
         assert self._loop is not None, "Batcher.start() was not called"
         future: asyncio.Future[Arrays] = self._loop.create_future()
@@ -178,8 +193,15 @@ class Batcher:
             rows += item.rows
         return batch
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    async def _call(self, arrays: Arrays) -> Arrays:
+        """One forward: inline when measured cheap, else on the inference thread."""
+        cost = self._cost
+        if cost is not None and cost < self._inline_below:
+            return self._timed_forward(arrays)
         assert self._loop is not None
+        return await self._loop.run_in_executor(self._executor, self._timed_forward, arrays)
+
+    async def _run(self, batch: list[_Pending]) -> None:
         n_inputs = len(batch[0].arrays)
         if len(batch) == 1:
             arrays = batch[0].arrays
@@ -188,20 +210,19 @@ class Batcher:
         rows = sum(item.rows for item in batch)
         self._running = len(batch)
         try:
-            cost = self._cost
-            if cost is not None and cost < self._inline_below:
-                outputs = self._timed_forward(arrays)
-            else:
-                outputs = await self._loop.run_in_executor(self._executor, self._timed_forward, arrays)
-        except Exception as exc:
-            log.exception("version %s: a batch of %d rows failed in the model", self._label, rows)
-            if self._count_error is not None:
-                self._count_error()
-            error = InferenceFailed(f"the model failed on this batch: {type(exc).__name__}: {exc}")
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
+            try:
+                outputs = await self._call(arrays)
+            except Exception as exc:
+                if len(batch) == 1:
+                    self._fail(batch[0], exc)
+                else:
+                    log.warning(
+                        "version %s: a batch of %d requests (%d rows) failed in the model (%s); "
+                        "running them one by one so only the request at fault fails",
+                        self._label, len(batch), rows, type(exc).__name__,
+                    )  # fmt: skip
+                    await self._run_alone(batch)
+                return
         finally:
             self._running = 0
         if self._observe_batch is not None:
@@ -216,6 +237,35 @@ class Batcher:
             if not item.future.done():
                 item.future.set_result([out[start:end] for out in outputs])
             start = end
+
+    async def _run_alone(self, batch: list[_Pending]) -> None:
+        for item in batch:
+            if item.future.done():  # the caller went away meanwhile
+                continue
+            try:
+                outputs = await self._call(item.arrays)
+            except Exception as exc:
+                self._fail(item, exc)
+                continue
+            if self._observe_batch is not None:
+                self._observe_batch(item.rows)
+            if not item.future.done():
+                item.future.set_result(outputs)
+
+    def _fail(self, item: _Pending, exc: Exception) -> None:
+        error_id = secrets.token_hex(6)
+        log.error(
+            "error id %s: version %s: the model failed on a request of %d rows: %s: %s",
+            error_id, self._label, item.rows, type(exc).__name__, exc, exc_info=exc,
+        )  # fmt: skip
+        if self._count_error is not None:
+            self._count_error()
+        if not item.future.done():
+            item.future.set_exception(
+                InferenceFailed(
+                    f"the model failed on this request; error id {error_id} (the server log has the details)"
+                )
+            )
 
     async def close(self, grace_seconds: float) -> None:
         """Refuse new work, let queued and running batches finish (up to `grace_seconds`), stop."""

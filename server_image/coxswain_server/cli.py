@@ -42,6 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait for a batch to fill (default 0: run when the model is free)",
     )
     a("--max-queue-size", type=int, help="requests queued per version before 429 (default 1024)")
+    a("--max-queue-rows", type=int, help="rows queued per version before 429 (default 32 x --max-batch-size)")
+    a(
+        "--max-request-rows",
+        type=int,
+        help="rows one request may carry; more gets 413 (default and most: --max-batch-size)",
+    )
+    a(
+        "--max-concurrent-requests",
+        type=int,
+        help="requests held at once, body reading included; more get 429 at once (default 128)",
+    )
+    a(
+        "--request-read-timeout-seconds",
+        type=float,
+        help="the whole request body must arrive within this, else 408 (default 30)",
+    )
     a(
         "--inline-below-us",
         type=float,
@@ -53,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--auth-token-file",
         help="file holding the bearer token clients must send (also COXSWAIN_SERVER_AUTH_TOKEN)",
     )
-    a("--admin-token-file", help="bearer token for /admin/* (default: the auth token; none: admin off)")
+    a(
+        "--admin-token-file",
+        help="bearer token for /admin/*, not the auth token's (also COXSWAIN_SERVER_ADMIN_TOKEN; none: admin off)",
+    )
     a("--key-file", help="AES-256 key for encrypted models (also COXSWAIN_ENCRYPTION_KEY[_FILE])")
     a(
         "--threads",

@@ -45,7 +45,15 @@ class Conflict(ServerError):
     status = 409
 
 
+class RequestTimeout(ServerError):
+    """The request body did not arrive within the read deadline (a trickling client)."""
+
+    status = 408
+
+
 class PayloadTooLarge(ServerError):
+    """The body is over the byte limit, or the request over the row limit."""
+
     status = 413
 
 
@@ -54,7 +62,8 @@ class UnsupportedMediaType(ServerError):
 
 
 class Overloaded(ServerError):
-    """The version's queue is full; the client should retry after `retry_after` seconds."""
+    """The version's queue is full, or the server holds as many requests as it may; the
+    client should retry after `retry_after` seconds."""
 
     status = 429
 
@@ -64,7 +73,7 @@ class Overloaded(ServerError):
 
 
 class InferenceFailed(ServerError):
-    """The model raised while running a batch; every request in that batch gets this."""
+    """The model raised on this request (run alone, so not because of its batch-mates)."""
 
     status = 500
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from coxswain_server.errors import BadRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from coxswain_server.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,18 +37,32 @@ async def send_response(
     await send({"type": "http.response.body", "body": body})
 
 
-def check_bearer(scope: Scope, expected: bytes, message: str) -> None:
-    """`expected` is the whole header value, b"Bearer <token>"; compared in constant time."""
+def authorization(scope: Scope) -> bytes | None:
+    """The Authorization header's value, for coxswain_server.auth."""
     for name, value in scope["headers"]:
         if name == b"authorization":
-            if hmac.compare_digest(value, expected):
-                return
-            raise Unauthorized("the bearer token is not valid")
-    raise Unauthorized(message)
+            return bytes(value)
+    return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, int | None]:
-    """The request body (decompressed if gzip/deflate) and Inference-Header-Content-Length."""
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, deadline_s: float
+) -> tuple[bytes, int | None]:
+    """The request body (decompressed if gzip/deflate) and Inference-Header-Content-Length.
+
+    The whole body must arrive within `deadline_s` seconds: a client that trickles it would
+    otherwise hold a connection and a request slot for as long as it likes.
+    """
+    try:
+        async with asyncio.timeout(deadline_s):
+            return await _read_body(scope, receive, limit)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {deadline_s:g}s (--request-read-timeout-seconds)"
+        ) from None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, int | None]:
     length: int | None = None
     header_length: int | None = None
     encoding: bytes | None = None
@@ -68,18 +82,17 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, 
         raise ClientGone()
     body: bytes = message.get("body", b"")
     if message.get("more_body"):
-        chunks = [body]
-        size = len(body)
+        # one growing buffer, not a list of chunks joined at the end: the join would hold
+        # the body twice at its peak
+        buffer = bytearray(body)
         while message.get("more_body"):
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
+            buffer += message.get("body", b"")
+            if len(buffer) > limit:
                 raise PayloadTooLarge(f"the body is over {limit} bytes (--max-body-bytes)")
-            chunks.append(chunk)
-        body = b"".join(chunks)
+        body = buffer  # type: ignore[assignment]  # bytes-like: orjson, slicing and memoryview take it
     if encoding is not None and encoding != b"identity":
         body = decompress(body, encoding, limit)
     return body, header_length

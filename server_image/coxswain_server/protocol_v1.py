@@ -18,13 +18,14 @@ import numpy.typing as npt
 import orjson
 
 from coxswain_server.errors import BadRequest
+from coxswain_server.limits import check_rows
 from coxswain_server.tensors import Signature
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
-def decode_request(body: bytes, signature: Signature) -> tuple[list[npt.NDArray[Any]], int]:
-    """The model's input arrays and the number of instances."""
+def decode_request(body: bytes, signature: Signature, max_rows: int) -> tuple[list[npt.NDArray[Any]], int]:
+    """The model's input arrays and the number of instances (at most `max_rows`)."""
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -34,6 +35,7 @@ def decode_request(body: bytes, signature: Signature) -> tuple[list[npt.NDArray[
     instances = request.get("instances")
     if not isinstance(instances, list) or not instances:
         raise BadRequest(f'"instances" must be a non-empty list; each instance is {signature.input_names}')
+    check_rows(len(instances), max_rows)
     if len(signature.inputs) == 1:
         return [signature.inputs[0].from_instances(instances)], len(instances)
     arrays = []

@@ -16,6 +16,7 @@ import numpy.typing as npt
 import orjson
 
 from coxswain_server.errors import BadRequest
+from coxswain_server.limits import check_rows
 from coxswain_server.tensors import Signature, v2_datatype
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -36,7 +37,10 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def decode_request(body: bytes, header_length: int | None, signature: Signature) -> InferRequest:
+def decode_request(
+    body: bytes, header_length: int | None, signature: Signature, max_rows: int
+) -> InferRequest:
+    """The request's arrays, at most `max_rows` rows, checked against the model's inputs."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise BadRequest(
@@ -83,6 +87,7 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
                 f"input {schema.name}: datatype {tensor.get('datatype')!r} is not the model's {schema.datatype}"
             )
         n = schema.check_shape(tensor.get("shape"))
+        check_rows(n, max_rows)  # before any data is converted
         if rows != -1 and n != rows:
             raise BadRequest(f"inputs disagree on the batch size ({rows} and {n} for {schema.name})")
         rows = n
@@ -124,18 +129,18 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
     if requested is not None:
         if not isinstance(requested, list):
             raise BadRequest('"outputs" must be a list of {"name": ...} objects')
-        names = [s.name for s in signature.outputs]
-        indexes: list[int] = []
+        names: list[Any] = []
+        binary_asked: list[bool] = []
         for item in requested:
             out = _object(item, "each requested output")
-            name = out.get("name")
-            if name not in names:
-                raise BadRequest(f"output {name!r} is not one of this model's outputs {names}")
-            indexes.append(names.index(name))
+            names.append(out.get("name"))
             out_params = out.get("parameters")
-            if out_params is not None and _object(out_params, f"output {name} parameters").get("binary_data"):
-                binary_outputs.add(name)
-        wanted = tuple(indexes)
+            binary_asked.append(
+                out_params is not None
+                and bool(_object(out_params, f"output {out.get('name')!r} parameters").get("binary_data"))
+            )
+        wanted = signature.select_outputs(names)  # refuses unknown names and repeats
+        binary_outputs.update(name for name, binary in zip(names, binary_asked, strict=True) if binary)
     return InferRequest(arrays, rows, request_id, frozenset(binary_outputs), wanted)
 
 

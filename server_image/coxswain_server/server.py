@@ -19,6 +19,7 @@ import uvicorn
 
 from coxswain.artifacts import crypto
 from coxswain_server.app import InferenceApp
+from coxswain_server.auth import Credentials
 from coxswain_server.cpu_limit import cpu_limit
 from coxswain_server.metrics import ServerMetrics
 from coxswain_server.model import configure_torch, resolve_device
@@ -94,7 +95,12 @@ def run(settings: ServerSettings) -> int:
         log.error("cannot read the encryption key from %s: %s", key_file or "COXSWAIN_ENCRYPTION_KEY", exc)
         return 2
     auth = _read_token(settings.auth_token_file, settings.auth_token, "auth token")
-    admin = _read_token(settings.admin_token_file, None, "admin token") or auth
+    admin = _read_token(settings.admin_token_file, settings.admin_token, "admin token")
+    try:
+        credentials = Credentials(auth, admin)
+    except ValueError as exc:
+        log.error("%s; put another token in --admin-token-file", exc)
+        return 2
     metrics = ServerMetrics(settings.model)
     inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
     versions = ModelVersions(settings, metrics, inference, key, device)
@@ -103,7 +109,7 @@ def run(settings: ServerSettings) -> int:
     def on_fatal(message: str) -> None:
         holder["server"].fatal(message)
 
-    app = InferenceApp(settings, versions, metrics, auth_token=auth, admin_token=admin, on_fatal=on_fatal)
+    app = InferenceApp(settings, versions, metrics, credentials, on_fatal=on_fatal)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -123,10 +129,11 @@ def run(settings: ServerSettings) -> int:
     holder["server"] = server
     log.info(
         "coxswain-server %s on %s:%d, model %s from %s, torch threads %d, device %s, batching max %d rows / %.1f ms, "
-        "queue %d%s",
+        "queue %d requests / %d rows, at most %d rows per request and %d requests at once%s, admin %s",
         "0.1.0", settings.host, settings.port, settings.model, settings.repository, threads, device,
-        settings.max_batch_size, settings.max_latency_ms, settings.max_queue_size,
-        ", bearer-token auth on" if auth else "",
+        settings.max_batch_size, settings.max_latency_ms, settings.max_queue_size, settings.queue_rows,
+        settings.request_rows, settings.max_concurrent_requests,
+        ", bearer-token auth on" if auth else "", "on" if credentials.admin_on else "off",
     )  # fmt: skip
     try:
         server.run()

@@ -79,7 +79,28 @@ class ServerSettings(BaseModel):
         le=1000,
         description="how long the first request of a batch may wait for more; 0: run as soon as the model is free",
     )
-    max_queue_size: int = Field(default=1024, ge=1, le=1_000_000)
+    max_queue_size: int = Field(default=1024, ge=1, le=1_000_000, description="requests queued per version")
+    max_queue_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="rows queued per version before 429; default: 32 batches (32 x max_batch_size)",
+    )
+    max_request_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="rows one request may carry (413 beyond); default and most: max_batch_size",
+    )
+    max_concurrent_requests: int = Field(
+        default=128,
+        ge=1,
+        le=100_000,
+        description="requests held at once, from arrival (body still being read) to response; beyond: 429",
+    )
+    request_read_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="the whole request body must arrive within this; else 408"
+    )
     inline_below_us: float = Field(
         default=200.0,
         ge=0,
@@ -90,7 +111,10 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     auth_token_file: Path | None = None
     auth_token: str | None = Field(default=None, repr=False)
-    admin_token_file: Path | None = None
+    admin_token_file: Path | None = Field(
+        default=None, description="bearer token for /admin/*; none: admin off (never the auth token)"
+    )
+    admin_token: str | None = Field(default=None, repr=False)
     key_file: Path | None = None
     threads: int | None = Field(
         default=None,
@@ -146,6 +170,25 @@ class ServerSettings(BaseModel):
                     "add them with --version or drop them from --weights"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _request_rows_fit_a_batch(self) -> ServerSettings:
+        if self.max_request_rows is not None and self.max_request_rows > self.max_batch_size:
+            raise ValueError(
+                f"max_request_rows {self.max_request_rows} is above max_batch_size {self.max_batch_size}: "
+                "a request must fit in one batch; raise --max-batch-size or lower --max-request-rows"
+            )
+        return self
+
+    @property
+    def request_rows(self) -> int:
+        """Rows one request may carry."""
+        return self.max_request_rows or self.max_batch_size
+
+    @property
+    def queue_rows(self) -> int:
+        """Rows one version may hold queued."""
+        return self.max_queue_rows or 32 * self.max_batch_size
 
     def initial_versions(self) -> list[str]:
         """Versions named by flags: --version, else the keys of --weights."""

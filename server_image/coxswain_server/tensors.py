@@ -189,6 +189,23 @@ class Signature:
             probabilities=probabilities,
         )
 
+    def select_outputs(self, names: list[Any]) -> tuple[int, ...]:
+        """Indexes of the outputs a v2 request names, in its order. Each output at most once:
+        a request naming one output many times would make a response many times the size of
+        the result (one request could build gigabytes)."""
+        known = [s.name for s in self.outputs]
+        indexes: list[int] = []
+        for name in names:
+            if not isinstance(name, str) or name not in known:
+                raise BadRequest(f"output {name!r} is not one of this model's outputs {known}")
+            index = known.index(name)
+            if index in indexes:
+                raise BadRequest(
+                    f"output {name!r} is asked for more than once; name each output at most once"
+                )
+            indexes.append(index)
+        return tuple(indexes)
+
     @property
     def input_names(self) -> str:
         return ", ".join(s.describe() for s in self.inputs)

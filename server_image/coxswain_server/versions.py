@@ -35,11 +35,11 @@ class ServedVersion:
         self.header = model.version.encode()
         self.batcher = batcher
         self.metrics = metrics
-        self.active = 0  # requests routed here and not yet answered (some still reading their body)
+        self.active = 0  # requests routed here (their body has arrived) and not yet answered
 
     async def retire(self, grace_seconds: float) -> None:
-        """Called once the version is out of routing: wait for the requests already routed here
-        (a body may still be arriving), then let the batcher finish what is queued."""
+        """Called once the version is out of routing: wait for the requests already routed here,
+        then let the batcher finish what is queued."""
         deadline = asyncio.get_running_loop().time() + grace_seconds
         # polled, not an Event: setting one would cost every request on the hot path, for a rare unload
         while self.active and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
@@ -152,6 +152,7 @@ class ModelVersions:
             max_batch_size=s.max_batch_size,
             max_latency_s=s.max_latency_ms / 1000.0,
             max_queue_size=s.max_queue_size,
+            max_queue_rows=s.queue_rows,
             label=version,
             inline_below_s=s.inline_below_us / 1e6,
             observe_batch=metrics.batch_size.observe,

@@ -183,7 +183,9 @@ def test_killed_rank_restarts_the_gang_which_resumes_from_its_checkpoint(
     ckpt_root = tmp_path / "ckpt"
 
     def checkpoints() -> list[int]:
-        return sorted(int(p.stem.split("-")[1]) for p in ckpt_root.glob("trainingjobs/*/*/ckpt-*.pt"))
+        return sorted(
+            int(p.parent.name.split("-")[1]) for p in ckpt_root.glob("trainingjobs/*/*/ckpt-*/COMPLETE")
+        )
 
     st = wait_for(
         lambda: (

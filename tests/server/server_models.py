@@ -15,7 +15,7 @@ from torch import nn
 from coxswain.artifacts.manifest import Architecture, ModelFormat, ModelManifest, TaskKind, TensorSpec
 from coxswain.artifacts.repository import write_version
 
-Kind = Literal["mlp", "cnn", "wide"]
+Kind = Literal["mlp", "cnn", "wide", "fragile"]
 
 
 class MLP(nn.Module):
@@ -24,6 +24,15 @@ class MLP(nn.Module):
         self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Fragile(MLP):
+    """An MLP that raises on any input value above 1000: one poisoned request in a batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x > 1000.0).any()):
+            raise RuntimeError("fragile: refused a poisoned row")
         return self.net(x)
 
 
@@ -43,7 +52,12 @@ class SmallCNN(nn.Module):
         return self.head(torch.flatten(self.features(x), 1))
 
 
-INPUT_SHAPES: dict[str, list[int]] = {"mlp": [-1, 64], "cnn": [-1, 1, 8, 8], "wide": [-1, 4096]}
+INPUT_SHAPES: dict[str, list[int]] = {
+    "mlp": [-1, 64],
+    "cnn": [-1, 1, 8, 8],
+    "wide": [-1, 4096],
+    "fragile": [-1, 64],
+}
 
 
 def build(kind: Kind, seed: int = 0) -> nn.Module:
@@ -52,6 +66,8 @@ def build(kind: Kind, seed: int = 0) -> nn.Module:
         return MLP().eval()
     if kind == "cnn":
         return SmallCNN().eval()
+    if kind == "fragile":
+        return Fragile().eval()
     return MLP(features=4096, hidden=8192).eval()  # ~134 MB: slow enough to load to watch readiness
 
 
@@ -110,4 +126,39 @@ def write_model(
         files={},
     )
     write_version(root, manifest, {filename: serialize(module, kind, fmt, trace)}, key=key)
+    return module
+
+
+def write_legacy_encrypted_model(root: Path, name: str, version: str, key: bytes, seed: int = 0) -> nn.Module:
+    """An MLP version encrypted the way the first encryption format did (before issue 15): the
+    associated data is the file's path alone, and the manifest names no format. Written by
+    hand here because the repository writes only the current format now."""
+    import hashlib
+    import json
+
+    from coxswain.artifacts import crypto
+    from coxswain.artifacts.manifest import Encryption, FileEntry
+
+    module = build("mlp", seed)
+    stored = crypto.encrypt(key, serialize(module, "mlp", ModelFormat.TORCHSCRIPT), "model.pt")
+    manifest = ModelManifest(
+        name=name,
+        version=version,
+        created=datetime.now(UTC),
+        format=ModelFormat.TORCHSCRIPT,
+        model_file="model.pt",
+        task=TaskKind.CLASSIFICATION,
+        architecture=Architecture(kind="mlp"),
+        inputs=[TensorSpec(name="input", dtype="float32", shape=INPUT_SHAPES["mlp"])],
+        outputs=[TensorSpec(name="logits", dtype="float32", shape=[-1, 10])],
+        framework={"torch": torch.__version__},
+        encryption=Encryption(key_id=crypto.key_id(key)),
+        files={"model.pt": FileEntry(sha256=hashlib.sha256(stored).hexdigest(), size=len(stored))},
+    )
+    target = root / name / version
+    target.mkdir(parents=True)
+    (target / "model.pt").write_bytes(stored)
+    document = json.loads(manifest.to_json())
+    document["encryption"].pop("format", None)  # the first format's manifests had no such field
+    (target / "manifest.json").write_text(json.dumps(document, indent=2))
     return module

@@ -14,9 +14,10 @@ from coxswain_trainer.checkpoint import CheckpointStore
 
 
 def _final_model(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
-    found = CheckpointStore(checkpoint_dir, keep=100).newest_valid()
-    assert found is not None, f"no checkpoint in {checkpoint_dir}"
-    return found[1]["model"]  # type: ignore[no-any-return]
+    store = CheckpointStore(checkpoint_dir, keep=100)
+    step = store.newest_valid()
+    assert step is not None, f"no checkpoint in {checkpoint_dir}"
+    return store.load_full(step)["model"]  # type: ignore[no-any-return]
 
 
 def test_two_processes_match_one_process_on_the_concatenated_batch_also_with_accumulation(
@@ -83,7 +84,7 @@ def test_killed_rank_stops_the_gang_and_the_rerun_resumes_to_the_same_loss_past_
     assert crashed.find("peer_failed"), crashed.dump()
     # The newest checkpoint is damaged as well: the rerun must fall back to the one before.
     newest, previous = _steps_in(crashed_dir / "checkpoints")[:2]
-    damaged = CheckpointStore(crashed_dir / "checkpoints", keep=2).path_for(newest)
+    damaged = CheckpointStore(crashed_dir / "checkpoints", keep=2).path_for(newest) / "__0_0.distcp"
     damaged.write_bytes(damaged.read_bytes()[:1000])
     interrupted_at = previous
 

@@ -87,6 +87,7 @@ def test_progress_and_metrics_answer_during_a_run_and_the_export_is_verified(tmp
     assert progress["samplesPerSecond"] > 0
     assert progress["etaSeconds"] is not None
     assert set(progress) >= {"epoch", "evalMetric", "evalMetricName", "lastUpdateTime"}
+    assert (progress["strategy"], progress["precision"], progress["worldSize"]) == ("ddp", "fp32", 1)
     ctype, body = _get(port, "/metrics")
     assert ctype.startswith("text/plain")
     text = body.decode()
@@ -98,6 +99,7 @@ def test_progress_and_metrics_answer_during_a_run_and_the_export_is_verified(tmp
         "coxswain_trainer_learning_rate 0.001",
         "coxswain_trainer_epoch ",
         "coxswain_trainer_checkpoints_total ",
+        'coxswain_trainer_parallelism{precision="fp32",strategy="ddp"} 1.0',
     ):
         assert name in text, name
 

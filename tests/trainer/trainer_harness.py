@@ -114,6 +114,7 @@ def launch(
     env: dict[str, str] | None = None,
     checkpoint_dir: Path | None = None,
     name: str = "run",
+    rank_env: dict[int, dict[str, str]] | None = None,
 ) -> Gang:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / f"{name}.yaml"
@@ -132,6 +133,7 @@ def launch(
             "COXSWAIN_TERMINATION_LOG": str(workdir / f"termination-log-{rank}"),
             "COXSWAIN_COLLECTIVE_TIMEOUT_SECONDS": "30",
             **(env or {}),
+            **(rank_env or {}).get(rank, {}),
         }
         if world_size > 1:
             rank_env.update(

@@ -8,6 +8,7 @@ configuration (before any work); 3 a peer rank died or hung (collective failed o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import traceback
@@ -54,6 +55,8 @@ def _train_config(config: TrainerConfig, world_size: int) -> dict[str, Any]:
         "evaluation": spec.evaluation.to_dict(),
         "seed": spec.seed,
         "worldSize": world_size,
+        "strategy": spec.optimization.strategy.value,
+        "precision": spec.optimization.precision.value,
     }
 
 
@@ -65,7 +68,7 @@ def run(config: TrainerConfig) -> int:
 
     import torch
 
-    from coxswain_trainer.checkpoint import CheckpointStore, resume_state
+    from coxswain_trainer.checkpoint import CheckpointStore, chosen_step
     from coxswain_trainer.distributed import init_from_env, is_peer_failure, shutdown, threads_per_process
     from coxswain_trainer.export import export_model, write_termination_log
     from coxswain_trainer.loop import Trainer
@@ -113,22 +116,28 @@ def run(config: TrainerConfig) -> int:
         task = build_task(spec, topo.device)
         store = CheckpointStore(config.checkpoint_dir, spec.checkpoint.keep)
         trainer = Trainer(spec, topo, task, store, metrics, stop)
-        state = resume_state(store, topo)
+        resume_step = chosen_step(store, topo)
+        state = trainer.start(resume_step)
         if state is not None:
             log.info(
                 "resuming",
                 step=state["step"],
                 epoch=state["epoch"],
+                epoch_samples=state["epoch_samples"],
+                written_by=f"{state.get('world_size')} x {state.get('strategy', 'ddp')}",
+                world_size=topo.world_size,
+                strategy=trainer.strategy,
                 checkpoint_dir=str(config.checkpoint_dir),
             )
-        trainer.start(state)
         result = trainer.run()
+        consolidated = trainer.consolidated_model()  # a collective under fsdp
         if topo.is_main:
+            assert consolidated is not None
             exported = None
             if config.export is not None:
                 metrics.set_state("exporting")
                 exported = export_model(
-                    task,
+                    dataclasses.replace(task, model=consolidated),
                     config.export,
                     config.job,
                     result.eval_metrics,

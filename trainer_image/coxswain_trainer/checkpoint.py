@@ -1,30 +1,49 @@
-"""Atomic, self-verifying checkpoints; keeping the last K; resuming from the newest valid one.
+"""Checkpoints through torch.distributed.checkpoint (DCP): atomic, self-verifying, last K kept,
+resumable on any number of processes.
 
-A checkpoint file is `COXCKPT1 <sha256 of payload>\\n<torch.save payload>`. It is written to a
-temporary file, fsync'd and renamed, so a crash leaves either the old set or the new file; the
-digest catches what rename cannot (a truncated copy, a flipped bit on a bad disk), and the
-resume then falls back to the checkpoint before it.
+One checkpoint is a directory `ckpt-<step>/` holding DCP's files (`__<rank>_<n>.distcp`
+shards and `.metadata`), `trainer.pt` (step, epoch, sampler position, scheduler, early
+stopping, every rank's random generators) and, written last by rank 0 with a rename,
+`COMPLETE`: the size and sha256 of every other file. A directory without a valid COMPLETE
+(a writer that died, a truncated or flipped shard) is not a checkpoint: resume falls back to
+the newest one that verifies.
+
+Who writes and who reads (`Trainer.sharded_checkpoints`):
+- ddp: rank 0 alone writes the whole (replicated) state and, on resume, rank 0 alone reads it
+  and broadcasts it to the other ranks, so only rank 0 needs the checkpoint volume.
+- fsdp: every rank writes its own shard and reads the parts it needs (the volume must be
+  shared by every rank; the CRD's CEL rule asks for it).
+Both write the same DCP layout with the same keys, so a checkpoint from N processes resumes
+on M, and a ddp checkpoint resumes under fsdp and back: DCP reshards on load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import random
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from coxswain_trainer.distributed import Topology
 from coxswain_trainer.logs import log
 
-MAGIC = b"COXCKPT1 "
-_NAME = re.compile(r"ckpt-(\d{10})\.pt")
+COMPLETE = "COMPLETE"
+TRAINER_STATE = "trainer.pt"
+_NAME = re.compile(r"ckpt-(\d{10})")
+_HASH_CHUNK = 1 << 22
 
 
 class CorruptCheckpointError(Exception):
@@ -44,76 +63,126 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def file_digest(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 class CheckpointStore:
-    """The checkpoint files of one job in one directory; only rank 0 calls `save`."""
+    """The checkpoint directories of one job under one directory."""
 
     def __init__(self, directory: str | os.PathLike[str], keep: int) -> None:
         self.directory = Path(directory)
         self.keep = keep
 
     def path_for(self, step: int) -> Path:
-        return self.directory / f"ckpt-{step:010d}.pt"
+        return self.directory / f"ckpt-{step:010d}"
 
     def steps(self) -> list[int]:
-        """Steps that have a checkpoint file, newest first."""
+        """Steps that have a checkpoint directory (complete or not), newest first."""
         if not self.directory.is_dir():
             return []
         found = [int(m.group(1)) for p in self.directory.iterdir() if (m := _NAME.fullmatch(p.name))]
         return sorted(found, reverse=True)
 
-    def save(self, state: dict[str, Any], step: int) -> Path:
+    # ---- writing ---------------------------------------------------------------------
+
+    def begin(self, step: int) -> Path:
+        """Rank 0, before any rank writes: an empty directory for `step` (a leftover of a
+        writer that died there is removed first)."""
+        path = self.path_for(step)
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def write_shards(self, state: dict[str, Any], step: int, *, alone: bool) -> None:
+        """DCP's files: a collective over every rank, or rank 0 by itself (`alone`)."""
+        dcp_save(state, storage_writer=FileSystemWriter(self.path_for(step)), no_dist=alone)
+
+    def shard_digests(self, step: int, rank: int) -> dict[str, dict[str, Any]]:
+        """Size and sha256 of the shard files this rank wrote (hashed where they were written)."""
+        return {p.name: file_digest(p) for p in sorted(self.path_for(step).glob(f"__{rank}_*.distcp"))}
+
+    def commit(self, step: int, trainer_state: dict[str, Any], digests: dict[str, dict[str, Any]]) -> Path:
+        """Rank 0, after every rank's shards: trainer.pt, then COMPLETE, renamed into place last."""
+        path = self.path_for(step)
         buffer = io.BytesIO()
-        torch.save(state, buffer)
-        payload = buffer.getvalue()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.path_for(step)
-        tmp = self.directory / f".{final.name}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.directory)
-        self.prune()
-        return final
+        torch.save(trainer_state, buffer)
+        _write_atomic(path / TRAINER_STATE, buffer.getvalue())
+        files = dict(digests)
+        for name in (".metadata", TRAINER_STATE):
+            files[name] = file_digest(path / name)
+        record = {
+            "step": step,
+            "worldSize": trainer_state.get("world_size"),
+            "strategy": trainer_state.get("strategy"),
+            "files": files,
+        }
+        _write_atomic(path / COMPLETE, json.dumps(record, indent=1, sort_keys=True).encode())
+        self.prune(current=step)
+        return path
 
-    def prune(self) -> None:
-        for step in self.steps()[self.keep :]:
-            self.path_for(step).unlink(missing_ok=True)
-        for stale in self.directory.glob(".ckpt-*.tmp"):
-            # Left by a writer that died mid-write; never a valid checkpoint.
-            if not stale.name.endswith(f".{os.getpid()}.tmp"):
-                stale.unlink(missing_ok=True)
+    def prune(self, current: int | None = None) -> None:
+        """Keep the newest `keep` complete checkpoints; drop older ones and dead writers' leftovers."""
+        complete = [s for s in self.steps() if (self.path_for(s) / COMPLETE).is_file()]
+        kept = set(complete[: self.keep])
+        for step in self.steps():
+            if step not in kept and step != current:
+                shutil.rmtree(self.path_for(step), ignore_errors=True)
 
-    def load(self, step: int) -> dict[str, Any]:
+    # ---- reading ---------------------------------------------------------------------
+
+    def verify(self, step: int) -> dict[str, Any]:
+        """The COMPLETE record of `step`, once every file it lists has its size and digest."""
         path = self.path_for(step)
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise CorruptCheckpointError(f"{path}: cannot be read: {exc}") from exc
-        header_end = data.find(b"\n")
-        header, payload = data[:header_end], data[header_end + 1 :]
-        if header_end < 0 or not header.startswith(MAGIC):
-            raise CorruptCheckpointError(f"{path}: not a coxswain checkpoint (bad header)")
-        if hashlib.sha256(payload).hexdigest().encode() != header[len(MAGIC) :]:
-            raise CorruptCheckpointError(f"{path}: checksum mismatch (truncated or corrupted)")
-        try:
-            state: dict[str, Any] = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CorruptCheckpointError(f"{path}: cannot be unpickled: {exc}") from exc
-        if state.get("step") != step:
-            raise CorruptCheckpointError(f"{path}: holds step {state.get('step')}, not {step}")
-        return state
+            record = json.loads((path / COMPLETE).read_text())
+        except FileNotFoundError:
+            raise CorruptCheckpointError(
+                f"{path}: incomplete (no {COMPLETE}: its writer stopped midway)"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise CorruptCheckpointError(f"{path}/{COMPLETE}: unreadable: {exc}") from exc
+        if record.get("step") != step:
+            raise CorruptCheckpointError(f"{path}: holds step {record.get('step')}, not {step}")
+        for name, want in record.get("files", {}).items():
+            try:
+                size = (path / name).stat().st_size
+            except OSError as exc:
+                raise CorruptCheckpointError(f"{path}/{name}: missing ({exc.strerror})") from exc
+            if size != want["bytes"]:
+                raise CorruptCheckpointError(
+                    f"{path}/{name}: {size} bytes, {want['bytes']} written (truncated or corrupted)"
+                )
+            if file_digest(path / name)["sha256"] != want["sha256"]:
+                raise CorruptCheckpointError(f"{path}/{name}: checksum mismatch (corrupted)")
+        return cast(dict[str, Any], record)
 
-    def newest_valid(self) -> tuple[int, dict[str, Any]] | None:
+    def newest_valid(self) -> int | None:
         for step in self.steps():
             try:
-                return step, self.load(step)
+                self.verify(step)
+                return step
             except CorruptCheckpointError as exc:
                 log.warning(
                     "checkpoint_invalid",
@@ -123,34 +192,38 @@ class CheckpointStore:
                 )
         return None
 
+    def load_trainer_state(self, step: int) -> dict[str, Any]:
+        path = self.path_for(step) / TRAINER_STATE
+        try:
+            state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CorruptCheckpointError(f"{path}: cannot be read: {exc}") from exc
+        return state
 
-def resume_state(store: CheckpointStore, topo: Topology) -> dict[str, Any] | None:
-    """The checkpoint every rank resumes from: rank 0's newest valid one.
+    def read_shards(self, state: dict[str, Any], step: int, *, alone: bool) -> None:
+        """Fill `state` (tensors shaped as this process holds them) in place from DCP's files."""
+        dcp_load(state, storage_reader=FileSystemReader(self.path_for(step)), no_dist=alone)
 
-    All ranks read it from the (shared) checkpoint volume; a rank that cannot see that file
-    (a volume that is not shared between nodes) receives it from rank 0 instead.
-    """
+    def load_full(self, step: int) -> dict[str, Any]:
+        """The whole checkpoint in one process, unsharded: for tests, tools and export."""
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory(prefix="coxswain-ckpt-") as scratch:
+            target = Path(scratch) / "full.pt"
+            dcp_to_torch_save(self.path_for(step), target)
+            state: dict[str, Any] = torch.load(target, map_location="cpu", weights_only=False)
+        return state
+
+
+def chosen_step(store: CheckpointStore, topo: Topology) -> int | None:
+    """The checkpoint every rank resumes from: rank 0's newest valid one (-1: none)."""
     found = store.newest_valid() if topo.is_main else None
     if not topo.distributed:
-        return found[1] if found else None
-    chosen = torch.tensor([found[0] if (topo.is_main and found) else -1], dtype=torch.long)
+        return found
+    chosen = torch.tensor([found if found is not None else -1], dtype=torch.long)
     dist.broadcast(chosen, src=0)
     step = int(chosen.item())
-    if step < 0:
-        return None
-    state: dict[str, Any] | None = found[1] if found and found[0] == step else None
-    if state is None:
-        try:
-            state = store.load(step)
-        except CorruptCheckpointError:
-            state = None
-    have = torch.tensor([1 if state is not None else 0], dtype=torch.long)
-    dist.all_reduce(have, op=dist.ReduceOp.MIN)
-    if int(have.item()) == 0:
-        box: list[Any] = [state if topo.is_main else None]
-        dist.broadcast_object_list(box, src=0)
-        state = box[0]
-    return state
+    return None if step < 0 else step
 
 
 def capture_rng() -> dict[str, Any]:

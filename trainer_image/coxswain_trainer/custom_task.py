@@ -5,7 +5,8 @@
     loss_fn(config) -> callable(outputs, targets) -> scalar mean loss
 
 `config` is `spec.task.custom.config`, passed as it is. Optional module attributes:
-`TASK_KIND` ("classification" adds accuracy to the eval metrics; default "regression" for
+`shard_blocks(model)` (strategy fsdp: the submodules to `fully_shard` one by one, e.g. the
+transformer layers; default: every submodule owning parameters), `TASK_KIND` ("classification" adds accuracy to the eval metrics; default "regression" for
 float targets, "classification" for integer targets) and `LABELS` (class names for export).
 A `TensorDataset` is moved to the device whole, like the built-in data; any other dataset is
 read item by item.
@@ -23,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from coxswain_trainer.data import DatasetSource, SampleSource, TaskData, TaskKind, TensorSource
+from coxswain_trainer.parallel import ShardPolicy
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -32,6 +34,8 @@ class CustomTask:
     model: nn.Module
     data: TaskData
     loss: LossFn
+    rebuild: Callable[[], nn.Module]
+    shard_blocks: ShardPolicy | None = None
 
 
 class CustomTaskError(Exception):
@@ -91,4 +95,15 @@ def load_custom_task(module_name: str, config: dict[str, Any], device: torch.dev
             input_dtype=x0.dtype,
         ),
         loss=cast(LossFn, loss),
+        rebuild=lambda: cast(nn.Module, module.build_model(config)),
+        shard_blocks=_shard_policy(module, module_name),
     )
+
+
+def _shard_policy(module: Any, module_name: str) -> ShardPolicy | None:
+    policy = getattr(module, "shard_blocks", None)
+    if policy is not None and not callable(policy):
+        raise CustomTaskError(
+            f"{module_name}.shard_blocks must be a function (model) -> iterable of submodules"
+        )
+    return cast(ShardPolicy | None, policy)

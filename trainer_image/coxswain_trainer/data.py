@@ -8,13 +8,14 @@ batch is one indexing operation: no DataLoader, no worker processes, no per-samp
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, default_collate
+from torch.utils.data import Dataset, default_collate
 
 TaskKind = Literal["classification", "regression"]
 DATASETS = ("digits", "diabetes", "synthetic-regression")
@@ -189,34 +190,35 @@ def load_builtin(
     )
 
 
-class _Sized:
-    """DistributedSampler only needs the length of what it samples."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-
 def epoch_shard(
-    n: int, *, rank: int, world_size: int, seed: int, epoch: int, device: torch.device
+    n: int,
+    *,
+    rank: int,
+    world_size: int,
+    seed: int,
+    epoch: int,
+    device: torch.device,
+    start: int = 0,
 ) -> torch.Tensor:
-    """This rank's sample indices for `epoch`, shuffled the same way on every world size.
+    """This rank's sample indices for what is left of `epoch` after its first `start` samples.
 
-    DistributedSampler pads the permutation to a multiple of the world size, so all ranks take
-    the same number of steps; with n divisible by the world size, the ranks' shards together
-    are exactly one process's permutation.
+    An epoch is one seeded permutation of the training split (the same on every world size,
+    and the one DistributedSampler draws). Every optimizer step consumes the next
+    `batchSize` entries of it, dealt out round-robin to the ranks, so the samples consumed so
+    far are always a prefix of the permutation and a checkpoint only records its length
+    (`epoch_samples`). A run resumed on a different number of processes trains the rest of
+    the permutation, dealt out round-robin to the new ranks; padding (to give every rank the
+    same number of steps) repeats samples from the start of the permutation, as
+    DistributedSampler does. With `start` 0 this is exactly DistributedSampler's shard.
     """
-    sampler: DistributedSampler[int] = DistributedSampler(
-        _Sized(n),  # type: ignore[arg-type]
-        num_replicas=world_size,
-        rank=rank,
-        shuffle=True,
-        seed=seed,
-    )
-    sampler.set_epoch(epoch)
-    return torch.tensor(list(iter(sampler)), dtype=torch.long, device=device)
+    generator = torch.Generator()
+    generator.manual_seed(seed + epoch)
+    order = torch.randperm(n, generator=generator)
+    rest = order[start:]
+    pad = (-int(rest.shape[0])) % world_size
+    if pad:
+        rest = torch.cat([rest, order.repeat(math.ceil(pad / n))[:pad]])
+    return rest[rank::world_size].to(device)
 
 
 def eval_shard(n: int, *, rank: int, world_size: int, device: torch.device) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,17 +23,27 @@ def evaluate(
     data: TaskData,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     topo: Topology,
+    *,
+    lockstep: bool = False,
 ) -> dict[str, float]:
     """eval_loss, plus accuracy (classification) or mse in the target's units and r2
     (regression). Each rank scores its share; the sums are all-reduced, so every rank gets the
-    same numbers and early stopping decides the same everywhere."""
+    same numbers and early stopping decides the same everywhere. `lockstep` (fsdp, whose
+    forward is a collective): every rank runs the same number of forwards, a rank whose share
+    is used up runs one sample and discards it."""
     module.eval()
     indices = eval_shard(len(data.eval), rank=topo.rank, world_size=topo.world_size, device=topo.device)
     # loss*n, n, correct, squared error, sum y, sum y^2, target elements
     sums = torch.zeros(7, dtype=torch.float64, device=topo.device)
     classification = data.kind == "classification"
-    for start in range(0, int(indices.shape[0]), EVAL_BATCH):
-        idx = indices[start : start + EVAL_BATCH]
+    batches = math.ceil(int(indices.shape[0]) / EVAL_BATCH)
+    if lockstep:
+        batches = math.ceil(math.ceil(len(data.eval) / topo.world_size) / EVAL_BATCH)
+    for b in range(batches):
+        idx = indices[b * EVAL_BATCH : (b + 1) * EVAL_BATCH]
+        if idx.numel() == 0:
+            module(data.eval.batch(torch.zeros(1, dtype=torch.long, device=topo.device))[0])
+            continue
         x, y = data.eval.batch(idx)
         out = module(x)
         n = idx.shape[0]

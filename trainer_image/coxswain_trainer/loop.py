@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 from torch.nn.parallel import DistributedDataParallel
 
 from coxswain.api.trainingjob import GradientDescent, TrainingJobSpec
@@ -30,10 +37,11 @@ from coxswain_trainer.evaluation import EarlyStopper, evaluate
 from coxswain_trainer.logs import log
 from coxswain_trainer.metrics import TrainerMetrics
 from coxswain_trainer.optim import OptimizerSettings, Schedule, ScheduleSettings, build_optimizer
+from coxswain_trainer.parallel import Precision, wrap
 from coxswain_trainer.signals import Interrupted, StopRequest
 from coxswain_trainer.tasks import Task
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: DCP directories (checkpoint.py); 1 was one torch.save file
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,15 @@ class Trainer:
         )
         self.module: nn.Module = task.model
         self.plan = make_plan(spec, len(task.data.train), topo.world_size)
+        self.strategy = spec.optimization.strategy.value
+        self.precision_name = spec.optimization.precision.value
+        # fsdp with one process has nothing to shard: it trains (and checkpoints) as ddp does.
+        self.sharded = self.strategy == "fsdp" and topo.distributed
+        self.precision = Precision(self.precision_name, self.strategy, topo)
+        self.train_model: nn.Module = self.module
+        if self.sharded:
+            # Before the optimizer is built: fully_shard swaps the parameters for sharded ones.
+            self.train_model = wrap(self.module, "fsdp", self.precision_name, topo, task.shard_blocks)
         o, s = spec.optimization.optimizer, spec.optimization.schedule
         self.optimizer = build_optimizer(
             self.module.parameters(),
@@ -144,7 +161,6 @@ class Trainer:
         self.resumed_from: int | None = None
         self._warned_diverged = False
         self.samples_seen = 0  # rank 0: global samples trained in this process's lifetime
-        self.train_model: nn.Module = self.module
         self.progress_interval = progress_interval_seconds
         self.log_interval = (
             log_interval_seconds
@@ -154,28 +170,35 @@ class Trainer:
 
     # ---- state -------------------------------------------------------------------------
 
-    def state_dict(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+    def trainer_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """Everything but the tensors of model and optimizer (those go through DCP)."""
         return {
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
             "epoch": self.epoch,
             "epoch_samples": self.epoch_samples,
             "world_size": self.topo.world_size,
+            "strategy": self.strategy,
+            "precision": self.precision_name,
             "finished": self.finished,
             "stopped_early": self.stopped_early,
-            "model": self.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
+            "scaler": self.precision.state_dict(),
             "early_stopping": self.early.state_dict() if self.early else None,
             "eval": dict(self.last_eval),
             "eval_step": self.last_eval_step,
             "rng": rng,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def tensor_state(self) -> dict[str, Any]:
+        """Model and optimizer keyed by parameter name: the same keys for ddp and fsdp, so DCP can
+        load either into either (sharded DTensors under fsdp, whole tensors under ddp)."""
+        model, optim = get_state_dict(self.module, self.optimizer)
+        return {"model": model, "optim": optim}
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
         self.schedule.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("scaler"))
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.epoch_samples = int(state["epoch_samples"])
         self.finished, self.stopped_early = bool(state["finished"]), bool(state["stopped_early"])
@@ -192,51 +215,123 @@ class Trainer:
         self.resumed_from = self.step
         self.metrics.update(resumedFromStep=self.step)
 
-    def start(self, state: dict[str, Any] | None) -> None:
-        """Load a checkpoint (or seed afresh), then wrap in DDP, which broadcasts rank 0's weights."""
-        if state is not None:
-            self.load_state_dict(state)
+    def resume(self, step: int) -> dict[str, Any]:
+        """Load checkpoint `step` on every rank (a collective); returns its trainer state.
+
+        fsdp: every rank reads its part from the shared volume. ddp: rank 0 reads it all and
+        broadcasts it, so the other ranks need no checkpoint volume at all.
+        """
+        if self.sharded:
+            trainer_state = self.store.load_trainer_state(step)
+            tensors = self.tensor_state()
+            self.store.read_shards(tensors, step, alone=False)
         else:
+            box: list[Any] = [None]
+            if self.topo.is_main:
+                tensors = self.tensor_state()
+                self.store.read_shards(tensors, step, alone=True)
+                box = [(tensors, self.store.load_trainer_state(step))]
+            if self.topo.distributed:
+                dist.broadcast_object_list(box, src=0)
+            tensors, trainer_state = box[0]
+        set_state_dict(
+            self.module, self.optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optim"]
+        )
+        self.load_trainer_state(trainer_state)
+        return trainer_state
+
+    def start(self, resume_step: int | None) -> dict[str, Any] | None:
+        """Load a checkpoint (or seed afresh), then wrap in DDP, which broadcasts rank 0's weights."""
+        state = self.resume(resume_step) if resume_step is not None else None
+        if state is None:
             _seed_rank_generators(self.spec.seed, self.topo.rank, 0)
-        if self.topo.distributed:
-            cuda = self.topo.device.type == "cuda"
-            self.train_model = DistributedDataParallel(
-                self.module,
-                device_ids=[self.topo.device.index] if cuda else None,
-                gradient_as_bucket_view=True,
-            )
+        if self.topo.distributed and not self.sharded:
+            self.train_model = wrap(self.module, "ddp", self.precision_name, self.topo)
+        return state
 
     def save_checkpoint(self, reason: str) -> None:
-        """A collective: every rank calls it at the same step; rank 0 writes."""
+        """A collective: every rank calls it at the same step. ddp: rank 0 writes everything;
+        fsdp: every rank writes its shard, then rank 0 commits."""
         if self.topo.is_main:
             self.metrics.set_state("checkpointing")
+        started = time.perf_counter()
         rng = gather_rng(self.topo)
+        if self.sharded:
+            if self.topo.is_main:
+                self.store.begin(self.step)
+            dist.barrier()
+            self.store.write_shards(self.tensor_state(), self.step, alone=False)
+            mine = self.store.shard_digests(self.step, self.topo.rank)
+            gathered: list[Any] = [None] * self.topo.world_size if self.topo.is_main else []
+            dist.gather_object(mine, gathered if self.topo.is_main else None, dst=0)
+            if self.topo.is_main:
+                digests = {name: d for part in gathered for name, d in part.items()}
+                self._commit(rng, digests, reason, started)
+        elif self.topo.is_main:
+            self._write_alone(rng, reason, started)
         if self.topo.is_main:
-            self._write(rng, reason)
             self.metrics.set_state("training")
 
     def save_checkpoint_alone(self, reason: str) -> None:
         """Rank 0 writes without the other ranks (after a signal, when they may be gone)."""
-        if self.topo.is_main:
-            self._write([capture_rng()], reason)
+        if not self.topo.is_main:
+            return
+        if self.sharded:
+            log.warning(
+                "checkpoint_skipped",
+                step=self.step,
+                reason=reason,
+                detail="fsdp checkpoints need every rank; the newest interval checkpoint is where the "
+                "next attempt resumes",
+            )
+            return
+        self._write_alone([capture_rng()], reason, time.perf_counter())
 
-    def _write(self, rng: list[dict[str, Any]], reason: str) -> None:
-        started = time.perf_counter()
-        path = self.store.save(self.state_dict(rng), self.step)
+    def _write_alone(self, rng: list[dict[str, Any]], reason: str, started: float) -> None:
+        self.store.begin(self.step)
+        self.store.write_shards(self.tensor_state(), self.step, alone=True)
+        self._commit(rng, self.store.shard_digests(self.step, 0), reason, started)
+
+    def _commit(
+        self, rng: list[dict[str, Any]], digests: dict[str, dict[str, Any]], reason: str, started: float
+    ) -> None:
+        path = self.store.commit(self.step, self.trainer_state(rng), digests)
         took = time.perf_counter() - started
         self.metrics.checkpoints.inc()
         self.metrics.checkpoint_seconds.observe(took)
         self.metrics.update(
             lastCheckpoint={"step": self.step, "path": str(path), "time": datetime.now(UTC).isoformat()}
         )
-        log.info("checkpoint_saved", step=self.step, path=str(path), reason=reason, seconds=round(took, 3))
+        log.info(
+            "checkpoint_saved",
+            step=self.step,
+            path=str(path),
+            reason=reason,
+            seconds=round(took, 3),
+            strategy=self.strategy,
+            world_size=self.topo.world_size,
+        )
+
+    def consolidated_model(self) -> nn.Module | None:
+        """The whole trained model on rank 0 (None elsewhere), for export. A collective under
+        fsdp: the shards are gathered into a freshly built copy of the model."""
+        if not self.sharded:
+            return self.module if self.topo.is_main else None
+        full = get_model_state_dict(
+            self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        if not self.topo.is_main:
+            return None
+        model = self.task.rebuild()
+        model.load_state_dict(full)
+        return model.to(self.topo.device)
 
     # ---- evaluation --------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
         if self.topo.is_main:
             self.metrics.set_state("evaluating")
-        result = evaluate(self.module, self.task.data, self.task.loss, self.topo)
+        result = evaluate(self.module, self.task.data, self.task.loss, self.topo, lockstep=self.sharded)
         self.last_eval, self.last_eval_step = result, self.step
         if self.topo.is_main:
             for name, value in result.items():
@@ -254,11 +349,17 @@ class Trainer:
     # ---- training ----------------------------------------------------------------------
 
     def _micro_step(self, x: torch.Tensor, y: torch.Tensor, parts: int) -> torch.Tensor:
-        loss = self.task.loss(self.train_model(x), y)
+        with self.precision.forward():
+            loss = self.task.loss(self.train_model(x), y)
         if parts > 1:
             loss = loss / parts
-        loss.backward()  # type: ignore[no-untyped-call]
-        return loss.detach()
+        self.precision.backward(loss)
+        return loss.detach().float()
+
+    def _sync_gradients(self, on: bool) -> None:
+        """fsdp: reduce-scatter only on the last micro-batch of an accumulated step."""
+        if self.sharded:
+            self.train_model.set_requires_gradient_sync(on)  # type: ignore[operator]
 
     def run(self) -> RunResult:
         plan, topo, data = self.plan, self.topo, self.task.data
@@ -274,9 +375,16 @@ class Trainer:
 
         if main:
             self.metrics.world_size.set(world)
+            self.metrics.parallelism.labels(strategy=self.strategy, precision=self.precision_name).set(1)
             self.metrics.learning_rate.set(self.schedule.current_lr())
             self.metrics.update(
-                step=self.step, totalSteps=plan.total_steps, epoch=self.epoch, state="training"
+                step=self.step,
+                totalSteps=plan.total_steps,
+                epoch=self.epoch,
+                state="training",
+                worldSize=world,
+                strategy=self.strategy,
+                precision=self.precision_name,
             )
             log.info(
                 "training_started",
@@ -286,6 +394,8 @@ class Trainer:
                 micro_batch_per_rank=b,
                 accumulation=accumulation,
                 world_size=world,
+                strategy=self.strategy,
+                precision=self.precision_name,
                 train_samples=n_train,
                 eval_samples=len(data.eval),
                 resumed_from=self.resumed_from,
@@ -298,6 +408,8 @@ class Trainer:
         self.train_model.train()
 
         while not self.finished and self.step < plan.total_steps and self.epoch < plan.epochs:
+            # What the epoch still owes: the permutation after the samples already consumed
+            # (possibly by a different number of processes before a resume), data.epoch_shard.
             shard = epoch_shard(
                 n_train,
                 rank=topo.rank,
@@ -305,12 +417,19 @@ class Trainer:
                 seed=spec.seed,
                 epoch=self.epoch,
                 device=topo.device,
+                start=min(self.epoch_samples, n_train),
             )
             micro = [shard[i : i + b] for i in range(0, int(shard.shape[0]), b)]
-            g = min(self.epoch_samples // (b * world), len(micro))
+            g = 0
+            if not micro:  # nothing left of it (a checkpoint taken at its very end)
+                self.epoch += 1
+                self.epoch_samples = 0
+                continue
             while g < len(micro):
                 chunk = micro[g : g + accumulation]
                 parts = len(chunk)
+                if parts > 1:
+                    self._sync_gradients(False)
                 for j in range(parts - 1):
                     x, y = data.train.batch(chunk[j])
                     if ddp is not None:
@@ -320,13 +439,16 @@ class Trainer:
                         loss = self._micro_step(x, y, parts)
                     if main:
                         loss_sum += loss
+                if parts > 1:
+                    self._sync_gradients(True)
                 x, y = data.train.batch(chunk[-1])
                 loss = self._micro_step(x, y, parts)
                 if main:
                     loss_sum += loss
                 if clip is not None:
+                    self.precision.unscale(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(params, clip)
-                self.optimizer.step()
+                self.precision.step(self.optimizer)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.schedule.step()
                 g += parts

@@ -54,6 +54,9 @@ class Progress:
     samplesPerSecond: float | None = None
     etaSeconds: float | None = None
     state: str = "starting"
+    worldSize: int | None = None
+    strategy: str | None = None  # ddp | fsdp
+    precision: str | None = None  # fp32 | bf16 | fp16
     lastUpdateTime: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     # {step, path, time} of the newest checkpoint rank 0 wrote; the operator copies it to status.
     lastCheckpoint: dict[str, Any] | None = None
@@ -93,6 +96,12 @@ class TrainerMetrics:
             "coxswain_trainer_checkpoint_duration_seconds", "Time to write one checkpoint.", registry=r
         )
         self.world_size = Gauge("coxswain_trainer_world_size", "Processes in the gang.", registry=r)
+        self.parallelism = Gauge(
+            "coxswain_trainer_parallelism",
+            "1 for the strategy (ddp, fsdp) and precision (fp32, bf16, fp16) this run trains with.",
+            ["strategy", "precision"],
+            registry=r,
+        )
         self.progress = Progress()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None

@@ -14,6 +14,7 @@ from coxswain.api.trainingjob import TrainingJobSpec
 from coxswain_trainer.custom_task import load_custom_task
 from coxswain_trainer.data import TaskData, load_builtin
 from coxswain_trainer.models import build_model
+from coxswain_trainer.parallel import ShardPolicy
 
 
 @dataclass
@@ -23,6 +24,10 @@ class Task:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     architecture_kind: str  # linear | mlp | cnn | custom
     architecture_config: dict[str, Any] = field(default_factory=dict)
+    # A new, untrained model of the same architecture (export gathers fsdp shards into it).
+    rebuild: Callable[[], nn.Module] = field(default=lambda: nn.Identity())
+    # fsdp: the submodules to shard one by one (None: every module owning parameters).
+    shard_blocks: ShardPolicy | None = None
 
 
 def build_task(spec: TrainingJobSpec, device: torch.device) -> Task:
@@ -37,6 +42,8 @@ def build_task(spec: TrainingJobSpec, device: torch.device) -> Task:
             loss=loaded.loss,
             architecture_kind="custom",
             architecture_config={"module": custom.module, "config": dict(custom.config)},
+            rebuild=loaded.rebuild,
+            shard_blocks=loaded.shard_blocks,
         )
     builtin = spec.task.builtin
     assert builtin is not None  # the API's rule: exactly one of builtin / custom
@@ -49,14 +56,18 @@ def build_task(spec: TrainingJobSpec, device: torch.device) -> Task:
         synthetic_samples=builtin.synthetic_samples,
         synthetic_features=builtin.synthetic_features,
     )
-    model = build_model(
-        builtin.model.value,
-        data.input_shape[0],
-        data.num_outputs,
-        hidden_sizes=builtin.hidden_sizes,
-        channels=builtin.channels,
-        dropout=builtin.dropout,
-    ).to(device)
+
+    def rebuild() -> nn.Module:
+        return build_model(
+            builtin.model.value,
+            data.input_shape[0],
+            data.num_outputs,
+            hidden_sizes=builtin.hidden_sizes,
+            channels=builtin.channels,
+            dropout=builtin.dropout,
+        )
+
+    model = rebuild().to(device)
     loss: nn.Module = nn.CrossEntropyLoss() if data.kind == "classification" else nn.MSELoss()
     config: dict[str, Any] = {
         "model": builtin.model.value,
@@ -71,5 +82,10 @@ def build_task(spec: TrainingJobSpec, device: torch.device) -> Task:
     if builtin.model.value == "cnn":
         config["channels"] = list(builtin.channels)
     return Task(
-        model=model, data=data, loss=loss, architecture_kind=builtin.model.value, architecture_config=config
+        model=model,
+        data=data,
+        loss=loss,
+        architecture_kind=builtin.model.value,
+        architecture_config=config,
+        rebuild=rebuild,
     )

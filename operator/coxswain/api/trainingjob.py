@@ -163,6 +163,21 @@ class GradientDescent(StrEnum):
     PER_SAMPLE = "perSample"
 
 
+class Strategy(StrEnum):
+    """How the model is spread over the ranks."""
+
+    DDP = "ddp"
+    FSDP = "fsdp"
+
+
+class Precision(StrEnum):
+    """Arithmetic of the forward and backward passes (weights and optimizer state stay fp32)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
 class OptimizerName(StrEnum):
     """Optimizer algorithm."""
 
@@ -236,6 +251,16 @@ class Optimization(ApiModel):
         default=1, ge=1, le=1024, description="Micro-batches accumulated per optimizer step."
     )
     gradient_clip_norm: float | None = Field(default=None, gt=0.0, description="Optional gradient norm clip.")
+    strategy: Strategy = Field(
+        default=Strategy.DDP,
+        description="ddp (every rank holds the whole model) or fsdp (parameters, gradients and optimizer "
+        "state sharded across ranks; needs a checkpoint volume every rank can write).",
+    )
+    precision: Precision = Field(
+        default=Precision.FP32,
+        description="fp32, bf16 (mixed precision) or fp16 (mixed precision with a gradient scaler; "
+        "needs resources.gpus > 0).",
+    )
 
 
 class EvalMetric(StrEnum):
@@ -500,6 +525,28 @@ class TrainingJobSpec(ApiModel):
             field_path=".backend",
             check=lambda m: m.backend != Backend.NCCL or m.resources.gpus > 0,
         ),
+        CelRule(
+            rule="self.optimization.precision != 'fp16' || self.resources.gpus > 0",
+            message="optimization.precision fp16 requires resources.gpus > 0; use bf16 or fp32 on CPU",
+            field_path=".optimization.precision",
+            check=lambda m: m.optimization.precision != Precision.FP16 or m.resources.gpus > 0,
+        ),
+        CelRule(
+            rule="self.optimization.strategy != 'fsdp' || self.nodes == 1 || "
+            "(has(self.checkpoint.volume) && has(self.checkpoint.volume.persistentVolumeClaim))",
+            message="optimization.strategy fsdp writes one checkpoint shard per rank, so every rank must "
+            "reach the checkpoint volume: with nodes > 1 set checkpoint.volume.persistentVolumeClaim (a "
+            "ReadWriteMany claim), or use strategy ddp",
+            field_path=".optimization.strategy",
+            check=lambda m: (
+                m.optimization.strategy != Strategy.FSDP
+                or m.nodes == 1
+                or (
+                    m.checkpoint.volume is not None
+                    and m.checkpoint.volume.persistent_volume_claim is not None
+                )
+            ),
+        ),
         *(immutable(f) for f in _IMMUTABLE + _IMMUTABLE_DEFAULTED),
         immutable("export", optional=True),
         CelRule(
@@ -591,6 +638,11 @@ class Progress(ApiModel):
     eta_seconds: float | None = Field(default=None, ge=0, description="Estimated time left.")
     last_update_time: datetime | None = Field(default=None, description="When progress last changed.")
     state: ProgressState | None = Field(default=None, description="What rank 0 is doing.")
+    world_size: int | None = Field(default=None, ge=1, description="Processes training in this attempt.")
+    strategy: Strategy | None = Field(default=None, description="ddp or fsdp, as the trainer runs it.")
+    precision: Precision | None = Field(
+        default=None, description="fp32, bf16 or fp16, as the trainer runs it."
+    )
 
 
 class LastFailure(ApiModel):

@@ -13,6 +13,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 NONCE_BYTES = 12
 KEY_BYTES = 32
+# The encryption formats a manifest's `encryption.format` names (see manifest.Encryption).
+FORMAT_PATH_ONLY = 1
+FORMAT_BOUND = 2
+CURRENT_FORMAT = FORMAT_BOUND
 
 
 class InvalidKeyError(ValueError):
@@ -55,15 +59,30 @@ def key_id(key: bytes) -> str:
     return hashlib.sha256(key).hexdigest()[:16]
 
 
+def file_associated_data(model: str, version: str, path: str, fmt: int = CURRENT_FORMAT) -> str:
+    """What a model file's ciphertext is bound to. NUL separates the parts: no name, version
+    or path holds one, so no two (model, version, path) give the same bytes."""
+    if fmt == FORMAT_PATH_ONLY:
+        return path
+    if fmt == FORMAT_BOUND:
+        return f"coxswain-model-file/2\0{model}\0{version}\0{path}"
+    raise ValueError(f"unknown encryption format {fmt}")
+
+
 def encrypt(key: bytes, plaintext: bytes, associated: str) -> bytes:
     nonce = os.urandom(NONCE_BYTES)
     return nonce + AESGCM(key).encrypt(nonce, plaintext, associated.encode())
 
 
-def decrypt(key: bytes, stored: bytes, associated: str) -> bytes:
+def decrypt(key: bytes, stored: bytes, associated: str, what: str | None = None) -> bytes:
+    """`what` names the file in errors (default: the associated data)."""
+    what = what or associated
     if len(stored) < NONCE_BYTES + 16:
-        raise DecryptionError(f"{associated}: too short to be an encrypted file")
+        raise DecryptionError(f"{what}: too short to be an encrypted file")
     try:
         return AESGCM(key).decrypt(stored[:NONCE_BYTES], stored[NONCE_BYTES:], associated.encode())
     except InvalidTag as exc:
-        raise DecryptionError(f"{associated}: decryption failed (wrong key or modified file)") from exc
+        raise DecryptionError(
+            f"{what}: decryption failed (wrong key, a modified file, or a file moved from another model, "
+            "version or path)"
+        ) from exc

@@ -66,10 +66,18 @@ class FileEntry(_Model):
 class Encryption(_Model):
     """AES-256-GCM per file: stored bytes are `nonce (12 bytes) || ciphertext || tag`.
 
-    The associated data is the file's relative path, so files cannot be swapped.
+    The associated data (authenticated, not stored) depends on `format`:
+    - 2 (written since issue 15): the model name, the version and the file's relative path,
+      so a stored file cannot be moved to another model, version or path that shares the key;
+    - 1 (the first format; manifests without `format`): the file's relative path only. Still
+      read, with a warning naming the version: files could be swapped between versions.
     """
 
     algorithm: Literal["AES-256-GCM"] = "AES-256-GCM"
+    format: Literal[1, 2] = Field(
+        default=1,
+        description="how the associated data is built (see above); absent means 1, the first format",
+    )
     key_id: str = Field(
         alias="keyId",
         description="sha256 of the key, first 16 hex chars: tells a wrong key from a tampered file",

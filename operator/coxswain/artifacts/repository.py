@@ -7,6 +7,7 @@ reader never sees half a version and an existing version is never overwritten.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from coxswain.artifacts import crypto
 from coxswain.artifacts.manifest import MANIFEST_FILE, Encryption, FileEntry, ModelManifest
+
+log = logging.getLogger("coxswain.artifacts")
 
 
 class ModelRepositoryError(Exception):
@@ -70,8 +73,9 @@ def write_version(
 ) -> Path:
     """Write `files` and a manifest (with their checksums) as a new version; returns its dir.
 
-    `manifest.files` and `manifest.encryption` are filled in here. Raises VersionExistsError
-    if the version is already there.
+    `manifest.files` and `manifest.encryption` are filled in here; encrypted files are
+    written in the current format (bound to model, version and path). Raises
+    VersionExistsError if the version is already there.
     """
     target = version_dir(root, manifest.name, manifest.version)
     if target.exists():
@@ -83,12 +87,16 @@ def write_version(
     try:
         entries: dict[str, FileEntry] = {}
         for rel, data in files.items():
-            stored = crypto.encrypt(key, data, rel) if key else data
+            stored = (
+                crypto.encrypt(key, data, crypto.file_associated_data(manifest.name, manifest.version, rel))
+                if key
+                else data
+            )
             path = staging / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(stored)
             entries[rel] = FileEntry(sha256=sha256_bytes(stored), size=len(stored))
-        encryption = Encryption(key_id=crypto.key_id(key)) if key else None
+        encryption = Encryption(key_id=crypto.key_id(key), format=crypto.CURRENT_FORMAT) if key else None
         final = manifest.model_copy(update={"files": entries, "encryption": encryption})
         ModelManifest.model_validate(final.model_dump(by_alias=True))  # re-check paths after the update
         (staging / MANIFEST_FILE).write_text(final.to_json())
@@ -124,8 +132,17 @@ def read_manifest(path: str | os.PathLike[str]) -> ModelManifest:
 def read_verified_files(
     path: str | os.PathLike[str], key: bytes | None = None
 ) -> tuple[ModelManifest, dict[str, bytes]]:
-    """Every file of a version, checked against the manifest's sha256 and decrypted if needed."""
+    """Every file of a version, checked against the manifest's sha256 and decrypted if needed.
+
+    With a key, the version must be encrypted: a server given a key serves encrypted versions
+    only, so a plaintext version dropped into the repository is refused, not served.
+    """
     manifest = read_manifest(path)
+    if key is not None and manifest.encryption is None:
+        raise ModelRepositoryError(
+            f"{manifest.name} {manifest.version} is not encrypted, but an encryption key was given: with a key "
+            "only encrypted versions are served; export it with spec.export.encryption, or serve without the key"
+        )
     if manifest.encryption and key is None:
         raise ModelRepositoryError(
             f"{manifest.name} {manifest.version} is encrypted ({manifest.encryption.algorithm}); give the key "
@@ -134,6 +151,14 @@ def read_verified_files(
     if manifest.encryption and key is not None and crypto.key_id(key) != manifest.encryption.key_id:
         raise ModelRepositoryError(
             f"{manifest.name} {manifest.version}: the given key is not the one it was encrypted with (key id {crypto.key_id(key)} != {manifest.encryption.key_id})"
+        )
+    if manifest.encryption and manifest.encryption.format == crypto.FORMAT_PATH_ONLY:
+        log.warning(
+            "model %s %s uses encryption format 1: its files are bound to their paths only, so a file "
+            "could be swapped with the same file of another version encrypted with this key; export it again "
+            "to write format 2",
+            manifest.name,
+            manifest.version,
         )
     out: dict[str, bytes] = {}
     for rel, entry in manifest.files.items():
@@ -147,7 +172,13 @@ def read_verified_files(
             raise ModelRepositoryError(
                 f"{manifest.name} {manifest.version}: {rel} does not match its sha256 in the manifest; refusing a tampered or corrupt model"
             )
-        out[rel] = crypto.decrypt(key, stored, rel) if manifest.encryption and key else stored
+        if manifest.encryption and key:
+            associated = crypto.file_associated_data(
+                manifest.name, manifest.version, rel, manifest.encryption.format
+            )
+            out[rel] = crypto.decrypt(key, stored, associated, f"{manifest.name} {manifest.version} {rel}")
+        else:
+            out[rel] = stored
     if manifest.model_file not in out:
         raise ModelRepositoryError(
             f"{manifest.name} {manifest.version}: modelFile {manifest.model_file} is not among the manifest's files"

@@ -22,6 +22,7 @@ from coxswain.api import API_VERSION, MODELSERVICE_KIND
 from coxswain.api.modelservice import ModelService, ScaleMetric
 from coxswain.modelservice import naming
 from coxswain.modelservice.source import ServedModel
+from coxswain.nodeagent.quantity import parse_quantity
 from coxswain.podsecurity import container_security_context, pod_security_context
 from coxswain.quantity import format_quantity, whole_cores
 
@@ -92,6 +93,22 @@ def cpu_threads(cpu: str) -> int:
     return whole_cores(cpu)
 
 
+# The server's body limit (its default) and what a request it holds can cost: the body and its
+# decompressed or decoded copy.
+SERVER_BODY_BYTES = 8 * 1024 * 1024
+BYTES_PER_HELD_REQUEST = 2 * SERVER_BODY_BYTES
+
+
+def max_concurrent_requests(memory: str) -> int:
+    """Requests a server pod may hold at once: half its memory limit for request bodies (the
+    rest for the model and the runtime), so clients cannot push it over its limit. 1Gi: 32."""
+    try:
+        memory_bytes = int(parse_quantity(memory))
+    except ValueError:
+        return 32
+    return max(4, min(128, memory_bytes // 2 // BYTES_PER_HELD_REQUEST))
+
+
 def traffic_document(weights: dict[str, int]) -> str:
     """The traffic file: every version the pods should hold, with its weight (0 = loaded, idle)."""
     return json.dumps({"weights": weights}, sort_keys=True)
@@ -134,12 +151,18 @@ def build_env(ms: ModelService, model: ServedModel) -> list[dict[str, Any]]:
         {"name": "COXSWAIN_SERVER_MAX_BATCH_SIZE", "value": str(spec.batching.max_batch_size)},
         {"name": "COXSWAIN_SERVER_MAX_LATENCY_MS", "value": str(spec.batching.max_latency_ms)},
         {"name": "COXSWAIN_SERVER_MAX_QUEUE_SIZE", "value": str(spec.max_queue_size)},
+        {
+            "name": "COXSWAIN_SERVER_MAX_CONCURRENT_REQUESTS",
+            "value": str(max_concurrent_requests(spec.resources.memory)),
+        },
         {"name": "COXSWAIN_SERVER_DEVICE", "value": "cuda" if spec.resources.gpus > 0 else "cpu"},
         {"name": "COXSWAIN_SERVER_DRAIN_SECONDS", "value": str(DRAIN_SECONDS)},
         {"name": "COXSWAIN_SERVER_GRACEFUL_TIMEOUT_SECONDS", "value": str(GRACEFUL_SECONDS)},
         {"name": "COXSWAIN_CPU_LIMIT", "value": str(cpu_threads(spec.resources.cpu))},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    # No admin token, ever: the server's admin endpoints stay off (403) in operator-made pods,
+    # since the operator changes weights through the traffic file, not the admin API.
     if spec.auth_token_secret_ref is not None:
         env.append(
             {

@@ -226,3 +226,12 @@ def test_node_selector_and_tolerations_reach_the_pods() -> None:
     assert [t["key"] for t in pod["tolerations"]] == ["dedicated", "nvidia.com/gpu"]
     plain = builders.build_deployment(make(), served(make()), 1)["spec"]["template"]["spec"]
     assert "nodeSelector" not in plain and "tolerations" not in plain
+
+
+def test_server_pods_hold_requests_for_half_their_memory_and_have_no_admin_token() -> None:
+    ms = make(resources={"cpu": "1", "memory": "1Gi"}, authTokenSecretRef={"name": "tok", "key": "t"})
+    env = env_of(builders.build_deployment(ms, served(ms), replicas=1))
+    assert env["COXSWAIN_SERVER_MAX_CONCURRENT_REQUESTS"] == "32"  # 32 x 16 MiB = 512 MiB of 1 GiB
+    assert not [name for name in env if "ADMIN" in name]  # admin off: the traffic file is the only way in
+    assert builders.max_concurrent_requests("64Mi") == 4
+    assert builders.max_concurrent_requests("64Gi") == 128

@@ -71,18 +71,68 @@ async def test_full_queue_refuses_with_overloaded() -> None:
         assert all(f.done() and not f.exception() for f in first)
 
 
-async def test_a_failing_batch_fails_each_of_its_requests_and_the_batcher_goes_on() -> None:
+class Picky:
+    """Doubles its input, but raises on any batch that holds a negative value."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def __call__(self, arrays: Sequence[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        self.batches.append(len(arrays[0]))
+        if (arrays[0] < 0).any():
+            raise ValueError("secret detail: a negative value")
+        return [arrays[0] * 2]
+
+
+async def test_a_failing_batch_is_retried_request_by_request_so_only_the_bad_one_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    forward = Picky()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = make(forward, executor, max_latency_s=0.05)
+        values = [1.0, 2.0, -1.0, 3.0]
+        results = await asyncio.gather(
+            *(batcher.submit([np.full((1, 2), v)], 1) for v in values), return_exceptions=True
+        )
+        await batcher.close(1)
+    assert forward.batches[0] == 4  # merged, failed, then one request at a time
+    assert sorted(forward.batches[1:]) == [1, 1, 1, 1]
+    for value, result in zip(values, results, strict=True):
+        if value < 0:
+            assert isinstance(result, InferenceFailed)
+            assert "secret" not in result.message and "ValueError" not in result.message
+            error_id = result.message.rsplit("error id ", 1)[1].split()[0].strip(";.)")
+            logged = [r for r in caplog.records if error_id in r.getMessage()]
+            assert logged and logged[0].exc_info is not None, "the log line with the id carries the traceback"
+        else:
+            assert not isinstance(result, BaseException)
+            np.testing.assert_array_equal(result[0], np.full((1, 2), value * 2))
+
+
+async def test_a_failing_batch_of_one_fails_it_and_the_batcher_goes_on() -> None:
     forward = Doubler(fail=True)
     with ThreadPoolExecutor(1) as executor:
         batcher = make(forward, executor)
-        results = await asyncio.gather(
-            *(batcher.submit([np.ones((1, 2))], 1) for _ in range(3)), return_exceptions=True
-        )
-        assert all(isinstance(r, InferenceFailed) for r in results)
+        with pytest.raises(InferenceFailed, match="error id"):
+            await batcher.submit([np.ones((1, 2))], 1)
         forward.fail = False
         out = await batcher.submit([np.ones((1, 2))], 1)
         np.testing.assert_array_equal(out[0], np.full((1, 2), 2.0))
         await batcher.close(1)
+
+
+async def test_the_queue_is_bounded_in_rows_too() -> None:
+    forward = Doubler()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = make(forward, executor, max_latency_s=10.0, max_batch_size=64, max_queue_rows=40)
+        first = [asyncio.ensure_future(batcher.submit([np.ones((16, 2))], 16)) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match=r"32 rows queued.*40"):
+            await batcher.submit([np.ones((16, 2))], 16)
+        small = asyncio.ensure_future(batcher.submit([np.ones((8, 2))], 8))  # 40 rows: still fits
+        await asyncio.sleep(0)
+        await batcher.close(5)
+        assert all(f.done() and not f.exception() for f in [*first, small])
 
 
 async def test_a_burst_goes_when_arrivals_stop_not_at_the_latency_deadline() -> None:

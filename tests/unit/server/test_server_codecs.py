@@ -10,10 +10,12 @@ import pytest
 
 from coxswain.artifacts.manifest import Architecture, ModelFormat, ModelManifest, TaskKind, TensorSpec
 from coxswain_server import protocol_v1, protocol_v2
-from coxswain_server.errors import BadRequest
+from coxswain_server.errors import BadRequest, PayloadTooLarge
 from coxswain_server.tensors import Signature
 
 pytestmark = pytest.mark.unit
+
+MAX_ROWS = 32
 
 
 def signature(
@@ -43,8 +45,8 @@ def v2_body(data: object, shape: object = (2, 4), datatype: str = "FP32", **extr
 
 def test_v2_json_flat_and_nested_data_decode_to_the_same_array() -> None:
     sig = signature()
-    flat = protocol_v2.decode_request(v2_body(list(range(8))), None, sig)
-    nested = protocol_v2.decode_request(v2_body([[0, 1, 2, 3], [4, 5, 6, 7]]), None, sig)
+    flat = protocol_v2.decode_request(v2_body(list(range(8))), None, sig, MAX_ROWS)
+    nested = protocol_v2.decode_request(v2_body([[0, 1, 2, 3], [4, 5, 6, 7]]), None, sig, MAX_ROWS)
     assert flat.rows == nested.rows == 2
     assert flat.arrays[0].dtype == np.float32
     np.testing.assert_array_equal(flat.arrays[0], nested.arrays[0])
@@ -62,7 +64,7 @@ def test_v2_binary_tensor_extension_round_trip() -> None:
             "id": "r1",
         }
     )
-    request = protocol_v2.decode_request(header + x.tobytes(), len(header), sig)
+    request = protocol_v2.decode_request(header + x.tobytes(), len(header), sig, MAX_ROWS)
     np.testing.assert_array_equal(request.arrays[0], x)
     assert request.arrays[0].flags.writeable  # torch.from_numpy needs writable memory
     out = np.ones((2, 3), dtype=np.float32)
@@ -75,7 +77,7 @@ def test_v2_binary_tensor_extension_round_trip() -> None:
 
 def test_v2_json_response_holds_flat_data_and_shape() -> None:
     sig = signature()
-    request = protocol_v2.decode_request(v2_body(list(range(8))), None, sig)
+    request = protocol_v2.decode_request(v2_body(list(range(8))), None, sig, MAX_ROWS)
     body, json_length = protocol_v2.encode_response(
         "m", "v1", request, [np.arange(6, dtype=np.float32).reshape(2, 3)], sig
     )
@@ -105,21 +107,23 @@ def test_v2_json_response_holds_flat_data_and_shape() -> None:
 )
 def test_v2_bad_requests_name_the_problem(body: bytes, says: str) -> None:
     with pytest.raises(BadRequest, match=None) as caught:
-        protocol_v2.decode_request(body, None, signature())
+        protocol_v2.decode_request(body, None, signature(), MAX_ROWS)
     assert says in caught.value.message
 
 
 def test_integer_inputs_refuse_out_of_range_values() -> None:
     sig = signature(dtype="uint8")
     with pytest.raises(BadRequest, match="outside the range of UINT8"):
-        protocol_v2.decode_request(v2_body([300] * 8, datatype="UINT8"), None, sig)
-    ok = protocol_v2.decode_request(v2_body([255] * 8, datatype="UINT8"), None, sig)
+        protocol_v2.decode_request(v2_body([300] * 8, datatype="UINT8"), None, sig, MAX_ROWS)
+    ok = protocol_v2.decode_request(v2_body([255] * 8, datatype="UINT8"), None, sig, MAX_ROWS)
     assert ok.arrays[0].dtype == np.uint8
 
 
 def test_v1_classification_gives_label_index_and_probabilities_per_instance() -> None:
     sig = signature()
-    arrays, rows = protocol_v1.decode_request(orjson.dumps({"instances": [[0, 0, 0, 0], [1, 1, 1, 1]]}), sig)
+    arrays, rows = protocol_v1.decode_request(
+        orjson.dumps({"instances": [[0, 0, 0, 0], [1, 1, 1, 1]]}), sig, MAX_ROWS
+    )
     assert rows == 2 and arrays[0].shape == (2, 4)
     logits = np.array([[0, 5, 0], [9, 0, 0]], dtype=np.float32)
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
@@ -140,7 +144,23 @@ def test_v1_regression_gives_a_number_per_instance() -> None:
 
 def test_v1_accepts_flat_instances_for_image_inputs() -> None:
     sig = signature(shape=[-1, 1, 2, 2])
-    arrays, _ = protocol_v1.decode_request(b'{"instances": [[1, 2, 3, 4]]}', sig)
+    arrays, _ = protocol_v1.decode_request(b'{"instances": [[1, 2, 3, 4]]}', sig, MAX_ROWS)
     assert arrays[0].shape == (1, 1, 2, 2)
     with pytest.raises(BadRequest, match="non-empty list"):
-        protocol_v1.decode_request(b'{"instances": []}', sig)
+        protocol_v1.decode_request(b'{"instances": []}', sig, MAX_ROWS)
+
+
+def test_outputs_named_twice_or_unknown_are_refused_and_rows_over_the_cap_are_413() -> None:
+    sig = signature()
+    body = orjson.loads(v2_body(list(range(8))))
+    for outputs, says in (
+        ([{"name": "logits"}, {"name": "logits"}], "more than once"),
+        ([{"name": "z"}], "not one of this model's outputs"),
+        ([{"name": {"a": 1}}], "not one of this model's outputs"),
+    ):
+        with pytest.raises(BadRequest, match=says):
+            protocol_v2.decode_request(orjson.dumps(body | {"outputs": outputs}), None, sig, MAX_ROWS)
+    with pytest.raises(PayloadTooLarge, match="at most 1 rows per request"):
+        protocol_v2.decode_request(v2_body(list(range(8))), None, sig, 1)
+    with pytest.raises(PayloadTooLarge, match="2 rows; this server takes at most 1"):
+        protocol_v1.decode_request(b'{"instances": [[1, 2, 3, 4], [1, 2, 3, 4]]}', sig, 1)

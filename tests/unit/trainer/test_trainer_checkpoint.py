@@ -1,4 +1,5 @@
-"""Checkpoints: atomic, last K kept, and a corrupt newest one falls back to the previous."""
+"""Checkpoints (DCP directories): atomic, last K kept, a damaged newest one falls back to the
+previous, and what one process wrote loads unsharded."""
 
 from __future__ import annotations
 
@@ -9,53 +10,65 @@ import numpy as np
 import pytest
 import torch
 
-from coxswain_trainer.checkpoint import CheckpointStore, CorruptCheckpointError, capture_rng, restore_rng
+from coxswain_trainer.checkpoint import (
+    COMPLETE,
+    CheckpointStore,
+    CorruptCheckpointError,
+    capture_rng,
+    restore_rng,
+)
 
 pytestmark = pytest.mark.unit
 
 
-def _state(step: int) -> dict[str, object]:
-    return {"step": step, "model": {"w": torch.full((3,), float(step))}, "rng": [capture_rng()]}
+def _save(store: CheckpointStore, step: int) -> Path:
+    store.begin(step)
+    store.write_shards({"model": {"w": torch.full((3,), float(step))}}, step, alone=True)
+    return store.commit(step, {"step": step, "rng": [capture_rng()]}, store.shard_digests(step, 0))
 
 
 def test_round_trip_and_last_k_kept(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path, keep=2)
     for step in (10, 20, 30):
-        store.save(_state(step), step)
+        _save(store, step)
     assert store.steps() == [30, 20]
-    found = store.newest_valid()
-    assert found is not None
-    assert found[0] == 30
-    assert torch.equal(found[1]["model"]["w"], torch.full((3,), 30.0))
-    assert not list(tmp_path.glob("*.tmp"))
+    assert store.newest_valid() == 30
+    target = {"model": {"w": torch.zeros(3)}}
+    store.read_shards(target, 30, alone=True)
+    assert torch.equal(target["model"]["w"], torch.full((3,), 30.0))
+    assert torch.equal(store.load_full(30)["model"]["w"], torch.full((3,), 30.0))
+    assert store.load_trainer_state(30)["step"] == 30
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
-def test_corrupt_newest_falls_back_to_the_previous(tmp_path: Path, damage: str) -> None:
+@pytest.mark.parametrize("damage", ["truncate", "flip", "remove-shard", "no-complete"])
+def test_damaged_newest_falls_back_to_the_previous(tmp_path: Path, damage: str) -> None:
     store = CheckpointStore(tmp_path, keep=3)
-    store.save(_state(1), 1)
-    newest = store.save(_state(2), 2)
-    data = bytearray(newest.read_bytes())
+    _save(store, 1)
+    newest = _save(store, 2)
+    shard = newest / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
     if damage == "truncate":
-        newest.write_bytes(bytes(data[: len(data) // 2]))
+        shard.write_bytes(bytes(data[: len(data) // 2]))
     elif damage == "flip":
         data[len(data) // 2] ^= 0xFF
-        newest.write_bytes(bytes(data))
+        shard.write_bytes(bytes(data))
+    elif damage == "remove-shard":
+        shard.unlink()
     else:
-        newest.write_bytes(b"")
+        (newest / COMPLETE).unlink()  # the writer died before its last rename
     with pytest.raises(CorruptCheckpointError):
-        store.load(2)
-    found = store.newest_valid()
-    assert found is not None
-    assert found[0] == 1
+        store.verify(2)
+    assert store.newest_valid() == 1
 
 
-def test_leftover_temp_file_is_not_a_checkpoint_and_is_cleaned(tmp_path: Path) -> None:
-    (tmp_path / ".ckpt-0000000009.pt.999999.tmp").write_bytes(b"half written")
+def test_leftover_incomplete_directory_is_not_a_checkpoint_and_is_pruned(tmp_path: Path) -> None:
+    (tmp_path / "ckpt-0000000009").mkdir()
+    (tmp_path / "ckpt-0000000009" / "__0_0.distcp").write_bytes(b"half written")
     store = CheckpointStore(tmp_path, keep=3)
     assert store.newest_valid() is None
-    store.save(_state(5), 5)
-    assert not list(tmp_path.glob("*.tmp"))
+    _save(store, 5)
+    assert store.steps() == [5]
 
 
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
@@ -63,12 +76,12 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path)
     np.random.seed(2)
     random.seed(3)
     store = CheckpointStore(tmp_path, keep=1)
-    store.save({"step": 1, "rng": [capture_rng()]}, 1)
+    _save(store, 1)
     expected = (torch.rand(3), np.random.rand(3), random.random())
     torch.manual_seed(99)
     np.random.seed(99)
     random.seed(99)
-    restore_rng(store.load(1)["rng"][0])
+    restore_rng(store.load_trainer_state(1)["rng"][0])
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]

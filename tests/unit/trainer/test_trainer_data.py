@@ -69,6 +69,37 @@ def test_two_rank_shards_together_are_the_one_process_permutation() -> None:
     assert not torch.equal(one, epoch_shard(100, rank=0, world_size=1, seed=1, epoch=4, device=CPU))
 
 
+@pytest.mark.parametrize(("n", "world"), [(100, 3), (10, 4), (7, 2)])
+def test_shard_is_distributed_samplers_including_padding(n: int, world: int) -> None:
+    from torch.utils.data import DistributedSampler
+
+    for rank in range(world):
+        sampler: DistributedSampler[int] = DistributedSampler(
+            range(n),  # type: ignore[arg-type]
+            num_replicas=world,
+            rank=rank,
+            seed=5,
+        )
+        sampler.set_epoch(2)
+        mine = epoch_shard(n, rank=rank, world_size=world, seed=5, epoch=2, device=CPU)
+        assert mine.tolist() == list(sampler)
+
+
+def test_after_a_resize_the_new_ranks_share_exactly_what_the_epoch_still_owes() -> None:
+    order = epoch_shard(100, rank=0, world_size=1, seed=1, epoch=0, device=CPU)
+    # 2 ranks consumed 3 steps of 10 samples each (5 per rank): the first 30 of the permutation.
+    consumed = torch.cat(
+        [epoch_shard(100, rank=r, world_size=2, seed=1, epoch=0, device=CPU)[:15] for r in range(2)]
+    )
+    assert sorted(consumed.tolist()) == sorted(order[:30].tolist())
+    # 4 ranks resume: they share the other 70, round-robin, padded from the start to 72.
+    rest = [epoch_shard(100, rank=r, world_size=4, seed=1, epoch=0, device=CPU, start=30) for r in range(4)]
+    assert [len(r) for r in rest] == [18] * 4
+    dealt = torch.stack(rest, dim=1).flatten()
+    assert torch.equal(dealt[:70], order[30:])
+    assert torch.equal(dealt[70:], order[:2])
+
+
 def test_eval_shards_cover_each_sample_once() -> None:
     shards = [eval_shard(11, rank=r, world_size=3, device=CPU) for r in range(3)]
     assert sorted(torch.cat(shards).tolist()) == list(range(11))
