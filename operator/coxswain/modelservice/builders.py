@@ -22,9 +22,8 @@ from coxswain.api import API_VERSION, MODELSERVICE_KIND
 from coxswain.api.modelservice import ModelService, ScaleMetric
 from coxswain.modelservice import naming
 from coxswain.modelservice.source import ServedModel
-from coxswain.nodeagent.quantity import parse_quantity
 from coxswain.podsecurity import container_security_context, pod_security_context
-from coxswain.quantity import format_quantity, whole_cores
+from coxswain.quantity import format_quantity, parse_quantity, whole_cores
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # After SIGTERM the server stays up (unready) this long so endpoint controllers and
