@@ -186,8 +186,8 @@ def test_a_pod_that_only_wears_our_labels_cannot_fail_the_gang(
             "annotations": {"batch.kubernetes.io/job-completion-index": "0"},
         },
         "spec": {
+            "restartPolicy": "Never",
             "nodeSelector": KWOK_NODE_SELECTOR,
-            "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists"}],
             "containers": [{"name": "trainer", "image": "ghcr.io/coxswain-dev/trainer:0.1.0"}],
         },
     }
