@@ -203,7 +203,9 @@ def test_a_pod_that_only_wears_our_labels_cannot_fail_the_gang(
     _fail_pod(cluster, ns, "solo-1-0-forged")
     # Suspending is something the operator does only when it still owns the gang's state:
     # a pass after the forged failure must see attempt 1, not a restart.
-    cluster.client.patch(TRAININGJOB_RESOURCE, "solo", {"spec": {"suspend": True}}, namespace=ns)
+    cluster.client.patch(
+        TRAININGJOB_RESOURCE, "solo", {"spec": {"suspend": True}}, namespace=ns, patch_type=PatchType.MERGE
+    )
     wait_condition(cluster, TRAININGJOB_RESOURCE, ns, "solo", "Suspended", "True")
     status = get(cluster, TRAININGJOB_RESOURCE, ns, "solo")["status"]
     assert status["attempt"] == 1 and status.get("restarts", 0) == 0, status
@@ -302,11 +304,15 @@ def test_operator_made_pods_pass_the_restricted_pod_security_standard(
 ) -> None:
     ns = restricted_namespace
     cluster.client.create(TRAININGJOB_RESOURCE(trainingjob("strict", nodes=2)), namespace=ns)
-    pvc_less = modelservice("strict", repository={"persistentVolumeClaim": {"claimName": "models"}})
+    # Another name: a TrainingJob's headless Service and a ModelService's Service are both
+    # named after their owner (the same name would be a NameConflict).
+    pvc_less = modelservice("strict-serving", repository={"persistentVolumeClaim": {"claimName": "models"}})
     cluster.client.create(MODELSERVICE_RESOURCE(pvc_less), namespace=ns)
     wait_for(lambda: len(pods_of(cluster, ns, "strict")) == 2, 60, "both training pods admitted")
     wait_for(
-        lambda: list(cluster.client.list(Pod, namespace=ns, labels={"coxswain.dev/modelservice": "strict"})),
+        lambda: list(
+            cluster.client.list(Pod, namespace=ns, labels={"coxswain.dev/modelservice": "strict-serving"})
+        ),
         60,
         "a server pod admitted",
     )
