@@ -436,6 +436,14 @@ _COMBINATIONS: list[tuple[str, str, str, _Edit]] = [
     ),
     ("checkpoint-no-volume", "mlp", "spec.checkpoint.volume", _edit(((S, "checkpoint", "volume"), {}))),
     (
+        "checkpoint-class-with-own-volume",
+        "mlp",
+        "spec.checkpoint.storageClassName",
+        _edit(
+            ((S, "checkpoint", "volume"), {"emptyDir": {}}), ((S, "checkpoint", "storageClassName"), "fast")
+        ),
+    ),
+    (
         "checkpoint-three-volumes",
         "cnn",
         "spec.checkpoint.volume",
@@ -524,6 +532,12 @@ def _combination_cases() -> Iterator[InvalidCase]:
         manifest = copy.deepcopy(by_name[base_name])
         edit(manifest)
         yield InvalidCase(id=f"{kinds[base_name].lower()}-{case_id}", manifest=manifest, field=field)
+    # Names the Service and pod hostnames are built from (issue 15): a dot, and too long.
+    for base_name, kind in (("mlp", "trainingjob"), ("canary", "modelservice")):
+        for label, bad in (("dotted", "my.job"), ("62-chars", "a" * 62)):
+            manifest = copy.deepcopy(by_name[base_name])
+            manifest["metadata"]["name"] = bad
+            yield InvalidCase(id=f"{kind}-name-{label}", manifest=manifest, field="metadata.name")
     for name in _RESERVED_ENV:
         manifest = copy.deepcopy(by_name["custom"])
         manifest["spec"]["env"] = [{"name": "PYTHONPATH", "value": "/opt"}, {"name": name, "value": "x"}]
@@ -555,6 +569,8 @@ _IMMUTABLE_CHANGES: list[tuple[str, str, Path_, Any]] = [
     ("seed", "mlp", (S, "seed"), 43),
     ("export", "cnn", (S, "export", "modelName"), "other"),
     ("export-added", "mlp", (S, "export"), {"repository": {"hostPath": {"path": "/srv/models"}}}),
+    ("queueName-added", "mlp", (S, "queueName"), "team-a"),
+    ("priorityClassName-added", "mlp", (S, "priorityClassName"), "high-priority"),
 ]
 
 

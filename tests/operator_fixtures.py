@@ -29,6 +29,11 @@ NAMESPACE_PREFIX = "op-"
 KUBECONFIG_ENV = "COXSWAIN_OPERATOR_KUBECONFIG"
 
 
+# Where the tests' hostPath volumes live; anything else is refused (tests of the policy use /etc).
+ALLOWED_HOST_PATHS = ("/var/lib/coxswain", tempfile.gettempdir())
+HOST_PATH_FLAGS = [flag for path in ALLOWED_HOST_PATHS for flag in ("--host-path-prefix", path)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -61,6 +66,12 @@ class OperatorProcess:
                 str(self.metrics_port),
                 "--health-port",
                 str(self.health_port),
+                # The tenancy policy of a development cluster: the tests keep models and
+                # checkpoints under these host paths, and reference Secrets named allowed-*.
+                "--allow-host-path",
+                *HOST_PATH_FLAGS,
+                "--allow-secret",
+                f"{NAMESPACE_PREFIX}*=allowed-*",
             ],
             env=self.env(),
             stdout=log,

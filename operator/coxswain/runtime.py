@@ -33,6 +33,7 @@ from coxswain.clock import Clock, LoopClock
 from coxswain.kube import make_client
 from coxswain.leadership import Leadership
 from coxswain.own_writes import OwnWrites
+from coxswain.tenancy import TenancyPolicy
 from coxswain.workqueue import WorkQueue
 
 Key = tuple[str, str]  # (namespace, name)
@@ -228,6 +229,8 @@ class Runtime:
     controllers: dict[str, Controller] = field(default_factory=dict)
     # kopf's indexes (live views), captured at start-up, by their function's name.
     indexes: dict[str, Mapping[Key, Any]] = field(default_factory=dict)
+    # What specs may ask for (coxswain.tenancy); set at start-up from the operator's flags.
+    tenancy: TenancyPolicy = field(default_factory=TenancyPolicy)
     # How Events reach the API server (kopf's queue; a test records them instead).
     post_event: Callable[[Mapping[str, Any], str, str, str], None] = events.post
     _context: contextvars.Context | None = None

@@ -17,6 +17,7 @@ from coxswain import metrics
 from coxswain.leadership import Leadership, LeaseElection, default_namespace
 from coxswain.modelservice.controller import ModelServices
 from coxswain.runtime import Runtime
+from coxswain.tenancy import TenancyPolicy
 from coxswain.trainingjob.controller import TrainingJobs
 
 log = logging.getLogger("coxswain.startup")
@@ -63,6 +64,9 @@ async def configure(
     else:
         runtime.leadership = Leadership.standalone()
     memo["runtime"] = runtime
+    # The tenancy policy from `coxswain operator run`'s flags (the safe default otherwise).
+    policy = memo.get("tenancy")
+    runtime.tenancy = policy if isinstance(policy, TenancyPolicy) else TenancyPolicy()
     # kopf injects its indexes (live views) by their function's name, also into start-up handlers.
     for index in (
         "trainingjob_jobs",
@@ -73,6 +77,9 @@ async def configure(
         "modelservice_services",
         "modelservice_configmaps",
         "modelservice_hpas",
+        "modelservice_replicasets",
+        "default_storage_classes",
+        "namespace_pod_security",
     ):
         runtime.indexes[index] = kwargs[index]
     for kind in (TrainingJobs(runtime), ModelServices(runtime)):

@@ -34,6 +34,8 @@ def release(cluster: ClusterHandle, tmp_path: Path) -> Iterator[tuple[Release, s
         "healthPort": free_port(),
         # The Deployment's pods stay on kwok (they only pretend); the Replica below works.
         "nodeSelector": KWOK_NODE_SELECTOR,
+        # The job below keeps its checkpoints and model under tmp_path: a development cluster.
+        "tenancy": {"hostPath": {"allowed": True, "prefixes": [str(tmp_path)]}},
     }
     rel = install(cluster, tmp_path, name, values)
     yield rel, watched

@@ -8,6 +8,7 @@ the operator must never be able to do is tried for real, and each must be refuse
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -197,3 +198,48 @@ def test_what_it_needs_is_allowed(cluster: ClusterHandle, release: Release) -> N
     assert _can_i(cluster, release, "create", "jobs.batch", "-n", ns) == "yes"
     assert release.request("GET", f"/apis/coxswain.dev/v1alpha1/namespaces/{ns}/trainingjobs") == 200
     assert release.request("GET", f"/api/v1/namespaces/{ns}/pods") == 200
+
+
+def test_children_that_block_their_owners_deletion_can_be_created(
+    cluster: ClusterHandle, release: Release
+) -> None:
+    """Issue 15: the local API server runs OwnerReferencesPermissionEnforcement, which refuses
+    `blockOwnerDeletion: true` to whoever may not update the owner's finalizers."""
+    ns = release.namespace
+    owners = {
+        "trainingjobs": {
+            "apiVersion": "coxswain.dev/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {"name": "owner"},
+            "spec": {"task": {"builtin": {"model": "mlp", "dataset": "digits"}}},
+        },
+        "modelservices": {
+            "apiVersion": "coxswain.dev/v1alpha1",
+            "kind": "ModelService",
+            "metadata": {"name": "owner"},
+            "spec": {"model": {"uri": "pvc://models/digits"}, "versions": {"stable": "v1"}},
+        },
+    }
+    for plural, owner in owners.items():
+        created = cluster.kubectl("create", "-n", ns, "-o", "json", "-f", "-", stdin=json.dumps(owner))
+        uid = json.loads(created.stdout)["metadata"]["uid"]
+        child = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": f"child-of-{plural}",
+                "ownerReferences": [
+                    {
+                        "apiVersion": owner["apiVersion"],
+                        "kind": owner["kind"],
+                        "name": "owner",
+                        "uid": uid,
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+        }
+        status = release.request("POST", f"/api/v1/namespaces/{ns}/configmaps", child)
+        assert status == 201, f"a child of a {owner['kind']} with blockOwnerDeletion answered {status}"
+        cluster.kubectl("delete", plural, "owner", "-n", ns, "--wait=false")

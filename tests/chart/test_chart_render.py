@@ -77,8 +77,50 @@ def test_rules_name_every_resource_and_verb_and_grant_nothing_sensitive(mode: st
         assert not set(rule["resources"]) & FORBIDDEN_RESOURCES, rule
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
         assert "rbac.authorization.k8s.io" not in rule["apiGroups"]
-        if "pods" in rule["resources"]:
+        if "pods" in rule["resources"] or "replicasets" in rule["resources"]:
             assert rule["verbs"] == ["list", "watch"], "pods are read only: the Job controller owns them"
+
+
+@pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
+def test_owners_finalizers_are_updatable_so_children_may_block_their_deletion(
+    mode: str, tmp_path: Path
+) -> None:
+    # Issue 15: OwnerReferencesPermissionEnforcement refuses blockOwnerDeletion without it.
+    rules = _all_rules(render(tmp_path, MODES[mode]))
+    finalizers = [r for r in rules if "trainingjobs/finalizers" in r["resources"]]
+    assert finalizers and finalizers[0]["verbs"] == ["update"]
+    assert "modelservices/finalizers" in finalizers[0]["resources"]
+
+
+def _operator_command(objs: list[dict[str, Any]]) -> str:
+    (deploy,) = find(objs, "Deployment")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    return " ".join(container["command"] + container["args"])
+
+
+def test_tenancy_policy_defaults_are_safe(tmp_path: Path) -> None:
+    command = _operator_command(render(tmp_path))
+    assert "--allow-host-path" not in command and "--allow-secret" not in command
+    assert '--image-prefix "ghcr.io/coxswain-dev/"' in command
+
+
+def test_tenancy_values_become_operator_flags(tmp_path: Path) -> None:
+    values = {
+        "tenancy": {
+            "hostPath": {"allowed": True, "prefixes": ["/srv/models"]},
+            "imagePrefixes": ["registry.example/ml/", "ghcr.io/coxswain-dev/"],
+            "secrets": {"team-a": ["model-key"], "team-*": ["serving-token-*"]},
+        }
+    }
+    command = _operator_command(render(tmp_path, values))
+    for part in (
+        "--allow-host-path",
+        '--host-path-prefix "/srv/models"',
+        '--image-prefix "registry.example/ml/"',
+        '--allow-secret "team-a=model-key"',
+        '--allow-secret "team-*=serving-token-*"',
+    ):
+        assert part in command
 
 
 def _leader_election_role(objs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -119,7 +161,11 @@ def test_namespaced_mode_is_a_role_per_namespace_plus_kopfs_cluster_reads(tmp_pa
     cluster_wide = {
         (g, r) for rule in cluster_role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
     }
-    assert cluster_wide == {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+    assert cluster_wide == {
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+        ("", "namespaces"),
+        ("storage.k8s.io", "storageclasses"),
+    }
     assert all(rule["verbs"] == ["list", "watch"] for rule in cluster_role["rules"])
     roles = [r for r in find(objs, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
     bindings = [

@@ -30,6 +30,8 @@ def loc_path(loc: tuple[int | str, ...]) -> str:
 def names_field(error: dict[str, Any], field: str) -> bool:
     """The error is at `field`, or at its parent object with a message naming the field."""
     where = loc_path(error["loc"])
+    if where == "" and field in error["msg"]:  # a rule on the whole object (metadata.name)
+        return True
     if where == field or where.startswith(field + "[") or where.startswith(field + "."):
         return True
     if field.startswith(where + ".") or field.startswith(where + "["):

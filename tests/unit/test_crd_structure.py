@@ -125,5 +125,16 @@ def test_free_form_custom_config_is_preserved() -> None:
 def test_envelope_is_left_to_the_api_server() -> None:
     for kind in KINDS:
         props = openapi_schema(kind)["properties"]
-        assert props["metadata"] == {"type": "object"}
+        # Only metadata.name is described: the one field a CRD may restrict, bounded so the
+        # name rule's CEL cost is known (the API server's own limit is 253).
+        assert props["metadata"] == {
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 253}},
+        }
         assert openapi_schema(kind)["required"] == ["spec"]
+        rules = [
+            r
+            for r in openapi_schema(kind)["x-kubernetes-validations"]
+            if r.get("fieldPath") == ".metadata.name"
+        ]
+        assert len(rules) == 1 and "DNS-1035" in rules[0]["message"]

@@ -129,6 +129,9 @@ async def test_a_pass_that_changes_nothing_writes_nothing() -> None:
             {
                 "metadata": {
                     "name": "tj-1",
+                    # Slimmed as the index keeps it: controlled by the TrainingJob (uid u1).
+                    "uid": "job-1",
+                    "controllerUid": "u1",
                     "labels": {"coxswain.dev/trainingjob": "tj", "coxswain.dev/attempt": "1"},
                 },
                 "spec": {},

@@ -213,6 +213,7 @@ class Trainer:
             # Written on SIGTERM by rank 0 alone, or by a different world size.
             _seed_rank_generators(self.spec.seed, self.topo.rank, self.step)
         self.resumed_from = self.step
+        self.metrics.update(resumedFromStep=self.step)
 
     def resume(self, step: int) -> dict[str, Any]:
         """Load checkpoint `step` on every rank (a collective); returns its trainer state.

@@ -60,6 +60,8 @@ class Progress:
     lastUpdateTime: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     # {step, path, time} of the newest checkpoint rank 0 wrote; the operator copies it to status.
     lastCheckpoint: dict[str, Any] | None = None
+    # The step this attempt resumed from (None: it started afresh); the operator shows it in status.
+    resumedFromStep: int | None = None
 
 
 class TrainerMetrics:

@@ -15,6 +15,8 @@ from coxswain.api.rules import CelRule, RuleReason
 
 # Kubernetes' own name rules, so a value that passes here also passes where it is used.
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Names that become Service names and pod hostnames: a DNS-1035 label (starts with a letter).
+DNS_1035_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Model versions are directory names in the model repository (same as coxswain.artifacts).
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -105,6 +107,27 @@ DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_P
 DnsSubdomain = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
 VersionName = Annotated[str, Field(min_length=1, max_length=63, pattern=VERSION_PATTERN)]
 Image = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")]
+
+
+def object_name_rule(max_length: int, why: str) -> CelRule:
+    """A rule on a whole object keeping `metadata.name` a DNS-1035 label of at most `max_length`.
+
+    The operator builds Service names and pod hostnames from the name, which must be DNS-1035
+    labels of at most 63 characters; `why` names the suffixes the bound leaves room for.
+    """
+    pattern = DNS_1035_LABEL_PATTERN
+
+    def check(model: Any) -> bool:
+        name = model.metadata.name
+        return name is None or (len(name) <= max_length and re.fullmatch(pattern, name) is not None)
+
+    return CelRule(
+        rule=f"self.metadata.name.size() <= {max_length} && self.metadata.name.matches({_cel_string(pattern)})",
+        message=f"metadata.name must be a DNS-1035 label of at most {max_length} characters "
+        f"(lowercase letters, digits and '-', starting with a letter, ending with a letter or digit): {why}",
+        field_path=".metadata.name",
+        check=check,
+    )
 
 
 class SecretKeyRef(ApiModel):

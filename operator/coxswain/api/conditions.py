@@ -31,6 +31,10 @@ class TrainingJobConditionType(StrEnum):
     FAILED = "Failed"
     SUSPENDED = "Suspended"
     STALLED = "Stalled"
+    # False when checkpoints would not outlive a gang restart (emptyDir, no StorageClass).
+    CHECKPOINTS_DURABLE = "CheckpointsDurable"
+    # True while a child's name is taken by an object this TrainingJob does not control.
+    NAME_CONFLICT = "NameConflict"
 
 
 class TrainingJobReason(StrEnum):
@@ -59,6 +63,8 @@ class TrainingJobReason(StrEnum):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     EXPORT_FAILED = "ExportFailed"
     INVALID_SPEC = "InvalidSpec"
+    POLICY_REFUSED = "PolicyRefused"
+    ATTEMPT_LIMIT_REACHED = "AttemptLimitReached"
     # Suspended
     JOB_SUSPENDED = "JobSuspended"
     JOB_RESUMED = "JobResumed"
@@ -68,6 +74,15 @@ class TrainingJobReason(StrEnum):
     # Events of the hand-off to serving
     HANDED_OFF = "HandedOff"
     HANDOFF_SKIPPED = "HandoffSkipped"
+    # CheckpointsDurable
+    CLAIM_PER_JOB = "ClaimPerJob"
+    OWN_CLAIM = "OwnClaim"
+    HOST_PATH_VOLUME = "HostPathVolume"
+    EMPTY_DIR_VOLUME = "EmptyDirVolume"
+    NO_STORAGE_CLASS = "NoStorageClass"
+    # NameConflict
+    NAME_CONFLICT = "NameConflict"
+    NO_CONFLICT = "NoConflict"
 
 
 class ModelServiceConditionType(StrEnum):
@@ -77,6 +92,8 @@ class ModelServiceConditionType(StrEnum):
     MODEL_LOADED = "ModelLoaded"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
+    # True while a child's name is taken by an object this ModelService does not control.
+    NAME_CONFLICT = "NameConflict"
 
 
 class ModelServiceReason(StrEnum):
@@ -109,3 +126,7 @@ class ModelServiceReason(StrEnum):
     REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
     PODS_PENDING = "PodsPending"
     HEALTHY = "Healthy"
+    POLICY_REFUSED = "PolicyRefused"
+    # NameConflict
+    NAME_CONFLICT = "NameConflict"
+    NO_CONFLICT = "NoConflict"

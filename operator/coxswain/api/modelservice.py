@@ -20,6 +20,7 @@ from coxswain.api.common import (
     ServingResources,
     Toleration,
     VersionName,
+    object_name_rule,
 )
 from coxswain.api.rules import CelRule, RuleReason
 
@@ -308,8 +309,20 @@ class ModelServiceStatus(ApiModel):
     canary: CanaryStatus | None = Field(default=None, description="Canary analysis progress.")
 
 
+# The longest suffix added to a ModelService's name: a ReplicaSet's "-<pod-template-hash>"
+# (up to 10 characters); "-traffic" on the ConfigMap is shorter.
+MAX_NAME_LENGTH = 63 - len("-") - 10
+
+
 class ModelService(ApiModel):
     """One model served over HTTP, autoscaled, with optional canary versions."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        object_name_rule(
+            MAX_NAME_LENGTH,
+            "the Service and Deployment are named after it, and ReplicaSets and pods add '-<hash>'",
+        ),
+    )
 
     api_version: Literal["coxswain.dev/v1alpha1"] = Field(
         default="coxswain.dev/v1alpha1", description="coxswain.dev/v1alpha1"

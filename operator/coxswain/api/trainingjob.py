@@ -19,21 +19,29 @@ from coxswain.api.common import (
     Conditions,
     DnsLabel,
     DnsSubdomain,
-    EmptyDirSource,
     EnvVar,
     Image,
     ObjectMeta,
+    Quantity,
     RepositoryVolume,
     SecretKeyRef,
     Toleration,
     TrainingResources,
     VersionName,
     VolumeSource,
+    object_name_rule,
 )
 from coxswain.api.conditions import TrainingJobPhase
 from coxswain.api.rules import CelRule, RuleReason, immutable
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/coxswain-dev/trainer:0.1.0"
+MAX_NODES = 1024
+# Attempts (first run plus every restart, charged or not) a TrainingJob may make: each names
+# a batch Job "<name>-<attempt>" whose pods' hostnames "<name>-<attempt>-<rank>" must be DNS
+# labels of at most 63 characters. The name's bound leaves room for both.
+MAX_ATTEMPTS = 9999
+MAX_NAME_LENGTH = 63 - len(f"-{MAX_ATTEMPTS}-{MAX_NODES - 1}")
+DEFAULT_CHECKPOINT_SIZE = "1Gi"
 
 
 class BuiltinModel(StrEnum):
@@ -313,15 +321,38 @@ class Evaluation(ApiModel):
 
 
 class Checkpoint(ApiModel):
-    """Checkpoints: resume after a restart without user action."""
+    """Checkpoints: resume after a restart without user action.
+
+    Without `volume`, the operator makes one PersistentVolumeClaim per TrainingJob (named
+    `<name>-checkpoints`, owned by the TrainingJob: kept across attempts, deleted with it) of
+    `size` from `storageClassName` or the cluster's default StorageClass.
+    """
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="!has(self.volume) || !has(self.storageClassName)",
+            message="storageClassName applies to the volume the operator makes; leave it out with volume",
+            field_path=".storageClassName",
+            reason=RuleReason.FORBIDDEN,
+            check=lambda m: m.volume is None or m.storage_class_name is None,
+        ),
+    )
 
     interval_steps: int = Field(
         default=100, ge=1, description="Checkpoint every N steps; also at the end and on SIGTERM."
     )
     keep: int = Field(default=3, ge=1, le=100, description="Newest checkpoints kept, 1..100.")
-    volume: VolumeSource = Field(
-        default=VolumeSource(empty_dir=EmptyDirSource()),
-        description="Where checkpoints live; default emptyDir (survives container restarts only).",
+    volume: VolumeSource | None = Field(
+        default=None,
+        description="Bring your own volume for checkpoints. Default: a PersistentVolumeClaim the operator "
+        "makes per TrainingJob (survives restarts). An emptyDir survives container restarts only.",
+    )
+    storage_class_name: DnsSubdomain | None = Field(
+        default=None,
+        description="StorageClass of the operator-made claim; default: the cluster's default StorageClass.",
+    )
+    size: Quantity = Field(
+        default=DEFAULT_CHECKPOINT_SIZE, description="Size of the operator-made claim; default 1Gi."
     )
 
 
@@ -537,7 +568,7 @@ class TrainingJobSpec(ApiModel):
     seed: int = Field(
         default=0, ge=0, le=2**32 - 1, description="Seeds the split, initialisation and sampler."
     )
-    nodes: int = Field(default=1, ge=1, le=1024, description="Pods in the gang (one per node), 1..1024.")
+    nodes: int = Field(default=1, ge=1, le=MAX_NODES, description="Pods in the gang (one per node), 1..1024.")
     procs_per_node: int = Field(default=1, ge=1, le=64, description="Processes per pod (torchrun), 1..64.")
     backend: Backend = Field(
         default=Backend.AUTO, description="auto (nccl with GPUs, else gloo), nccl (needs gpus > 0) or gloo."
@@ -667,6 +698,9 @@ class TrainingJobStatus(ApiModel):
     )
     last_failure: LastFailure | None = Field(default=None, description="Most recent failure.")
     last_checkpoint: LastCheckpoint | None = Field(default=None, description="Newest checkpoint.")
+    resumed_from_step: int | None = Field(
+        default=None, ge=0, description="Step the current attempt resumed from (absent: it started at 0)."
+    )
     start_time: datetime | None = Field(default=None, description="When the first attempt started.")
     completion_time: datetime | None = Field(default=None, description="When the job finished.")
     exported_model: ExportedModel | None = Field(default=None, description="Exported model version.")
@@ -675,6 +709,13 @@ class TrainingJobStatus(ApiModel):
 
 class TrainingJob(ApiModel):
     """One distributed PyTorch training run across a gang of pods."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        object_name_rule(
+            MAX_NAME_LENGTH,
+            f"pods are named '<name>-<attempt>-<rank>' (up to {MAX_ATTEMPTS} attempts, {MAX_NODES} nodes)",
+        ),
+    )
 
     api_version: Literal["coxswain.dev/v1alpha1"] = Field(
         default="coxswain.dev/v1alpha1", description="coxswain.dev/v1alpha1"

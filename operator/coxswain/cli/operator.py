@@ -36,6 +36,32 @@ def register(sub: Any, name: str, help_text: str) -> None:
     run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port")
     run.add_argument("--log-format", choices=LOG_FORMATS, default="plain")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    # The tenancy policy (coxswain.tenancy); the defaults are the safe ones.
+    tenancy = run.add_argument_group("tenancy policy", "what a TrainingJob or ModelService may ask for")
+    tenancy.add_argument(
+        "--allow-host-path", action="store_true", help="allow hostPath volumes (off by default)"
+    )
+    tenancy.add_argument(
+        "--host-path-prefix",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="with --allow-host-path: only paths under this one (repeatable; default: any)",
+    )
+    tenancy.add_argument(
+        "--image-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="allowed image prefix (repeatable; '*' allows all; default: ghcr.io/coxswain-dev/)",
+    )
+    tenancy.add_argument(
+        "--allow-secret",
+        action="append",
+        default=[],
+        metavar="NAMESPACE=NAME",
+        help="Secrets that specs may reference, globs allowed on both sides (repeatable; default: none)",
+    )
     run.set_defaults(func=_run)
 
 
@@ -62,6 +88,18 @@ def _run(args: argparse.Namespace) -> int:
     from coxswain import handlers  # noqa: F401  (registers the handlers)
     from coxswain.metrics import REGISTRY
     from coxswain.startup import LeadershipOptions, configure_leadership
+    from coxswain.tenancy import policy_from_flags
+
+    try:
+        policy = policy_from_flags(
+            allow_host_path=args.allow_host_path,
+            host_path_prefixes=args.host_path_prefix,
+            image_prefixes=args.image_prefix,
+            secrets=args.allow_secret,
+        )
+    except ValueError as exc:
+        logging.getLogger("coxswain").error("%s", exc)
+        return 2
 
     formats = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
     kopf.configure(log_format=formats[args.log_format], verbose=args.log_level == "DEBUG")
@@ -81,5 +119,6 @@ def _run(args: argparse.Namespace) -> int:
         # kopf's own peering is off: every replica watches; our Lease decides who acts.
         standalone=True,
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+        memo=kopf.Memo(tenancy=policy),
     )
     return 0

@@ -87,7 +87,16 @@ def openapi_schema(kind: ResourceKind) -> JsonSchema:
         "description": "Versioned schema of this object: coxswain.dev/v1alpha1.",
     }
     properties["kind"] = {"type": "string", "description": f"Kind of this object: {kind.kind}."}
-    properties["metadata"] = {"type": "object"}
+    # metadata.name is the one field of metadata a CRD may restrict: its length bound keeps the
+    # cost of the name rule (the model's `x-kubernetes-validations`) within the API server's budget.
+    name_rule = next(
+        (r for r in schema.get("x-kubernetes-validations", []) if r.get("fieldPath") == ".metadata.name"),
+        None,
+    )
+    metadata: JsonSchema = {"type": "object"}
+    if name_rule is not None:
+        metadata["properties"] = {"name": {"type": "string", "maxLength": 253}}
+    properties["metadata"] = metadata
     schema["required"] = ["spec"]
     return schema
 

@@ -6,6 +6,8 @@ Choices that differ from a production cluster, and why:
 - etcd runs without fsync on a temporary directory: test data need not survive a crash;
 - leader election is off: a single controller-manager and scheduler, and a restart
   must not wait for an old lease to expire;
+- OwnerReferencesPermissionEnforcement is on (off by default upstream), so the chart's RBAC
+  is tested against the stricter clusters;
 - `--endpoint-reconciler-type=none` without real nodes: the `kubernetes` Service would otherwise
   get the loopback address as its endpoint, which endpoint validation refuses (log noise forever).
 """
@@ -115,7 +117,10 @@ def kube_apiserver(
             f"--proxy-client-key-file={pki.front_proxy_client.key}",
             # Node: kubelets of real nodes act as system:node:<name>, limited to their own objects.
             "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction",
+            # OwnerReferencesPermissionEnforcement, as on hardened clusters (OpenShift turns it on):
+            # setting blockOwnerDeletion on a child needs `update` on the owner's finalizers,
+            # which the chart's RBAC must grant.
+            "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
             "--allow-privileged=true",
             "--profiling=false",
         ],

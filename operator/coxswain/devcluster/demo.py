@@ -306,6 +306,10 @@ def run(epochs: int = 20, keep: bool = False) -> int:
                 str(_free_port()),
                 "--health-port",
                 str(_free_port()),
+                # A development machine: the demo keeps checkpoints and models on its disk.
+                "--allow-host-path",
+                "--host-path-prefix",
+                str(data),
             ],
             env,
         )

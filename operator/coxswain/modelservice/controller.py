@@ -21,18 +21,20 @@ from typing import Any, cast
 
 import kopf
 
-from coxswain import metrics
+from coxswain import metrics, name_conflicts
 from coxswain.api import GROUP, MODELSERVICE_PLURAL, VERSION
 from coxswain.api.common import ConditionStatus
 from coxswain.api.conditions import ModelServiceConditionType as C
 from coxswain.api.conditions import ModelServiceReason as R
 from coxswain.api.modelservice import AutoscalingMode, ModelService
+from coxswain.cluster_facts import pod_security_level
 from coxswain.conditions import get_condition
 from coxswain.kube import MODELSERVICE_RESOURCE
 from coxswain.modelservice import naming
 from coxswain.modelservice.executor import execute
 from coxswain.modelservice.planner import Memory, Observed, Plan, plan
 from coxswain.modelservice.scrape import scrape, scrape_targets
+from coxswain.ownership import NameConflict, controlled, slim_owner, trusted_serving
 from coxswain.runtime import Key, Logger, Runtime
 
 # Seconds between scrapes while the builtin autoscaler or a canary analysis needs them:
@@ -58,6 +60,8 @@ def _slim(body: kopf.Body, status_keys: tuple[str, ...] | None = None) -> dict[s
         "kind": body.get("kind"),
         "metadata": {
             "name": meta.get("name"),
+            # Trust goes by the ownerReference chain, not labels (ownership.py).
+            **slim_owner(body),
             "annotations": {
                 k: v
                 for k, v in (meta.get("annotations", {}) or {}).items()
@@ -112,6 +116,14 @@ async def modelservice_services(
 async def modelservice_configmaps(
     *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
+    return _child_index(namespace, labels, body, memo)
+
+
+@kopf.index("apps", "v1", "replicasets", labels=LABELS)
+async def modelservice_replicasets(
+    *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    # The link between a server pod and the Deployment: pod -> ReplicaSet -> Deployment.
     return _child_index(namespace, labels, body, memo)
 
 
@@ -173,8 +185,18 @@ class ModelServices:
         return ModelService.model_validate(raw)
 
     async def observe(self, key: Key, ms: ModelService) -> Observation:
-        index = self.runtime.index
-        pods = [p for p in index("modelservice_pods").get(key, []) if p]
+        uid = ms.metadata.uid
+
+        def index(name: str) -> Mapping[Key, Any]:
+            # Labels find candidates; only children this ModelService controls count.
+            return {key: controlled(self.runtime.index(name).get(key, []), [uid])}
+
+        pods = trusted_serving(
+            uid,
+            self.runtime.index("modelservice_deployments").get(key, []),
+            self.runtime.index("modelservice_replicasets").get(key, []),
+            [p for p in self.runtime.index("modelservice_pods").get(key, []) if p],
+        )
         ref = ms.spec.model.training_job_ref
         trainingjobs = self.runtime.controllers.get("TrainingJob")
         trainingjob = trainingjobs.bodies.get((key[0], ref.name)) if ref and trainingjobs else None
@@ -191,6 +213,13 @@ class ModelServices:
             pods=pods,
             trainingjob=trainingjob,
             samples=samples,
+            refusals=tuple(
+                self.runtime.tenancy.check_modelservice(
+                    key[0],
+                    ms.spec,
+                    pod_security_level(self.runtime.index("namespace_pod_security"), key[0]),
+                )
+            ),
         )
         return Observation(observed, scraped_at)
 
@@ -202,7 +231,26 @@ class ModelServices:
         return result
 
     async def act(self, ms: ModelService, result: Plan, logger: Logger) -> dict[str, Any] | None:
-        written = await execute(self.runtime.client, ms, result, logger)
+        conflict: NameConflict | None = None
+        written: dict[str, Any] | None = None
+        try:
+            written = await execute(self.runtime.client, ms, result, logger)
+        except NameConflict as exc:
+            conflict = exc
+            logger.warning("%s", exc)
+            self.runtime.post_event(ms.to_dict(), "Warning", "NameConflict", str(exc))
+        key = (ms.metadata.namespace or "", ms.metadata.name or "")
+        conditions = result.status.conditions
+        recorded = await name_conflicts.record(
+            self.runtime.client,
+            self.resource,
+            key,
+            conditions,
+            conflict,
+            self.runtime.clock.now(),
+            ms.metadata.generation,
+        )
+        written = recorded or written
         for event in result.events:
             say = logger.warning if event.type == "Warning" else logger.info
             say("%s: %s", event.reason, event.message)

@@ -6,14 +6,14 @@ import logging
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
-from lightkube.codecs import from_dict
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.types import PatchType
 
 from coxswain.api.modelservice import ModelService
-from coxswain.kube import FIELD_MANAGER, MODELSERVICE_RESOURCE, is_not_found
+from coxswain.kube import MODELSERVICE_RESOURCE, is_not_found
 from coxswain.modelservice.planner import Action, ActionKind, Plan
+from coxswain.ownership import apply_owned
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -29,9 +29,10 @@ async def execute(client: AsyncClient, ms: ModelService, plan: Plan, log: Logger
 
 
 async def _apply(client: AsyncClient, obj: dict[str, Any]) -> None:
-    # Server-side apply: our fields, our manager; fields others own (an HPA's status, a
-    # user's annotations) stay as they are.
-    await client.apply(from_dict(obj), field_manager=FIELD_MANAGER, force=True)
+    # Created, or server-side applied (our fields, our manager; fields others own, such as an
+    # HPA's status or a user's annotations, stay) only over an object this ModelService
+    # controls: another's of the same name raises ownership.NameConflict, never taken over.
+    await apply_owned(client, obj, update=True)
 
 
 async def _execute_one(

@@ -36,6 +36,7 @@ from coxswain.modelservice.load import Window, total_inflight, window
 from coxswain.modelservice.readiness import inspect_pods, load_failure_reason, weights_applied
 from coxswain.modelservice.scrape import PodSample
 from coxswain.modelservice.source import NotServable, ServedModel, resolve
+from coxswain.tenancy import Refusal
 
 MIN_RATE_SECONDS = 2.0
 
@@ -75,6 +76,8 @@ class Observed:
     pods: list[dict[str, Any]]
     trainingjob: dict[str, Any] | None
     samples: dict[str, PodSample]  # scraped this pass, by pod name
+    # What the tenancy policy (and the namespace's Pod Security level) refuses in the spec.
+    refusals: tuple[Refusal, ...] = ()
 
 
 @dataclass
@@ -125,6 +128,8 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     def cond(type_: C, value: bool | ConditionStatus, reason: str, message: str) -> None:
         status.conditions = set_condition(status.conditions, type_, value, reason, message, now, gen)
 
+    if obs.refusals:
+        return _refused(ms, result, obs.refusals, cond)
     served = resolve(ms, obs.trainingjob)
     report = inspect_pods(obs.pods)
     status.replicas, status.ready_replicas = report.existing, report.ready
@@ -248,6 +253,18 @@ def _analyse(
         result.rolled_back = step.record.phase == CanaryPhase.ROLLED_BACK
     pct = canary.canary_traffic(ms.spec.versions, step.record)
     return step.record, canary.weights(served.stable, served.canary, pct)
+
+
+def _refused(ms: ModelService, result: Plan, refusals: tuple[Refusal, ...], cond: Any) -> Plan:
+    """Nothing is made (or changed) for a spec the policy refuses; fixing the spec lets it go on."""
+    message = "refused by the cluster's tenancy policy: " + "; ".join(str(r) for r in refusals)
+    cond(C.READY, False, R.POLICY_REFUSED, message)
+    cond(C.PROGRESSING, False, R.POLICY_REFUSED, message)
+    cond(C.DEGRADED, True, R.POLICY_REFUSED, message)
+    old = get_condition((ms.status or ModelServiceStatus()).conditions, C.READY)
+    if old is None or old.reason != R.POLICY_REFUSED or old.message != message:
+        result.events.append(Event("Warning", R.POLICY_REFUSED, message))
+    return result
 
 
 def _not_servable(ms: ModelService, result: Plan, served: NotServable, report: Any, cond: Any) -> Plan:

@@ -17,8 +17,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from coxswain.modelservice import naming
+from coxswain.podhttp import METRICS_MAX_BYTES, get_bounded
 
-SCRAPE_TIMEOUT = httpx.Timeout(1.5, connect=0.5)
+# Overall time for one pod's answer, body included (see podhttp: bounded reads).
+SCRAPE_DEADLINE = 1.5
 
 REQUESTS = "coxswain_server_requests"
 DURATION = "coxswain_server_request_duration_seconds"
@@ -78,12 +80,12 @@ def scrape_targets(pods: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 async def _scrape_one(http: httpx.AsyncClient, pod: str, url: str) -> PodSample | None:
+    body = await get_bounded(http, url, max_bytes=METRICS_MAX_BYTES, deadline=SCRAPE_DEADLINE)
+    if body is None:
+        return None
     try:
-        response = await http.get(url, timeout=SCRAPE_TIMEOUT)
-        if response.status_code != 200:
-            return None
-        return parse_metrics(pod, time.monotonic(), response.text)
-    except (httpx.HTTPError, ValueError):
+        return parse_metrics(pod, time.monotonic(), body.decode("utf-8", errors="replace"))
+    except ValueError:
         return None
 
 

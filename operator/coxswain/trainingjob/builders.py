@@ -165,7 +165,9 @@ def build_env(tj: TrainingJob, attempt: int) -> list[dict[str, Any]]:
     return env
 
 
-def _volumes(tj: TrainingJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(
+    tj: TrainingJob, checkpoint_claim: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     spec, name = tj.spec, _name(tj)
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": naming.config_map_name(name)}},
@@ -181,22 +183,27 @@ def _volumes(tj: TrainingJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     ]
     ckpt = spec.checkpoint.volume
     ckpt_mount: dict[str, Any] = {"name": "checkpoints", "mountPath": naming.CHECKPOINT_MOUNT}
-    if ckpt.persistent_volume_claim is not None:
+    # One directory per TrainingJob (by uid) on a shared volume: a new job of the same name starts fresh.
+    own_dir = f"trainingjobs/{tj.metadata.namespace}/{name}-{(tj.metadata.uid or '')[:8]}"
+    if ckpt is None and checkpoint_claim is not None:
+        # The operator's own claim belongs to this TrainingJob alone: no subdirectory needed.
+        volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": checkpoint_claim}})
+    elif ckpt is not None and ckpt.persistent_volume_claim is not None:
         volumes.append(
             {
                 "name": "checkpoints",
                 "persistentVolumeClaim": {"claimName": ckpt.persistent_volume_claim.claim_name},
             }
         )
-        # One directory per TrainingJob (by uid): a new job of the same name starts fresh.
-        ckpt_mount["subPath"] = f"trainingjobs/{tj.metadata.namespace}/{name}-{(tj.metadata.uid or '')[:8]}"
-    elif ckpt.host_path is not None:
+        ckpt_mount["subPath"] = own_dir
+    elif ckpt is not None and ckpt.host_path is not None:
         volumes.append(
             {"name": "checkpoints", "hostPath": {"path": ckpt.host_path.path, "type": "DirectoryOrCreate"}}
         )
-        ckpt_mount["subPath"] = f"trainingjobs/{tj.metadata.namespace}/{name}-{(tj.metadata.uid or '')[:8]}"
+        ckpt_mount["subPath"] = own_dir
     else:
-        empty = ckpt.empty_dir
+        # An explicit emptyDir, or no claim could be made (CheckpointsDurable says so).
+        empty = ckpt.empty_dir if ckpt is not None else None
         source: dict[str, Any] = {}
         if empty is not None and empty.medium:
             source["medium"] = empty.medium
@@ -244,9 +251,9 @@ def build_resources(spec: TrainingJobSpec) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def build_pod_template(tj: TrainingJob, attempt: int) -> dict[str, Any]:
+def build_pod_template(tj: TrainingJob, attempt: int, checkpoint_claim: str | None = None) -> dict[str, Any]:
     spec, name = tj.spec, _name(tj)
-    volumes, mounts = _volumes(tj)
+    volumes, mounts = _volumes(tj, checkpoint_claim)
     tolerations = [t.to_dict() for t in spec.tolerations]
     if spec.resources.gpus > 0 and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
         # GPU node pools are commonly tainted nvidia.com/gpu:NoSchedule.
@@ -293,7 +300,8 @@ def build_pod_template(tj: TrainingJob, attempt: int) -> dict[str, Any]:
     }
 
 
-def build_job(tj: TrainingJob, attempt: int) -> dict[str, Any]:
+def build_job(tj: TrainingJob, attempt: int, checkpoint_claim: str | None = None) -> dict[str, Any]:
+    """The attempt's Indexed Job; `checkpoint_claim`: the operator-made claim to mount (see checkpoints)."""
     spec, name = tj.spec, _name(tj)
     labels = {naming.LABEL_ATTEMPT: str(attempt)}
     if spec.queue_name:
@@ -318,6 +326,27 @@ def build_job(tj: TrainingJob, attempt: int) -> dict[str, Any]:
             "podReplacementPolicy": "Failed",
             # Queued: created suspended, Kueue un-suspends the whole gang once it fits the quota.
             "suspend": spec.suspend or spec.queue_name is not None,
-            "template": build_pod_template(tj, attempt),
+            "template": build_pod_template(tj, attempt, checkpoint_claim),
         },
+    }
+
+
+def build_checkpoint_claim(tj: TrainingJob) -> dict[str, Any]:
+    """The TrainingJob's own checkpoint claim: owned by it, so it outlives attempts and goes with it.
+
+    ReadWriteOnce is enough: only node rank 0 reads and writes checkpoints (it loads on resume
+    and broadcasts to the other ranks). No storageClassName: the cluster's default class.
+    """
+    ckpt = tj.spec.checkpoint
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": ckpt.size}},
+    }
+    if ckpt.storage_class_name is not None:
+        spec["storageClassName"] = ckpt.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(tj, naming.checkpoint_claim_name(_name(tj))),
+        "spec": spec,
     }

@@ -20,13 +20,18 @@ from typing import Any
 
 import kopf
 
-from coxswain import metrics
+from coxswain import metrics, name_conflicts
 from coxswain.api import GROUP, TRAININGJOB_PLURAL, VERSION
 from coxswain.api.conditions import TrainingJobPhase as Phase
+from coxswain.api.conditions import TrainingJobReason as R
 from coxswain.api.trainingjob import TrainingJob
+from coxswain.cluster_facts import default_storage_class, pod_security_level
+from coxswain.conditions import get_condition
 from coxswain.kube import TRAININGJOB_RESOURCE
+from coxswain.ownership import NameConflict, slim_owner, trusted_training
 from coxswain.runtime import Key, Logger, Runtime
 from coxswain.trainingjob import naming
+from coxswain.trainingjob.checkpoints import checkpoint_storage
 from coxswain.trainingjob.executor import execute
 from coxswain.trainingjob.planner import ActionKind, Observed, Plan, plan_reconcile, rank0_pod
 from coxswain.trainingjob.progress import ProgressPuller, progress_url
@@ -50,6 +55,8 @@ def _slim(body: kopf.Body, status_keys: tuple[str, ...] | None = None) -> dict[s
     return {
         "metadata": {
             "name": meta.get("name"),
+            # Trust goes by the ownerReference chain, not labels (ownership.py).
+            **slim_owner(body),
             "labels": dict(meta.get("labels", {}) or {}),
             "annotations": {
                 k: v
@@ -156,8 +163,12 @@ class TrainingJobs:
         return TrainingJob.model_validate(raw)
 
     async def observe(self, key: Key, tj: TrainingJob) -> Observed:
-        jobs = list(self.runtime.index("trainingjob_jobs").get(key, []))
-        pods = list(self.runtime.index("trainingjob_pods").get(key, []))
+        # Labels find candidates; only Jobs this TrainingJob controls, and their pods, count.
+        jobs, pods = trusted_training(
+            tj.metadata.uid,
+            self.runtime.index("trainingjob_jobs").get(key, []),
+            self.runtime.index("trainingjob_pods").get(key, []),
+        )
         workloads = list(self.runtime.index("trainingjob_workloads").get(key, []))
         status = tj.status
         # Rank 0's /progress comes from the puller's last answer (no HTTP in a pass); the pass
@@ -169,16 +180,45 @@ class TrainingJobs:
             ]
             url = progress_url(rank0_pod(current), tj.spec.ports.metrics)
         self.progress.want(key, url)
+        runtime = self.runtime
+        level = pod_security_level(runtime.index("namespace_pod_security"), key[0])
+        refusals = tuple(runtime.tenancy.check_trainingjob(key[0], tj.spec, level))
+        durable = get_condition(tj.status.conditions if tj.status else [], "CheckpointsDurable")
+        # The claim is made right after this record says so (record first, then act).
+        claim_made = durable is not None and durable.reason == R.CLAIM_PER_JOB
+        storage = checkpoint_storage(
+            tj, default_storage_class(runtime.index("default_storage_classes")), claim_made
+        )
         return Observed(
-            jobs=jobs, pods=pods, progress=self.progress.latest(key) if url else None, workloads=workloads
+            jobs=jobs,
+            pods=pods,
+            progress=self.progress.latest(key) if url else None,
+            workloads=workloads,
+            refusals=refusals,
+            checkpoint=storage,
         )
 
     def plan(self, key: Key, tj: TrainingJob, observed: Observed) -> Plan:
         return plan_reconcile(tj, observed, self.runtime.clock.now())
 
     async def act(self, tj: TrainingJob, plan: Plan, logger: Logger) -> dict[str, Any] | None:
-        await execute(self.runtime.client, tj, plan, logger)
-        return None
+        conflict: NameConflict | None = None
+        try:
+            await execute(self.runtime.client, tj, plan, logger)
+        except NameConflict as exc:
+            conflict = exc
+            logger.warning("%s", exc)
+            self.runtime.post_event(tj.to_dict(), "Warning", "NameConflict", str(exc))
+        key = (tj.metadata.namespace or "", tj.metadata.name or "")
+        return await name_conflicts.record(
+            self.runtime.client,
+            self.resource,
+            key,
+            plan.status.conditions,
+            conflict,
+            self.runtime.clock.now(),
+            tj.metadata.generation,
+        )
 
     def record(self, key: Key, tj: TrainingJob, plan: Plan, observed: Observed) -> float:
         _record_metrics(tj, plan)

@@ -7,12 +7,12 @@ import logging
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
-from lightkube.codecs import from_dict
 from lightkube.resources.batch_v1 import Job
 from lightkube.types import CascadeType, PatchType
 
 from coxswain.api.trainingjob import TrainingJob
-from coxswain.kube import FIELD_MANAGER, TRAININGJOB_RESOURCE, is_conflict, is_not_found
+from coxswain.kube import TRAININGJOB_RESOURCE, is_not_found
+from coxswain.ownership import apply_owned
 from coxswain.trainingjob import builders, naming
 from coxswain.trainingjob.planner import Action, ActionKind, Plan
 
@@ -20,14 +20,9 @@ log = logging.getLogger(__name__)
 
 
 async def _create_or_replace(client: AsyncClient, obj: dict[str, Any], replace: bool) -> None:
-    try:
-        await client.create(from_dict(obj))
-    except ApiError as exc:
-        if not is_conflict(exc):
-            raise
-        if replace:
-            # Server-side apply: our fields, our manager; leaves fields of others alone.
-            await client.apply(from_dict(obj), field_manager=FIELD_MANAGER, force=True)
+    # An existing object of the name is updated (replace) or left (an earlier pass made it)
+    # only when it is ours; another's raises ownership.NameConflict (never taken over).
+    await apply_owned(client, obj, update=replace)
 
 
 async def execute(
@@ -46,14 +41,15 @@ async def execute(
             continue
         if batch:
             results = await asyncio.gather(
-                *(_execute_one(client, current, ns, name, a, log_) for a in batch), return_exceptions=True
+                *(_execute_one(client, current, ns, name, a, log_, plan.checkpoint_claim) for a in batch),
+                return_exceptions=True,
             )
             batch = []
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
         if action is not None:
-            await _execute_one(client, current, ns, name, action, log_)
+            await _execute_one(client, current, ns, name, action, log_, plan.checkpoint_claim)
 
 
 _CREATES = (
@@ -71,16 +67,21 @@ async def _execute_one(
     name: str,
     action: Action,
     log_: logging.Logger | logging.LoggerAdapter[Any],
+    plan_claim: str | None = None,
 ) -> None:
     try:
         if action.kind in (ActionKind.ENSURE_CONFIG, ActionKind.CREATE_CONFIG):
             replace = action.kind == ActionKind.ENSURE_CONFIG
             await _create_or_replace(client, builders.build_config_map(tj), replace=replace)
+        elif action.kind == ActionKind.ENSURE_CHECKPOINT_CLAIM:
+            if await apply_owned(client, builders.build_checkpoint_claim(tj), update=False):
+                log_.info("created PersistentVolumeClaim %s for checkpoints", action.name)
         elif action.kind == ActionKind.ENSURE_SERVICE:
             await _create_or_replace(client, builders.build_service(tj), replace=False)
         elif action.kind == ActionKind.CREATE_JOB:
             # AlreadyExists means an earlier pass (maybe of a killed operator) made it: fine.
-            await _create_or_replace(client, builders.build_job(tj, action.attempt), replace=False)
+            job = builders.build_job(tj, action.attempt, plan_claim)
+            await _create_or_replace(client, job, replace=False)
             log_.info("created Job %s (attempt %d, %d pods)", action.name, action.attempt, tj.spec.nodes)
         elif action.kind == ActionKind.DELETE_JOB:
             # Foreground: the Job stays until its pods are gone, and the planner waits for it

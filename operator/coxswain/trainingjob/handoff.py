@@ -60,6 +60,17 @@ async def hand_off(
         events.post(tj.to_dict(), "Warning", R.HANDOFF_SKIPPED, message)
         log.warning(message)
         return
+    ref = ((ms.get("spec") or {}).get("model") or {}).get("trainingJobRef") or {}
+    if ref.get("name") != tj.metadata.name:
+        # A TrainingJob must not rewrite the versions of a ModelService that did not opt in.
+        message = (
+            f"spec.serving.modelService: ModelService {serving.model_service} does not serve this "
+            f"TrainingJob (its spec.model.trainingJobRef.name is {ref.get('name') or 'unset'}); set it to "
+            f"{tj.metadata.name} to let this job roll versions into it"
+        )
+        events.post(tj.to_dict(), "Warning", "HandoffRefused", message)
+        log.warning(message)
+        return
     versions = dict(ms.get("spec", {}).get("versions", {}) or {})
     patch = handoff_patch(tj, versions, (ms.get("status") or {}).get("canary"))
     if patch is None:

@@ -30,6 +30,11 @@ def config_map_name(job: str) -> str:
     return f"{job}-config"
 
 
+def checkpoint_claim_name(job: str) -> str:
+    """The PersistentVolumeClaim the operator makes for checkpoints when the spec names no volume."""
+    return f"{job}-checkpoints"
+
+
 def batch_job_name(job: str, attempt: int) -> str:
     """One batch/v1 Job per attempt; a deterministic name makes creation idempotent."""
     return f"{job}-{attempt}"

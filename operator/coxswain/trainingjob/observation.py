@@ -13,7 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from coxswain.api.trainingjob import ExportedModel, LastCheckpoint, Progress
+from coxswain.tenancy import Refusal
 from coxswain.trainingjob import naming
+from coxswain.trainingjob.checkpoints import CheckpointStorage
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,10 @@ class Observed:
     pods: list[dict[str, Any]]
     progress: dict[str, Any] | None = None  # rank 0's /progress, when it answered
     workloads: list[dict[str, Any]] = field(default_factory=list)  # Kueue's, slimmed (queueing.py)
+    # What the tenancy policy (and the namespace's Pod Security level) refuses in the spec.
+    refusals: tuple[Refusal, ...] = ()
+    # Where checkpoints live (None: not decided, e.g. in tests of other concerns).
+    checkpoint: CheckpointStorage | None = None
 
 
 def attempt_of(obj: dict[str, Any]) -> int | None:
@@ -142,3 +148,9 @@ def last_checkpoint(old: LastCheckpoint | None, fresh: dict[str, Any] | None) ->
         return LastCheckpoint.model_validate(record)
     except ValueError:
         return old
+
+
+def resumed_from_step(fresh: dict[str, Any] | None) -> int | None:
+    """The step rank 0 says this attempt resumed from (None: not said, or it started afresh)."""
+    value = (fresh or {}).get("resumedFromStep")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

@@ -19,6 +19,7 @@ from coxswain.api.conditions import TrainingJobConditionType as C
 from coxswain.api.conditions import TrainingJobPhase as Phase
 from coxswain.api.conditions import TrainingJobReason as R
 from coxswain.api.trainingjob import (
+    MAX_ATTEMPTS,
     CleanPodPolicy,
     FailureAction,
     LastFailure,
@@ -40,6 +41,7 @@ from coxswain.trainingjob.observation import (
     merge_progress,
     pending_reason,
     rank0_pod,
+    resumed_from_step,
 )
 from coxswain.trainingjob.queueing import view, workload_of
 
@@ -50,6 +52,7 @@ class ActionKind(StrEnum):
     ENSURE_CONFIG = "EnsureConfig"  # create, or update when the spec changed
     CREATE_CONFIG = "CreateConfig"  # create only (before a Job): an existing one is current
     ENSURE_SERVICE = "EnsureService"
+    ENSURE_CHECKPOINT_CLAIM = "EnsureCheckpointClaim"  # create only; kept across attempts
     CREATE_JOB = "CreateJob"
     DELETE_JOB = "DeleteJob"
     SUSPEND_JOB = "SuspendJob"
@@ -80,6 +83,7 @@ class Plan:
     restart: RestartRecord | None = None  # for metrics
     preempted: bool = False  # Kueue evicted the admitted gang on this pass (for metrics)
     finished: Phase | None = None  # set on the pass that finishes the job (for metrics)
+    checkpoint_claim: str | None = None  # the operator-made claim a new attempt's Job mounts
 
 
 def backoff_seconds(tj: TrainingJob, restarts_so_far: int) -> float:
@@ -155,6 +159,15 @@ class Planner:
         if self.status.phase in TERMINAL:
             self.finished_housekeeping()
             return self.plan
+        if self.obs.refusals:
+            # Nothing is made for a spec the platform team's policy refuses; its fields are
+            # immutable, so the user creates a corrected TrainingJob.
+            refused = "; ".join(str(r) for r in self.obs.refusals)
+            self.fail(R.POLICY_REFUSED, f"refused by the cluster's tenancy policy: {refused}")
+            return self.plan
+        if get_condition(self.status.conditions, C.CHECKPOINTS_DURABLE.value) is None and self.obs.jobs:
+            # A job made before the operator said where checkpoints live (an upgrade).
+            self.checkpoint_condition()
         if spec_changed:
             # Mutable fields (env of a suspended job, serving, ...) reach the trainer's config.
             self.plan.actions += [Action(ActionKind.ENSURE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
@@ -250,6 +263,14 @@ class Planner:
                 self.requeue(wait)
                 return
         job_name = naming.batch_job_name(self.name, self.attempt)
+        storage = self.obs.checkpoint
+        if storage is not None and storage.claim is not None:
+            # Created once and kept: its checkpoints are what the next attempt resumes from.
+            self.plan.actions.append(Action(ActionKind.ENSURE_CHECKPOINT_CLAIM, storage.claim))
+            self.plan.checkpoint_claim = storage.claim
+        # Said when a Job is made, which is when the choice takes effect: a default
+        # StorageClass that appears later serves the next attempt, not the running one.
+        self.checkpoint_condition()
         if Action(ActionKind.ENSURE_CONFIG) not in self.plan.actions:
             self.plan.actions += [Action(ActionKind.CREATE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
         self.plan.actions.append(Action(ActionKind.CREATE_JOB, job_name, self.attempt))
@@ -389,6 +410,9 @@ class Planner:
             return
         self.status.progress = merge_progress(self.status.progress, self.obs.progress, self.now)
         self.status.last_checkpoint = last_checkpoint(self.status.last_checkpoint, self.obs.progress)
+        resumed = resumed_from_step(self.obs.progress)
+        if resumed is not None:
+            self.status.resumed_from_step = resumed
         running = [
             p
             for p in pods
@@ -512,6 +536,15 @@ class Planner:
                 cause=cause_name,
             )
             return
+        if self.attempt + 1 > MAX_ATTEMPTS:
+            self.fail(
+                R.ATTEMPT_LIMIT_REACHED,
+                f"attempt {self.attempt} failed: {failure.describe()}; attempt {self.attempt + 1} would "
+                f"pass the limit of {MAX_ATTEMPTS} attempts (pod names '<name>-<attempt>-<rank>' must stay "
+                "within 63 characters); create a new TrainingJob to go on from its checkpoints",
+                cause=cause_name,
+            )
+            return
         if charged:
             self.status.restarts = restarts + 1
         else:
@@ -521,6 +554,7 @@ class Planner:
             cause=cause_name, attempt=failed_attempt, message=failure.describe()[:4096], time=self.now
         )
         self.status.attempt = failed_attempt + 1
+        self.status.resumed_from_step = None  # the next attempt says where it resumed from
         delay = backoff_seconds(self.tj, (self.status.restarts or 0) + (self.status.uncounted_restarts or 0))
         budget_note = (
             f"{self.status.restarts} of {budget} charged restarts used"
@@ -542,6 +576,16 @@ class Planner:
             self.plan.actions.append(Action(ActionKind.DELETE_JOB, job["metadata"]["name"]))
         self.plan.restart = RestartRecord(cause=cause_name, charged=charged)
         self.requeue(delay)
+
+    def checkpoint_condition(self) -> None:
+        """CheckpointsDurable: whether checkpoints would outlive a gang restart, and why."""
+        storage = self.obs.checkpoint
+        if storage is None:
+            return
+        old = get_condition(self.status.conditions, C.CHECKPOINTS_DURABLE.value)
+        if not storage.durable and (old is None or old.status != ConditionStatus.FALSE):
+            self.event("Warning", "CheckpointsNotDurable", storage.message)
+        self.cond(C.CHECKPOINTS_DURABLE, storage.durable, storage.reason, storage.message)
 
     def fail(self, reason: R, message: str, cause: str | None = None) -> None:
         self.set_phase(Phase.FAILED)

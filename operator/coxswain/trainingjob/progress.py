@@ -10,26 +10,31 @@ timeout and never delays a pass of any job.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
 from coxswain.clock import Clock
+from coxswain.podhttp import PROGRESS_MAX_BYTES, get_bounded
 
 Key = tuple[str, str]
 
-TIMEOUT = httpx.Timeout(2.0, connect=1.0)
+# Overall time for rank 0's answer, body included: a pod that trickles or streams without end
+# costs one bounded read (podhttp), never the operator's memory.
+PROGRESS_DEADLINE = 2.0
 
 
 async def fetch_progress(http: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
-    """The document at `url`, or None when it does not answer (starting, kwok pod, network)."""
+    """The document at `url`, or None when it does not answer (starting, kwok pod, network),
+    answers too much or too slowly."""
+    body = await get_bounded(http, url, max_bytes=PROGRESS_MAX_BYTES, deadline=PROGRESS_DEADLINE)
+    if body is None:
+        return None
     try:
-        response = await http.get(url, timeout=TIMEOUT)
-        if response.status_code != 200:
-            return None
-        doc = response.json()
-    except (httpx.HTTPError, ValueError):
+        doc = json.loads(body)
+    except ValueError:
         return None
     return doc if isinstance(doc, dict) else None
 

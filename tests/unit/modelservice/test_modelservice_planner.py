@@ -250,3 +250,14 @@ def test_a_restarted_operator_carries_on_at_the_recorded_step() -> None:
     p = plan(make(status=rolled, replicas=1, versions=newer), observed(pods=[pod("a")]), Memory(), NOW, 0.0)
     assert p.weights == {"v1": 90, "v3": 10}
     assert p.status.canary is not None and p.status.canary.version == "v3"
+
+
+def test_a_spec_the_policy_refuses_is_not_ready_and_makes_nothing() -> None:
+    from coxswain.tenancy import Refusal
+
+    refusal = Refusal("spec.repository.hostPath", "hostPath volumes are not allowed on this cluster")
+    p = plan(make(), observed(refusals=(refusal,)), Memory(), NOW, 0.0)
+    assert kinds(p) == []
+    status, reason, message = cond(p, "Ready")
+    assert (status, reason) == ("False", "PolicyRefused") and "spec.repository.hostPath" in message
+    assert [e.reason for e in p.events] == ["PolicyRefused"]

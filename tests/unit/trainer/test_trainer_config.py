@@ -156,7 +156,10 @@ def test_every_example_trainingjob_is_a_valid_trainer_config(
 ) -> None:
     monkeypatch.syspath_prepend(str(example.parent))  # the image puts examples/ on PYTHONPATH
     env = _env(tmp_path, COXSWAIN_MODEL_REPOSITORY=str(tmp_path / "models"), WORLD_SIZE="2")
-    config = load_config(example, env=env)
+    # An example may carry the objects it needs beside the TrainingJob (a Kueue queue); the
+    # trainer gets the TrainingJob alone, as the operator's ConfigMap holds it.
+    (job,) = [d for d in yaml.safe_load_all(example.read_text()) if d and d.get("kind") == "TrainingJob"]
+    config = load_config(_write(tmp_path, job), env=env)
     assert config.job.name
     if config.export is not None:
         assert config.export.model_name

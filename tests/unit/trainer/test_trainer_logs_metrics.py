@@ -59,9 +59,7 @@ def test_progress_json_has_the_status_progress_keys() -> None:
         "precision",
         "lastUpdateTime",
         "lastCheckpoint",
-        "strategy",
-        "precision",
-        "worldSize",
+        "resumedFromStep",
     }
 
 

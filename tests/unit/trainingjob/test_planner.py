@@ -406,3 +406,69 @@ def test_a_job_failed_only_by_torn_down_pods_restarts_without_charge() -> None:
     assert plan.status.phase == "Restarting"
     assert plan.status.restarts == 0 and plan.status.uncounted_restarts == 1
     assert plan.status.last_failure is not None and plan.status.last_failure.cause == "Interrupted"
+
+
+# -- issue 15 and 16 ------------------------------------------------------------------------
+
+
+def test_a_spec_the_policy_refuses_fails_and_makes_nothing() -> None:
+    from coxswain.tenancy import Refusal
+
+    refusals = (Refusal("spec.image", "image evil/x is not allowed here"),)
+    plan = plan_reconcile(make(), Observed(jobs=[], pods=[], refusals=refusals), NOW)
+    assert plan.status.phase == "Failed"
+    failed = cond(plan, "Failed")
+    assert failed.reason == "PolicyRefused" and "spec.image" in failed.message
+    assert not [a for a in plan.actions if a.kind != ActionKind.DELETE_JOB]
+
+
+def test_a_claim_per_job_is_made_before_the_job_that_mounts_it() -> None:
+    from coxswain.trainingjob.checkpoints import checkpoint_storage
+
+    tj = make(nodes=1)
+    storage = checkpoint_storage(tj, "local-path", claim_exists=False)
+    plan = plan_reconcile(tj, Observed(jobs=[], pods=[], checkpoint=storage), NOW)
+    order = [a.kind for a in plan.actions]
+    assert order.index(ActionKind.ENSURE_CHECKPOINT_CLAIM) < order.index(ActionKind.CREATE_JOB)
+    assert plan.checkpoint_claim == "tj-checkpoints"
+    assert cond(plan, "CheckpointsDurable").status == "True"
+    assert not [e for e in plan.events if e.reason == "CheckpointsNotDurable"]
+
+
+def test_checkpoints_that_cannot_survive_a_restart_are_a_condition_and_one_event() -> None:
+    from coxswain.trainingjob.checkpoints import checkpoint_storage
+
+    tj = make(nodes=1)
+    storage = checkpoint_storage(tj, None, claim_exists=False)
+    plan = plan_reconcile(tj, Observed(jobs=[], pods=[], checkpoint=storage), NOW)
+    durable = cond(plan, "CheckpointsDurable")
+    assert durable.status == "False" and durable.reason == "NoStorageClass"
+    assert [e.reason for e in plan.events].count("CheckpointsNotDurable") == 1
+    assert ActionKind.ENSURE_CHECKPOINT_CLAIM not in [a.kind for a in plan.actions]
+    again = plan_reconcile(
+        tj.model_copy(update={"status": plan.status}), Observed(jobs=[], pods=[], checkpoint=storage), NOW
+    )
+    assert "CheckpointsNotDurable" not in [e.reason for e in again.events], "warned once, not every pass"
+
+
+def test_status_names_the_step_the_attempt_resumed_from_and_forgets_it_on_restart() -> None:
+    tj = make(status={"attempt": 2, "phase": "Running", "restarts": 1, "observedGeneration": 1})
+    progress = {"step": 450, "totalSteps": 1000, "resumedFromStep": 400, "state": "training"}
+    plan = plan_reconcile(tj, Observed(jobs=[job(2)], pods=[pod(2, 0), pod(2, 1)], progress=progress), NOW)
+    assert plan.status.resumed_from_step == 400
+    failed = make(status=plan.status.to_dict())
+    restart = plan_reconcile(failed, Observed(jobs=[job(2, "Failed")], pods=[pod(2, 0, "Failed", 1)]), NOW)
+    assert restart.status.attempt == 3 and restart.status.resumed_from_step is None
+
+
+def test_the_attempt_after_the_last_allowed_one_fails_the_job() -> None:
+    from coxswain.api.trainingjob import MAX_ATTEMPTS
+
+    tj = make(
+        status={"attempt": MAX_ATTEMPTS, "phase": "Running", "restarts": 0, "observedGeneration": 1},
+        failurePolicy={"maxRestarts": 1000},
+    )
+    plan = plan_reconcile(tj, Observed(jobs=[job(MAX_ATTEMPTS, "Failed")], pods=[]), NOW)
+    failed = cond(plan, "Failed")
+    assert failed.reason == "AttemptLimitReached" and "63 characters" in failed.message
+    assert plan.status.attempt == MAX_ATTEMPTS
