@@ -432,7 +432,7 @@ def test_a_succeeded_training_job_rolls_its_version_into_the_modelservice_that_n
     cluster: ClusterHandle, operator: OperatorProcess, op_namespace: str
 ) -> None:
     # Issue 15: the hand-off changes only a ModelService whose trainingJobRef names the job
-    # (tests/cluster/test_hardening.py shows the refusal). Such a service serves the job's
+    # (tests/cluster/test_operator_hardening.py shows the refusal). Such a service serves the job's
     # export as its stable version, so the canary the hand-off writes is that same version.
     ns = op_namespace
     create(cluster, ns, modelservice("digits", model={"trainingJobRef": {"name": "retrain"}}))
