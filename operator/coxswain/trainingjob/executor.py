@@ -32,8 +32,8 @@ async def execute(
     ns, name = tj.metadata.namespace or "default", tj.metadata.name or ""
     # Actions see the status this pass decided (the handoff needs the exported model just read).
     current = tj.model_copy(update={"status": plan.status})
-    # Creates that follow each other go out together (a new job's ConfigMap, Service and Job:
-    # one round trip instead of three); deletes, patches and the handoff keep their order.
+    # Creates that follow each other go out together (a new job's ConfigMap and Service: one
+    # round trip instead of two, then the Job); deletes, patches and the handoff keep their order.
     batch: list[Action] = []
     for action in [*plan.actions, None]:
         if action is not None and action.kind in _CREATES:
@@ -52,11 +52,13 @@ async def execute(
             await _execute_one(client, current, ns, name, action, log_, plan.checkpoint_claim)
 
 
+# The Job is not among them: its pods read the ConfigMap and resolve through the Service, so
+# it is made only once both are ours (a same-named object of someone else's is a NameConflict,
+# and a gang must never start on a foreign ConfigMap).
 _CREATES = (
     ActionKind.ENSURE_CONFIG,
     ActionKind.CREATE_CONFIG,
     ActionKind.ENSURE_SERVICE,
-    ActionKind.CREATE_JOB,
 )
 
 
