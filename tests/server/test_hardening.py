@@ -251,7 +251,9 @@ def test_encrypted_files_swapped_between_versions_are_refused(tmp_path: Path, st
             str(tmp_path / "key"),
         ]
     )
-    assert server.wait_exit(180) == 1
+    # Refused at start: 1 from the server's own load check, or uvicorn's 3 when the failure
+    # surfaces through its lifespan start-up first (seen on a loaded machine).
+    assert server.wait_exit(180) in (1, 3)
     assert "decryption failed" in server.output()
 
 
