@@ -33,15 +33,14 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Node
 from lightkube.types import PatchType
 
-from coxswain.api.trainingjob import TrainingJob
 from coxswain.devcluster import DevCluster
 from coxswain.devcluster.bootstrap import create_nodes, make_client
 from coxswain.devcluster.crds import apply_crds, wait_established
 from coxswain.devcluster.kueue import GROUP, VERSION, ClusterQueue, ResourceFlavor
 from coxswain.devcluster.kwok_nodes import NodePool
 from coxswain.kube import TRAININGJOB_RESOURCE
-from coxswain.trainingjob import builders, naming
-from operator_scale import PodWatch, apply_all, make_namespace, percentile, wait_all
+from coxswain.trainingjob import naming
+from operator_scale import PodWatch, apply_all, make_namespace, percentile, plain_job, wait_all
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "bench-kueue"
@@ -171,17 +170,7 @@ def main() -> int:
         watch = PodWatch(client, ns, "bench/owner")
         jobs = []
         for i in range(args.jobs):
-            tj = TrainingJob.model_validate(
-                {
-                    **trainingjob(f"b{i}", args.gang),
-                    "metadata": {"name": f"b{i}", "namespace": ns, "uid": "0"},
-                }
-            )
-            job = builders.build_job(tj, 1)
-            del job["metadata"]["ownerReferences"]
-            job["metadata"]["labels"]["bench/owner"] = f"b{i}"
-            job["spec"]["template"]["metadata"]["labels"]["bench/owner"] = f"b{i}"
-            jobs.append((f"b{i}", from_dict(job)))
+            jobs.append((f"b{i}", from_dict(plain_job(trainingjob(f"b{i}", args.gang), f"b{i}", ns))))
         apply_all(jobs, lambda obj: client.create(obj, namespace=ns))
         wait_count(lambda: workloads(client, ns), args.jobs, "plain Jobs' Workloads")
         t0 = free_quota(client, cq_name, gpus)

@@ -108,6 +108,17 @@ def wait_all(watch: PodWatch, applied: dict[str, float], count: int, timeout: fl
     raise SystemExit(f"timed out: {len(latencies)}/{len(applied)} created all pods in {timeout} s")
 
 
+def plain_job(manifest: dict[str, Any], name: str, ns: str) -> dict[str, Any]:
+    """The baseline: the Indexed Job the operator would make for `manifest`, with no owner, marked
+    `bench/owner=<name>` so PodWatch times its pods like a TrainingJob's."""
+    tj = TrainingJob.model_validate({**manifest, "metadata": {"name": name, "namespace": ns, "uid": "0"}})
+    job = builders.build_job(tj, 1)
+    del job["metadata"]["ownerReferences"]
+    job["metadata"]["labels"]["bench/owner"] = name
+    job["spec"]["template"]["metadata"]["labels"]["bench/owner"] = name
+    return job
+
+
 def make_namespace(client: Client, prefix: str) -> str:
     name = f"{prefix}{uuid.uuid4().hex[:6]}"
     client.create(Namespace(metadata=ObjectMeta(name=name)))
@@ -284,17 +295,7 @@ def main() -> int:
         watch = PodWatch(client, ns, "bench/owner")
         jobs = []
         for i in range(args.jobs):
-            tj = TrainingJob.model_validate(
-                {
-                    **trainingjob(f"b{i}", args.gang, 2),
-                    "metadata": {"name": f"b{i}", "namespace": ns, "uid": "0"},
-                }
-            )
-            job = builders.build_job(tj, 1)
-            del job["metadata"]["ownerReferences"]
-            job["metadata"]["labels"]["bench/owner"] = f"b{i}"
-            job["spec"]["template"]["metadata"]["labels"]["bench/owner"] = f"b{i}"
-            jobs.append((f"b{i}", job))
+            jobs.append((f"b{i}", plain_job(trainingjob(f"b{i}", args.gang, 2), f"b{i}", ns)))
         # Decode in this thread: lightkube imports resource modules lazily, and concurrent first
         # imports from many threads crashed the interpreter here.
         decoded = [(owner, from_dict(obj)) for owner, obj in jobs]

@@ -115,6 +115,11 @@ def kueue(cluster: ClusterHandle) -> ClusterHandle:
 @pytest.fixture
 def namespace(cluster: ClusterHandle) -> Iterator[str]:
     """A namespace of its own for one test (tests may share the cluster with other sessions)."""
+    yield from fresh_namespace(cluster)
+
+
+def fresh_namespace(cluster: ClusterHandle) -> Iterator[str]:
+    """Make a namespace, yield its name once pods can be made in it, then delete it."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     client = cluster.client
     client.create(Namespace(metadata=ObjectMeta(name=name)))

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
-from cluster_fixtures import CRDS_DIR, KEEP_ENV, SETTLE, ClusterHandle, wait_for
+from cluster_fixtures import CRDS_DIR, KEEP_ENV, ClusterHandle, fresh_namespace
 from coxswain.devcluster import DevCluster, default_cluster_dir
 from coxswain.devcluster.bootstrap import make_client
 from coxswain.devcluster.crds import apply_crds, wait_established
@@ -65,13 +62,4 @@ def real_cluster(real_dev: DevCluster) -> Iterator[ClusterHandle]:
 @pytest.fixture
 def real_namespace(real_cluster: ClusterHandle) -> Iterator[str]:
     """A fresh namespace on the real-node cluster, deleted afterwards."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    client = real_cluster.client
-    client.create(Namespace(metadata=ObjectMeta(name=name)))
-    wait_for(
-        lambda: client.get(ServiceAccount, "default", namespace=name),
-        SETTLE,
-        f"ServiceAccount {name}/default",
-    )
-    yield name
-    client.delete(Namespace, name)
+    yield from fresh_namespace(real_cluster)
