@@ -7,8 +7,10 @@
   the next burst needs);
 - with no metrics at all (no pod answered) nothing changes but the bounds.
 
-The floor is max(minReplicas, 1): with no pod left there is no load to read, so the
-operator never scales a service to zero by itself (an HPA, KEDA or a user may).
+The floor is minReplicas. At zero there is no pod whose load could be read: the
+activator (coxswain.activator) holds the next request and raises spec.replicas through
+the scale subresource, and from then on the rules above apply again. A new service starts
+with max(minReplicas, 1) replicas, so that it shows at once whether its model loads.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class Decision:
 
 
 def floor_replicas(auto: Autoscaling) -> int:
+    return auto.min_replicas
+
+
+def initial_replicas(auto: Autoscaling) -> int:
     return max(auto.min_replicas, 1)
 
 

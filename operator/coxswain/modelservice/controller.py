@@ -127,6 +127,38 @@ async def modelservice_replicasets(
     return _child_index(namespace, labels, body, memo)
 
 
+@kopf.index("discovery.k8s.io", "v1", "endpointslices", labels=LABELS)
+async def modelservice_endpointslices(
+    *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    # Ours (the activator's endpoints, while scaled to zero) and the endpointslice
+    # controller's (a server pod turning ready queues the service at once).
+    return _child_index(namespace, labels, body, memo)
+
+
+def ready_ips(body: Mapping[str, Any]) -> list[str]:
+    """Addresses of an EndpointSlice's ready endpoints (a missing `ready` means ready)."""
+    ips: list[str] = []
+    for endpoint in body.get("endpoints") or []:
+        if (endpoint.get("conditions") or {}).get("ready") is False:
+            continue
+        ips.extend((endpoint.get("addresses") or [])[:1])
+    return ips
+
+
+@kopf.index("discovery.k8s.io", "v1", "endpointslices", labels={naming.LABEL_ACTIVATOR: kopf.PRESENT})
+async def modelservice_activators(
+    *, namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> dict[tuple[str, str], list[str]]:
+    """The activator's pod IPs, from its Service's slices: every service that routes to it
+    is queued, so a new or moved activator pod is in their slices on the next pass."""
+    controller = _controller(memo)
+    for key, ms in list(controller.bodies.items()):
+        if ((ms.get("spec") or {}).get("autoscaling") or {}).get("minReplicas") == 0:
+            controller.wake(key)
+    return {(namespace or "", name): ready_ips(body)}
+
+
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=LABELS)
 async def modelservice_hpas(
     *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
@@ -210,6 +242,8 @@ class ModelServices:
             service=_first(index("modelservice_services"), key, "Service"),
             traffic=_first(index("modelservice_configmaps"), key, "ConfigMap"),
             hpa=_first(index("modelservice_hpas"), key, "HorizontalPodAutoscaler"),
+            activator_ips=self.activator_ips(),
+            activator_slice=_first(index("modelservice_endpointslices"), key, "EndpointSlice"),
             pods=pods,
             trainingjob=trainingjob,
             samples=samples,
@@ -222,6 +256,13 @@ class ModelServices:
             ),
         )
         return Observation(observed, scraped_at)
+
+    def activator_ips(self) -> tuple[str, ...]:
+        found: set[str] = set()
+        for ips in self.runtime.index("modelservice_activators").values():
+            for some in ips:
+                found.update(some)
+        return tuple(sorted(found))
 
     def plan(self, key: Key, ms: ModelService, observation: Observation) -> Plan:
         memory = self.memory.get(key) or Memory()

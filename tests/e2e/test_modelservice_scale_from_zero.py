@@ -1,0 +1,214 @@
+"""Scale from zero on the node agent: a `minReplicas: 0` ModelService at zero replicas,
+a real activator process, the real operator and real `coxswain-server` pods.
+
+The agent has no kube-proxy, so the test plays its part: while the operator's EndpointSlice
+lists the activator under the service's Service, the client's requests go to the activator
+(with the Host header a client calling the Service's DNS name sends). The activator's own
+Service and slice are made by hand here (the chart makes them on a cluster); the address in
+that slice is a documentation address (RFC 5737) nothing is ever sent to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from lightkube.codecs import from_dict
+from lightkube.resources.discovery_v1 import EndpointSlice
+
+from agent_fixtures import AgentProcess
+from cluster_fixtures import ClusterHandle, wait_for
+from coxswain.kube import MODELSERVICE_RESOURCE
+from coxswain.modelservice import naming
+from operator_fixtures import OperatorProcess, free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "modelservice"))
+
+from serving_harness import BODY, INFER_PATH, write_repository
+
+pytestmark = pytest.mark.e2e
+
+ACTIVATOR_IP = "192.0.2.10"
+BURST = 100
+DELAY = 10
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    write_repository(root)
+    root.chmod(0o755)
+    return root
+
+
+class Activator:
+    def __init__(self, cluster: ClusterHandle) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self.log_path = Path(tempfile.mkdtemp(prefix="coxswain-activator-")) / "activator.log"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "coxswain",
+                    "activator",
+                    "run",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--admin-port",
+                    str(self.admin_port),
+                    "--hold-timeout",
+                    "120",
+                ],
+                env=cluster.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def metric(self, name: str, ns: str, ms: str) -> float:
+        text = httpx.get(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") and f'namespace="{ns}"' in line and f'modelservice="{ms}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def activator(cluster: ClusterHandle) -> Iterator[Activator]:
+    act = Activator(cluster)
+    try:
+        wait_for(act.ready, 60, "the activator's EndpointSlice watch")
+        yield act
+    finally:
+        act.stop()
+        print(f"activator log: {act.log_path}")
+
+
+def activator_service(cluster: ClusterHandle, ns: str) -> None:
+    """What the chart makes: the activator's Service, labelled so the operator finds it."""
+    labels = {naming.LABEL_ACTIVATOR: "true"}
+    cluster.client.create(
+        from_dict(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "coxswain-activator", "namespace": ns, "labels": labels},
+                "spec": {"ports": [{"name": "http", "port": 8080}]},
+            }
+        )
+    )
+    cluster.client.create(
+        from_dict(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "coxswain-activator-1",
+                    "namespace": ns,
+                    "labels": {**labels, naming.LABEL_SERVICE_NAME: "coxswain-activator"},
+                },
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ACTIVATOR_IP], "conditions": {"ready": True}}],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            }
+        )
+    )
+
+
+def get(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any]:
+    return dict(cluster.client.get(MODELSERVICE_RESOURCE, name, namespace=ns))
+
+
+def activator_slice(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any] | None:
+    for s in cluster.client.list(EndpointSlice, namespace=ns, labels={naming.LABEL_SERVICE_NAME: name}):
+        if (s.metadata.labels or {}).get(naming.LABEL_SLICE_MANAGED_BY) == naming.SLICE_MANAGER:
+            return s.to_dict()
+    return None
+
+
+async def burst(port: int, host: str, n: int) -> tuple[list[int], list[float]]:
+    """n requests at once; their codes and seconds to each answer."""
+    started = time.monotonic()
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Host": host},
+        timeout=180,
+        limits=httpx.Limits(max_connections=n),
+    ) as client:
+
+        async def one() -> tuple[int, float]:
+            r = await client.post(INFER_PATH, json=BODY)
+            return r.status_code, time.monotonic() - started
+
+        results = await asyncio.gather(*(one() for _ in range(n)))
+    return [c for c, _ in results], [t for _, t in results]
+
+
+def test_a_burst_at_zero_replicas_is_held_answered_and_the_service_goes_back_to_zero(
+    cluster: ClusterHandle,
+    agent: AgentProcess,
+    operator: OperatorProcess,
+    op_namespace: str,
+    repository: Path,
+    activator: Activator,
+) -> None:
+    ns, name = op_namespace, "digits"
+    activator_service(cluster, ns)
+    spec = {
+        "model": {"uri": f"file://{repository}/digits"},
+        "repository": {"hostPath": {"path": str(repository)}},
+        "resources": {"cpu": "1", "memory": "1Gi"},
+        "nodeSelector": agent.selector,
+        "versions": {"stable": "v1"},
+        "replicas": 0,
+        "autoscaling": {
+            "minReplicas": 0,
+            "maxReplicas": 2,
+            "target": {"metric": "inflight", "value": 200},
+            "scaleDownDelaySeconds": DELAY,
+        },
+    }
+    cluster.client.create(MODELSERVICE_RESOURCE({"metadata": {"name": name}, "spec": spec}), namespace=ns)
+    # At zero: the Service's extra slice lists the activator, and Ready says how it wakes.
+    wait_for(lambda: activator_slice(cluster, ns, name) is not None, 60, "the activator's slice")
+    held = activator_slice(cluster, ns, name)
+    assert held is not None and [e["addresses"] for e in held["endpoints"]] == [[ACTIVATOR_IP]]
+    ready = next(c for c in get(cluster, ns, name)["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "ScaledToZero" and "activator" in ready["message"]
+
+    codes, times = asyncio.run(burst(activator.port, f"{name}.{ns}.svc.cluster.local", BURST))
+    assert codes == [200] * BURST, sorted(set(codes))
+    print(f"scale from zero: first answer after {min(times):.2f} s, last after {max(times):.2f} s")
+    assert activator.metric("coxswain_activator_wakeups_total", ns, name) == 1
+    assert activator.metric("coxswain_activator_requests_total", ns, name) == BURST
+
+    # A ready pod: the Service goes straight to the pods again.
+    wait_for(lambda: activator_slice(cluster, ns, name) is None, 60, "the activator's slice removed")
+    # Idle: back to zero after the delay, and the activator routes again.
+    wait_for(lambda: get(cluster, ns, name)["spec"].get("replicas") == 0, DELAY + 60, "scale to zero")
+    decision = get(cluster, ns, name)["status"]["lastScaleDecision"]
+    assert (decision["from"], decision["to"]) == (1, 0)
+    assert f"scaleDownDelaySeconds {DELAY}" in decision["reason"]
+    wait_for(lambda: activator_slice(cluster, ns, name) is not None, 120, "the activator's slice again")
