@@ -16,12 +16,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from lightkube.codecs import from_dict
+from lightkube.resources.core_v1 import Pod
 from lightkube.resources.discovery_v1 import EndpointSlice
 
 from agent_fixtures import AgentProcess
@@ -144,8 +146,24 @@ def get(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any]:
 def activator_slice(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any] | None:
     for s in cluster.client.list(EndpointSlice, namespace=ns, labels={naming.LABEL_SERVICE_NAME: name}):
         if (s.metadata.labels or {}).get(naming.LABEL_SLICE_MANAGED_BY) == naming.SLICE_MANAGER:
-            return s.to_dict()
+            return dict(s.to_dict())
     return None
+
+
+def report_times(cluster: ClusterHandle, ns: str, name: str, sent: datetime, times: list[float]) -> None:
+    """The figures: first answer against the pod's own start and readiness (1 s resolution)."""
+    (pod,) = cluster.client.list(Pod, namespace=ns, labels={naming.LABEL_MODELSERVICE: name})
+    assert pod.metadata is not None and pod.status is not None
+    created = pod.metadata.creationTimestamp
+    ready_at = next(c.lastTransitionTime for c in pod.status.conditions or [] if c.type == "Ready")
+    assert created is not None and ready_at is not None
+    first = min(times)
+    print(
+        f"scale from zero: burst sent -> pod created {(created - sent).total_seconds():.1f} s, "
+        f"-> pod Ready {(ready_at - sent).total_seconds():.1f} s; first answer {first:.2f} s, "
+        f"last {max(times):.2f} s; first answer - pod Ready "
+        f"{first - (ready_at - sent).total_seconds():.2f} s (timestamps in whole seconds)"
+    )
 
 
 async def burst(port: int, host: str, n: int) -> tuple[list[int], list[float]]:
@@ -190,7 +208,8 @@ def test_a_burst_at_zero_replicas_is_held_answered_and_the_service_goes_back_to_
             "scaleDownDelaySeconds": DELAY,
         },
     }
-    cluster.client.create(MODELSERVICE_RESOURCE({"metadata": {"name": name}, "spec": spec}), namespace=ns)
+    body: dict[str, Any] = {"metadata": {"name": name}, "spec": spec}
+    cluster.client.create(MODELSERVICE_RESOURCE(body), namespace=ns)
     # At zero: the Service's extra slice lists the activator, and Ready says how it wakes.
     wait_for(lambda: activator_slice(cluster, ns, name) is not None, 60, "the activator's slice")
     held = activator_slice(cluster, ns, name)
@@ -198,9 +217,11 @@ def test_a_burst_at_zero_replicas_is_held_answered_and_the_service_goes_back_to_
     ready = next(c for c in get(cluster, ns, name)["status"]["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "ScaledToZero" and "activator" in ready["message"]
 
+    sent = datetime.now(UTC)
     codes, times = asyncio.run(burst(activator.port, f"{name}.{ns}.svc.cluster.local", BURST))
+    answered = time.monotonic()
     assert codes == [200] * BURST, sorted(set(codes))
-    print(f"scale from zero: first answer after {min(times):.2f} s, last after {max(times):.2f} s")
+    report_times(cluster, ns, name, sent, times)
     assert activator.metric("coxswain_activator_wakeups_total", ns, name) == 1
     assert activator.metric("coxswain_activator_requests_total", ns, name) == BURST
 
@@ -208,6 +229,7 @@ def test_a_burst_at_zero_replicas_is_held_answered_and_the_service_goes_back_to_
     wait_for(lambda: activator_slice(cluster, ns, name) is None, 60, "the activator's slice removed")
     # Idle: back to zero after the delay, and the activator routes again.
     wait_for(lambda: get(cluster, ns, name)["spec"].get("replicas") == 0, DELAY + 60, "scale to zero")
+    print(f"last answer -> replicas 0: {time.monotonic() - answered:.1f} s (scaleDownDelaySeconds {DELAY})")
     decision = get(cluster, ns, name)["status"]["lastScaleDecision"]
     assert (decision["from"], decision["to"]) == (1, 0)
     assert f"scaleDownDelaySeconds {DELAY}" in decision["reason"]

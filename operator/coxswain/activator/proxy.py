@@ -60,11 +60,6 @@ REQUESTS = Counter(
     "Requests the activator answered, by the code it answered with",
     ["namespace", "modelservice", "code"],
 )
-WAKEUPS = Counter(
-    "coxswain_activator_wakeups",
-    "Times the activator raised a ModelService's replicas from 0",
-    ["namespace", "modelservice"],
-)
 HOLD_SECONDS = Histogram(
     "coxswain_activator_hold_seconds",
     "How long a request waited for a ready server pod",
@@ -123,30 +118,13 @@ class Activator:
                 if not held:
                     held = True
                     HELD.labels(*key).inc()
-                self._wake(key)
+                self.waker.wake(key)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(remaining, REASK_SECONDS)):
                         await self.backends.wait_ready(key)
         finally:
             if held:
                 HELD.labels(*key).dec()
-
-    def _wake(self, key: Key) -> None:
-        task = self.waker.wake(key)
-        if getattr(task, "_coxswain_seen", False):
-            return
-        task._coxswain_seen = True  # type: ignore[attr-defined]
-
-        def done(t: asyncio.Task[bool]) -> None:
-            if t.cancelled():
-                return
-            exc = t.exception()
-            if exc is not None:
-                log.warning("[%s/%s] could not raise the replicas (%s); asking again", *key, exc)
-            elif t.result():
-                WAKEUPS.labels(*key).inc()
-
-        task.add_done_callback(done)
 
     async def _forward(self, address: Address, request: web.Request, body: bytes) -> web.Response:
         ip, port = address

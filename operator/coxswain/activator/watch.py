@@ -16,6 +16,7 @@ from typing import Any
 from lightkube import ALL_NS, ApiError, AsyncClient, operators
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.types import OnErrorAction, OnErrorResult, PatchType
+from prometheus_client import Counter
 
 from coxswain.activator.backends import Backends, Key
 from coxswain.kube import MODELSERVICE_RESOURCE
@@ -24,6 +25,12 @@ from coxswain.modelservice import naming
 log = logging.getLogger("coxswain.activator")
 
 RETRY_SECONDS = 1.0
+
+WAKEUPS = Counter(
+    "coxswain_activator_wakeups",
+    "Times the activator raised a ModelService's replicas from 0",
+    ["namespace", "modelservice"],
+)
 
 
 def _retry(exc: Exception, attempt: int) -> OnErrorResult:
@@ -65,6 +72,7 @@ class Waker:
         task = self._inflight.get(key)
         if task is None or task.done():
             task = self._inflight[key] = asyncio.create_task(self._wake(key))
+            task.add_done_callback(lambda t: _report(key, t))
         return task
 
     async def _wake(self, key: Key) -> bool:
@@ -88,3 +96,13 @@ class Waker:
             log.info("[%s/%s] a request arrived at zero replicas: raised replicas to 1", ns, name)
             return True
         return False
+
+
+def _report(key: Key, task: asyncio.Task[bool]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.warning("[%s/%s] could not raise the replicas (%s); asking again while requests wait", *key, exc)
+    elif task.result():
+        WAKEUPS.labels(*key).inc()

@@ -328,13 +328,13 @@ def _conditions(
         why = report.pending or "waiting for a pod to load and warm up the model"
         cond(C.MODEL_LOADED, ConditionStatus.UNKNOWN, R.MODEL_LOADING, why)
     # Ready: true only when a request would succeed on enough pods.
-    if desired == 0 and auto.min_replicas == 0 and report.ready == 0:
+    if desired == 0 and auto.min_replicas == 0:
         cond(
             C.READY,
             False,
             R.SCALED_TO_ZERO,
-            "scaled to zero: no pod runs; the next HTTP request is held by the activator and "
-            "wakes the service (without an activator installed, requests fail until replicas > 0)",
+            "scaled to zero: the next HTTP request is held by the activator and wakes the service "
+            "(without an activator installed, requests fail until replicas > 0)",
         )
     elif desired == 0:
         cond(C.READY, False, R.SCALED_TO_ZERO, "spec.replicas is 0: no pod serves requests")
