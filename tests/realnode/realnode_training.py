@@ -5,8 +5,8 @@ handle on one rank's process (the node's containers are host processes in namesp
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import shlex
 import signal
 import subprocess
 import threading
@@ -77,6 +77,20 @@ def durable_ns(real_cluster: ClusterHandle) -> Iterator[str]:
     client.delete(Namespace, name)
 
 
+def parse_event(line: str) -> dict[str, Any] | None:
+    """One trainer log line (`time=... rank=0 event=... step=40`) as a dict; None for other lines
+    (torchrun's own). Values with spaces or quotes are JSON strings, which shlex reads back."""
+    start = line.find("time=")
+    if start < 0:
+        return None
+    try:
+        words = shlex.split(line[start:])
+    except ValueError:
+        return None
+    record = dict(w.split("=", 1) for w in words if "=" in w)
+    return record if "event" in record else None
+
+
 def wall(record: dict[str, Any]) -> float:
     """A trainer log line's time (UTC, ms) as seconds since the epoch."""
     return datetime.fromisoformat(str(record["time"]).replace("Z", "+00:00")).timestamp()
@@ -107,11 +121,8 @@ class PodLog:
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # torchrun's own lines are not JSON
-            if isinstance(record, dict) and "event" in record:
+            record = parse_event(line)
+            if record is not None:
                 self.records.append(record)
 
     def events(self, event: str, rank: int | None = None) -> list[dict[str, Any]]:

@@ -54,7 +54,6 @@ def default_job(image: str) -> dict[str, Any]:
             "resources": {"cpu": "1800m", "memory": "2Gi"},
             "optimization": {"batchSize": 128, "epochs": 30},
             "checkpoint": {"intervalSteps": INTERVAL, "keep": 2},
-            "env": [{"name": "COXSWAIN_LOG_FORMAT", "value": "json"}],
             "failurePolicy": {"maxRestarts": 1, "backoffSeconds": 1, "maxBackoffSeconds": 2},
         },
     }

@@ -95,7 +95,6 @@ def queued_job(image: str, name: str, priority: str) -> dict[str, Any]:
             "resources": {"cpu": "1800m", "memory": "2Gi"},
             "optimization": {"batchSize": 128, "epochs": 60},
             "checkpoint": {"intervalSteps": INTERVAL, "keep": 2},
-            "env": [{"name": "COXSWAIN_LOG_FORMAT", "value": "json"}],
         },
     }
 
