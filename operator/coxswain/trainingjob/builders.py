@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from coxswain.api import API_VERSION, TRAININGJOB_KIND
-from coxswain.api.trainingjob import Backend, TrainingJob, TrainingJobSpec
+from coxswain.api.trainingjob import Backend, CheckpointAccessMode, TrainingJob, TrainingJobSpec
 from coxswain.podsecurity import container_security_context, pod_security_context
 from coxswain.quantity import whole_cores
 from coxswain.trainingjob import naming
@@ -334,12 +334,13 @@ def build_job(tj: TrainingJob, attempt: int, checkpoint_claim: str | None = None
 def build_checkpoint_claim(tj: TrainingJob) -> dict[str, Any]:
     """The TrainingJob's own checkpoint claim: owned by it, so it outlives attempts and goes with it.
 
-    ReadWriteOnce is enough: only node rank 0 reads and writes checkpoints (it loads on resume
-    and broadcasts to the other ranks). No storageClassName: the cluster's default class.
+    ReadWriteOnce by default: only node rank 0 reads and writes checkpoints (it loads on resume
+    and broadcasts to the other ranks). ReadWriteMany when the spec asks: a multi-node gang mounts
+    it in every pod. No storageClassName: the cluster's default class.
     """
     ckpt = tj.spec.checkpoint
     spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteOnce"],
+        "accessModes": [str(ckpt.access_mode or CheckpointAccessMode.READ_WRITE_ONCE)],
         "resources": {"requests": {"storage": ckpt.size}},
     }
     if ckpt.storage_class_name is not None:
