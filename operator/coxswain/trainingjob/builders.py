@@ -63,6 +63,9 @@ def resolve_backend(spec: TrainingJobSpec) -> str:
     return spec.backend.value
 
 
+_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def trainer_config(tj: TrainingJob) -> str:
     """The file the trainer reads: the TrainingJob itself, without status."""
     doc = {
@@ -71,7 +74,8 @@ def trainer_config(tj: TrainingJob) -> str:
         "metadata": {"name": tj.metadata.name, "namespace": tj.metadata.namespace, "uid": tj.metadata.uid},
         "spec": tj.spec.to_dict(),
     }
-    return yaml.safe_dump(doc, sort_keys=True)
+    # libyaml's dumper where built in (same document, about 10x less CPU per new job).
+    return yaml.dump(doc, Dumper=_DUMPER, sort_keys=True)
 
 
 def build_config_map(tj: TrainingJob) -> dict[str, Any]:
