@@ -11,9 +11,7 @@ that slice is a documentation address (RFC 5737) nothing is ever sent to.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,15 +20,15 @@ from typing import Any
 
 import httpx
 import pytest
-from lightkube.codecs import from_dict
 from lightkube.resources.core_v1 import Pod
 from lightkube.resources.discovery_v1 import EndpointSlice
 
+from activator_fixtures import ActivatorProcess, activator_service
 from agent_fixtures import AgentProcess
 from cluster_fixtures import ClusterHandle, wait_for
 from coxswain.kube import MODELSERVICE_RESOURCE
 from coxswain.modelservice import naming
-from operator_fixtures import OperatorProcess, free_port
+from operator_fixtures import OperatorProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "modelservice"))
 
@@ -51,92 +49,15 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-class Activator:
-    def __init__(self, cluster: ClusterHandle) -> None:
-        self.port, self.admin_port = free_port(), free_port()
-        self.log_path = Path(tempfile.mkdtemp(prefix="coxswain-activator-")) / "activator.log"
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "coxswain",
-                    "activator",
-                    "run",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--admin-port",
-                    str(self.admin_port),
-                    "--hold-timeout",
-                    "120",
-                ],
-                env=cluster.env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def metric(self, name: str, ns: str, ms: str) -> float:
-        text = httpx.get(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5).text
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + "{") and f'namespace="{ns}"' in line and f'modelservice="{ms}"' in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-
-
 @pytest.fixture
-def activator(cluster: ClusterHandle) -> Iterator[Activator]:
-    act = Activator(cluster)
+def activator(cluster: ClusterHandle) -> Iterator[ActivatorProcess]:
+    act = ActivatorProcess(cluster)
     try:
         wait_for(act.ready, 60, "the activator's EndpointSlice watch")
         yield act
     finally:
         act.stop()
         print(f"activator log: {act.log_path}")
-
-
-def activator_service(cluster: ClusterHandle, ns: str) -> None:
-    """What the chart makes: the activator's Service, labelled so the operator finds it."""
-    labels = {naming.LABEL_ACTIVATOR: "true"}
-    cluster.client.create(
-        from_dict(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": "coxswain-activator", "namespace": ns, "labels": labels},
-                "spec": {"ports": [{"name": "http", "port": 8080}]},
-            }
-        )
-    )
-    cluster.client.create(
-        from_dict(
-            {
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {
-                    "name": "coxswain-activator-1",
-                    "namespace": ns,
-                    "labels": {**labels, naming.LABEL_SERVICE_NAME: "coxswain-activator"},
-                },
-                "addressType": "IPv4",
-                "endpoints": [{"addresses": [ACTIVATOR_IP], "conditions": {"ready": True}}],
-                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            }
-        )
-    )
 
 
 def get(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any]:
@@ -190,10 +111,10 @@ def test_a_burst_at_zero_replicas_is_held_answered_and_the_service_goes_back_to_
     operator: OperatorProcess,
     op_namespace: str,
     repository: Path,
-    activator: Activator,
+    activator: ActivatorProcess,
 ) -> None:
     ns, name = op_namespace, "digits"
-    activator_service(cluster, ns)
+    activator_service(cluster, ns, ACTIVATOR_IP, activator.port)
     spec = {
         "model": {"uri": f"file://{repository}/digits"},
         "repository": {"hostPath": {"path": str(repository)}},
@@ -219,7 +140,7 @@ def test_a_burst_at_zero_replicas_is_held_answered_and_the_service_goes_back_to_
 
     sent = datetime.now(UTC)
     codes, times = asyncio.run(burst(activator.port, f"{name}.{ns}.svc.cluster.local", BURST))
-    answered = time.monotonic()
+    answered, answered_at = time.monotonic(), datetime.now(UTC)
     assert codes == [200] * BURST, sorted(set(codes))
     report_times(cluster, ns, name, sent, times)
     assert activator.metric("coxswain_activator_wakeups_total", ns, name) == 1
@@ -233,4 +154,7 @@ def test_a_burst_at_zero_replicas_is_held_answered_and_the_service_goes_back_to_
     decision = get(cluster, ns, name)["status"]["lastScaleDecision"]
     assert (decision["from"], decision["to"]) == (1, 0)
     assert f"scaleDownDelaySeconds {DELAY}" in decision["reason"]
+    # Not before the delay had passed since the last request (status times are whole seconds).
+    decided = datetime.fromisoformat(decision["time"].replace("Z", "+00:00"))
+    assert (decided - answered_at).total_seconds() >= DELAY - 1, (decided, answered_at)
     wait_for(lambda: activator_slice(cluster, ns, name) is not None, 120, "the activator's slice again")

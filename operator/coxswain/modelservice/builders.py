@@ -147,7 +147,7 @@ def build_service(ms: ModelService) -> dict[str, Any]:
     )
 
 
-def build_activator_slice(ms: ModelService, activator_ips: list[str]) -> dict[str, Any]:
+def build_activator_slice(ms: ModelService, activator: list[tuple[str, int]]) -> dict[str, Any]:
     """The Service's extra endpoints while no server pod is ready: the activator's pods.
 
     kube-proxy merges every EndpointSlice labelled with the Service's name, so the Service
@@ -162,15 +162,20 @@ def build_activator_slice(ms: ModelService, activator_ips: list[str]) -> dict[st
         naming.LABEL_SERVICE_NAME: naming.service_name(name),
         naming.LABEL_SLICE_MANAGED_BY: naming.SLICE_MANAGER,
     }
-    family = "IPv6" if any(":" in ip for ip in activator_ips) else "IPv4"
+    family = "IPv6" if any(":" in ip for ip, _ in activator) else "IPv4"
+    # One port per slice: the activator's pods share theirs (the lowest, should they differ).
+    port = min(p for _, p in activator)
     return _with_hash(
         {
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": meta,
             "addressType": family,
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in sorted(activator_ips)],
-            "ports": [{"name": "http", "port": naming.ACTIVATOR_PORT, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": [ip], "conditions": {"ready": True}}
+                for ip in sorted({ip for ip, p in activator if p == port})
+            ],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
         }
     )
 

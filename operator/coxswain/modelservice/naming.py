@@ -34,7 +34,6 @@ LABEL_ACTIVATOR = "coxswain.dev/activator"
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 LABEL_SLICE_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 SLICE_MANAGER = "coxswain-operator"
-ACTIVATOR_PORT = 8080
 
 
 def deployment_name(ms: str) -> str:

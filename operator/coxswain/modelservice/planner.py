@@ -80,9 +80,9 @@ class Observed:
     samples: dict[str, PodSample]  # scraped this pass, by pod name
     # What the tenancy policy (and the namespace's Pod Security level) refuses in the spec.
     refusals: tuple[Refusal, ...] = ()
-    # Ready pod IPs of the activator (scale from zero), and our EndpointSlice that adds
-    # them to the Service while no server pod is ready.
-    activator_ips: tuple[str, ...] = ()
+    # Ready (IP, port) of the activator's pods (scale from zero), and our EndpointSlice that
+    # adds them to the Service while no server pod is ready.
+    activator_endpoints: tuple[tuple[str, int], ...] = ()
     activator_slice: dict[str, Any] | None = None
 
 
@@ -155,7 +155,9 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
             demand = total_inflight(obs.samples) if obs.samples else None
         else:
             demand = win.rps if win is not None and win.seconds > 0 else None
-        decision = autoscaler.decide(effective, demand, auto, memory.low, clock)
+        # No request counted over the whole window: quiet since its start (see autoscaler).
+        quiet = clock - win.seconds if win is not None and win.pods > 0 and win.requests == 0 else None
+        decision = autoscaler.decide(effective, demand, auto, memory.low, clock, quiet)
         memory.low = decision.low
         if decision.changed(effective) or current is None:
             why = decision.reason if decision.changed(effective) else f"initial replicas {effective}"
@@ -228,14 +230,14 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
 def activator_routes(ms: ModelService, obs: Observed, ready: int, servable: bool) -> bool:
     """Does the Service need the activator's endpoints? Only a `minReplicas: 0` service with
     no ready pod and a model it can serve (else a held request would wait for nothing)."""
-    return servable and ms.spec.autoscaling.min_replicas == 0 and ready == 0 and bool(obs.activator_ips)
+    return servable and ms.spec.autoscaling.min_replicas == 0 and ready == 0 and bool(obs.activator_endpoints)
 
 
 def _route_to_activator(
     ms: ModelService, obs: Observed, ready: int, servable: bool, actions: list[Action]
 ) -> None:
     if activator_routes(ms, obs, ready, servable):
-        wanted = builders.build_activator_slice(ms, list(obs.activator_ips))
+        wanted = builders.build_activator_slice(ms, list(obs.activator_endpoints))
         if _hash(obs.activator_slice) != _hash(wanted):
             actions.append(Action(ActionKind.ENSURE_ACTIVATOR_SLICE, wanted))
     elif obs.activator_slice is not None:
