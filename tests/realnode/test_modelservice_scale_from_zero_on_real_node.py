@@ -1,8 +1,8 @@
 """Scale from zero on the real node: the server image in containerd, kube-proxy routing the
 ModelService's ClusterIP, the operator and the activator as host processes (the activator
 listens on the host bridge's address, inside the cluster's own network, and its slice lists
-that address), and a burst of 100 requests sent from the node's network namespace to the
-Service's ClusterIP with the Service's DNS name as Host: what a pod calling the service does.
+that address), and a burst of 100 requests from a client pod on the node to the Service's
+DNS name (CoreDNS, then kube-proxy's ClusterIP rules).
 
 The figure: first answer against the server pod's own start and readiness, i.e. "pod start
 + model load + 1 s".
@@ -11,7 +11,7 @@ The figure: first answer against the server pod's own start and readiness, i.e. 
 from __future__ import annotations
 
 import json
-import subprocess
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lightkube.codecs import from_dict
+from lightkube.models.core_v1 import PodStatus
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Pod, Service, ServiceAccount
+from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
 from lightkube.resources.discovery_v1 import EndpointSlice
 
 from activator_fixtures import ActivatorProcess, activator_service
@@ -42,35 +44,70 @@ IMAGES_CACHE = Path.home() / ".cache" / "coxswain" / "images"
 BURST = 100
 DELAY = 10
 
-# Run inside the node's network namespace: 100 requests at once, codes and seconds to each.
+# The client pod's script (the server image's Python, standard library only): 100 requests
+# at once to the Service's DNS name; prints when it sent them and each code and duration.
 CLIENT = """
-import asyncio, json, sys, time
-import httpx
-url, host, n, body = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
-async def main():
-    t0 = time.monotonic()
-    async with httpx.AsyncClient(headers={"Host": host}, timeout=300,
-                                 limits=httpx.Limits(max_connections=n)) as c:
-        async def one():
-            r = await c.post(url, json=body)
-            return r.status_code, time.monotonic() - t0
-        print(json.dumps(await asyncio.gather(*(one() for _ in range(n)))))
-asyncio.run(main())
+import json, sys, time, urllib.error, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+url, n, body = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+def one(_):
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    began = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=300) as r:
+            code = r.status
+    except urllib.error.HTTPError as e:
+        code = e.code
+    except OSError as e:
+        code = repr(e)
+    return code, time.monotonic() - began
+sent = time.time()
+with ThreadPoolExecutor(n) as pool:
+    results = list(pool.map(one, range(n)))
+print("RESULT " + json.dumps({"sent": sent, "results": results}), flush=True)
 """
 
 
+def _blob(layout: Path, digest: str) -> Path:
+    algo, hexdigest = digest.split(":", 1)
+    return layout / "blobs" / algo / hexdigest
+
+
+def _blobs(layout: Path, digest: str) -> list[str] | None:
+    """The manifest (or index) and every blob it names, or None when the layout lacks one."""
+    path = _blob(layout, digest)
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    found = [digest]
+    if "config" in doc:
+        found += [doc["config"]["digest"], *(layer["digest"] for layer in doc.get("layers", []))]
+    for child in doc.get("manifests", []):
+        below = _blobs(layout, child["digest"])
+        if below is None:
+            return None
+        found += below
+    return found if all(_blob(layout, d).exists() for d in found) else None
+
+
 def server_only_layout(tmp: Path) -> tuple[Path, str] | None:
-    """An OCI layout holding only the newest server image (its blobs linked, not copied):
+    """An OCI layout holding only the newest server image (its blobs hard-linked):
     the cache's layouts hold the 6 GB trainer image too, which this test does not need."""
     for index in sorted(IMAGES_CACHE.glob("oci-*/index.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         for manifest in json.loads(index.read_text()).get("manifests", []):
             name = (manifest.get("annotations") or {}).get("io.containerd.image.name", "")
-            if "/server:" in name:
+            blobs = _blobs(index.parent, manifest["digest"]) if "/server:" in name else None
+            if blobs is not None:
                 out = tmp / "server-layout"
-                out.mkdir()
+                (out / "blobs" / "sha256").mkdir(parents=True)
                 (out / "oci-layout").write_text((index.parent / "oci-layout").read_text())
                 (out / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest]}))
-                (out / "blobs").symlink_to(index.parent / "blobs")
+                for digest in set(blobs):
+                    target = _blob(out, digest)
+                    try:
+                        target.hardlink_to(_blob(index.parent, digest))
+                    except OSError:
+                        shutil.copyfile(_blob(index.parent, digest), target)
                 return out, name
     return None
 
@@ -123,7 +160,7 @@ def host_activator(
     act = ActivatorProcess(real_cluster, host=nodes.gateway_ip)
     try:
         wait_for(act.ready, 60, "the activator's EndpointSlice watch")
-        yield act, nodes.nodes[0].netns
+        yield act
     finally:
         act.stop()
         print(f"activator log: {act.log_path}")
@@ -145,10 +182,10 @@ def test_a_burst_at_zero_replicas_on_the_real_node_is_answered(
     server_image: str,
     real_operator: OperatorProcess,
     op_ns: str,
-    host_activator: tuple[ActivatorProcess, str],
+    host_activator: ActivatorProcess,
     tmp_path: Path,
 ) -> None:
-    activator, netns = host_activator
+    activator = host_activator
     ns, name = op_ns, "digits"
     activator_service(real_cluster, ns, activator.host, activator.port)
     repository = tmp_path / "models"
@@ -173,31 +210,42 @@ def test_a_burst_at_zero_replicas_on_the_real_node_is_answered(
     body: dict[str, Any] = {"metadata": {"name": name}, "spec": spec}
     real_cluster.client.create(MODELSERVICE_RESOURCE(body), namespace=ns)
     wait_for(lambda: activator_slice(real_cluster, ns, name) is not None, 60, "the activator's slice")
-    cluster_ip = real_cluster.client.get(Service, name, namespace=ns).spec.clusterIP  # type: ignore[union-attr]
 
-    sent = datetime.now(UTC)
-    out = subprocess.run(
-        [
-            "nsenter",
-            f"--net=/run/netns/{netns}",
-            "--",
-            sys.executable,
-            "-c",
-            CLIENT,
-            f"http://{cluster_ip}{INFER_PATH}",
-            f"{name}.{ns}.svc.cluster.local",
-            str(BURST),
-            json.dumps(BODY),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads(out.stdout)
-    codes = [c for c, _ in results]
-    times = [t for _, t in results]
+    client_pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "burst"},
+        "spec": {
+            "nodeSelector": {REAL_NODE_LABEL: "true"},
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "burst",
+                    "image": server_image,
+                    "imagePullPolicy": "Never",
+                    "command": ["python", "-c", CLIENT],
+                    "args": [
+                        f"http://{name}.{ns}.svc.cluster.local{INFER_PATH}",
+                        str(BURST),
+                        json.dumps(BODY),
+                    ],
+                    "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}},
+                }
+            ],
+        },
+    }
+    real_cluster.client.create(from_dict(client_pod), namespace=ns)
+
+    def finished() -> str | None:
+        phase = (real_cluster.client.get(Pod, "burst", namespace=ns).status or PodStatus()).phase
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    assert wait_for(finished, 400, "the burst pod") == "Succeeded"
+    line = next(x for x in real_cluster.client.log("burst", namespace=ns) if x.startswith("RESULT "))
+    outcome = json.loads(line.removeprefix("RESULT "))
+    sent = datetime.fromtimestamp(outcome["sent"], UTC)
+    codes = [c for c, _ in outcome["results"]]
+    times = [t for _, t in outcome["results"]]
     assert codes == [200] * BURST, sorted(set(codes))
     assert activator.metric("coxswain_activator_wakeups_total", ns, name) == 1
 
