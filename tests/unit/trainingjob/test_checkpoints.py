@@ -119,5 +119,5 @@ def test_access_mode_with_own_volume_is_refused() -> None:
 
 def test_multi_node_fsdp_accepts_a_read_write_many_claim_of_the_operators() -> None:
     make(nodes=2, optimization={"strategy": "fsdp"}, checkpoint={"accessMode": "ReadWriteMany"})
-    with pytest.raises(ValueError, match="checkpoint.accessMode ReadWriteMany"):
+    with pytest.raises(ValueError, match=r"checkpoint\.accessMode ReadWriteMany"):
         make(nodes=2, optimization={"strategy": "fsdp"})
