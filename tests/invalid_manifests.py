@@ -558,8 +558,6 @@ def invalid_manifests() -> list[InvalidCase]:
 _IMMUTABLE_CHANGES: list[tuple[str, str, Path_, Any]] = [
     ("task", "mlp", (S, "task", "builtin", "hiddenSizes"), [256]),
     ("task-kind", "mlp", (S, "task"), {"custom": {"module": "my_pkg.task"}}),
-    ("nodes", "cnn", (S, "nodes"), 3),
-    ("procsPerNode", "mlp", (S, "procsPerNode"), 1),
     ("backend", "mlp", (S, "backend"), "gloo"),
     ("resources", "mlp", (S, "resources", "cpu"), "4"),
     ("image", "mlp", (S, "image"), "ghcr.io/coxswain-dev/trainer:0.2.0"),
@@ -607,6 +605,20 @@ def invalid_updates() -> list[InvalidUpdate]:
             "spec.tolerations",
         )
     )
+    # The gang's shape changes only while suspended (the next attempt runs the new shape).
+    for case_id, path, value in (("nodes", (S, "nodes"), 3), ("procsPerNode", (S, "procsPerNode"), 1)):
+        cases.append(
+            InvalidUpdate(f"{case_id}-while-running", running, _with(running, path, value), f"spec.{case_id}")
+        )
+        # Suspending in the same update is too late: the running pods have the old shape.
+        cases.append(
+            InvalidUpdate(
+                f"{case_id}-and-suspend",
+                running,
+                _with(_with(running, path, value), (S, "suspend"), True),
+                f"spec.{case_id}",
+            )
+        )
     resumed = _with(running, (S, "nodeSelector"), {"pool": "gpu"})
     cases.append(
         InvalidUpdate(
@@ -643,4 +655,9 @@ def valid_updates() -> list[ValidUpdate]:
             _with(suspended, (S, "tolerations"), [{"key": "gpu", "operator": "Exists"}]),
         ),
         ValidUpdate("admission-unsuspends-with-placement", suspended, admitted),
+        ValidUpdate("nodes-while-suspended", suspended, _with(suspended, (S, "nodes"), 1)),
+        ValidUpdate("procs-per-node-while-suspended", suspended, _with(suspended, (S, "procsPerNode"), 4)),
+        ValidUpdate(
+            "resize-and-resume", suspended, _with(_with(suspended, (S, "nodes"), 4), (S, "suspend"), False)
+        ),
     ]
