@@ -619,6 +619,11 @@ def invalid_updates() -> list[InvalidUpdate]:
                 f"spec.{case_id}",
             )
         )
+    # Growing a 1-node job without a volume would leave its checkpoints on the operator's claim.
+    single = _with(_with(running, (S, "nodes"), 1), (S, "suspend"), True)
+    cases.append(
+        InvalidUpdate("nodes-grown-without-volume", single, _with(single, (S, "nodes"), 2), "spec.nodes")
+    )
     resumed = _with(running, (S, "nodeSelector"), {"pool": "gpu"})
     cases.append(
         InvalidUpdate(
@@ -637,6 +642,7 @@ def valid_updates() -> list[ValidUpdate]:
     mlp, cnn = by_name["mlp"], by_name["cnn"]
     suspended = _with(mlp, (S, "suspend"), True)
     admitted = _with(_with(suspended, (S, "nodeSelector"), {"pool": "gpu"}), (S, "suspend"), False)
+    with_volume = _with(suspended, (S, "checkpoint", "volume"), {"hostPath": {"path": "/srv/ckpt"}})
     return [
         ValidUpdate("suspend", mlp, suspended),
         ValidUpdate("resume", suspended, mlp),
@@ -655,9 +661,16 @@ def valid_updates() -> list[ValidUpdate]:
             _with(suspended, (S, "tolerations"), [{"key": "gpu", "operator": "Exists"}]),
         ),
         ValidUpdate("admission-unsuspends-with-placement", suspended, admitted),
-        ValidUpdate("nodes-while-suspended", suspended, _with(suspended, (S, "nodes"), 1)),
+        ValidUpdate("nodes-while-suspended", _with(suspended, (S, "nodes"), 2), suspended),
+        ValidUpdate(
+            "nodes-grown-with-volume",
+            _with(with_volume, (S, "nodes"), 1),
+            _with(with_volume, (S, "nodes"), 3),
+        ),
         ValidUpdate("procs-per-node-while-suspended", suspended, _with(suspended, (S, "procsPerNode"), 4)),
         ValidUpdate(
-            "resize-and-resume", suspended, _with(_with(suspended, (S, "nodes"), 4), (S, "suspend"), False)
+            "resize-and-resume",
+            with_volume,
+            _with(_with(with_volume, (S, "nodes"), 4), (S, "suspend"), False),
         ),
     ]

@@ -566,6 +566,13 @@ class TrainingJobSpec(ApiModel):
             for f in _RESIZABLE
         ),
         CelRule(
+            rule="oldSelf.nodes != 1 || self.nodes == 1 || has(self.checkpoint.volume)",
+            message="nodes can grow past 1 only with checkpoint.volume set: a gang of more than one node "
+            "cannot mount the operator's ReadWriteOnce claim, so the resized job would start again from "
+            "step 0; set checkpoint.volume when creating the job, or create a new one",
+            field_path=".nodes",
+        ),
+        CelRule(
             rule="oldSelf.suspend || self.nodeSelector == oldSelf.nodeSelector",
             message="nodeSelector can change only while the job is suspended (spec.suspend true)",
             field_path=".nodeSelector",
