@@ -148,7 +148,7 @@ def start_real_nodes(
         name = f"containerd-n{node.index}"
         spawn(name, in_netns(node.netns, "containerd", "--config", str(containerd_conf)), {})
         _wait_for_socket(socket, functools.partial(is_alive, name), logs_dir / f"{name}.log", 30.0)
-        import_archive(socket, archive)
+        import_archive(socket, archive, cfg.containerd_content_blobs(node))
         spawn(
             f"kubelet-n{node.index}",
             in_netns(
@@ -174,7 +174,7 @@ def start_real_nodes(
 def import_into_nodes(nodes: RealNodesPlan, archive: Path) -> None:
     """Import an image archive (OCI or docker format) into every node's containerd."""
     for node in nodes.nodes:
-        import_archive(cfg.containerd_socket(node), archive)
+        import_archive(cfg.containerd_socket(node), archive, cfg.containerd_content_blobs(node))
 
 
 def start_cluster_services(

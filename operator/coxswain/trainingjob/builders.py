@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from coxswain.api import API_VERSION, TRAININGJOB_KIND
-from coxswain.api.trainingjob import Backend, TrainingJob, TrainingJobSpec
+from coxswain.api.trainingjob import Backend, CheckpointAccessMode, TrainingJob, TrainingJobSpec
 from coxswain.podsecurity import container_security_context, pod_security_context
 from coxswain.quantity import whole_cores
 from coxswain.trainingjob import naming
@@ -63,6 +63,9 @@ def resolve_backend(spec: TrainingJobSpec) -> str:
     return spec.backend.value
 
 
+_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def trainer_config(tj: TrainingJob) -> str:
     """The file the trainer reads: the TrainingJob itself, without status."""
     doc = {
@@ -71,7 +74,8 @@ def trainer_config(tj: TrainingJob) -> str:
         "metadata": {"name": tj.metadata.name, "namespace": tj.metadata.namespace, "uid": tj.metadata.uid},
         "spec": tj.spec.to_dict(),
     }
-    return yaml.safe_dump(doc, sort_keys=True)
+    # libyaml's dumper where built in (same document, about 10x less CPU per new job).
+    return yaml.dump(doc, Dumper=_DUMPER, sort_keys=True)
 
 
 def build_config_map(tj: TrainingJob) -> dict[str, Any]:
@@ -334,12 +338,13 @@ def build_job(tj: TrainingJob, attempt: int, checkpoint_claim: str | None = None
 def build_checkpoint_claim(tj: TrainingJob) -> dict[str, Any]:
     """The TrainingJob's own checkpoint claim: owned by it, so it outlives attempts and goes with it.
 
-    ReadWriteOnce is enough: only node rank 0 reads and writes checkpoints (it loads on resume
-    and broadcasts to the other ranks). No storageClassName: the cluster's default class.
+    ReadWriteOnce by default: only node rank 0 reads and writes checkpoints (it loads on resume
+    and broadcasts to the other ranks). ReadWriteMany when the spec asks: a multi-node gang mounts
+    it in every pod. No storageClassName: the cluster's default class.
     """
     ckpt = tj.spec.checkpoint
     spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteOnce"],
+        "accessModes": [str(ckpt.access_mode or CheckpointAccessMode.READ_WRITE_ONCE)],
         "resources": {"requests": {"storage": ckpt.size}},
     }
     if ckpt.storage_class_name is not None:
