@@ -147,6 +147,39 @@ def build_service(ms: ModelService) -> dict[str, Any]:
     )
 
 
+def build_activator_slice(ms: ModelService, activator: list[tuple[str, int]]) -> dict[str, Any]:
+    """The Service's extra endpoints while no server pod is ready: the activator's pods.
+
+    kube-proxy merges every EndpointSlice labelled with the Service's name, so the Service
+    keeps its selector (the endpointslice controller's slice lists the server pods) and
+    routes to the activator only while that slice has no ready endpoint. HTTP only: the
+    activator holds and proxies HTTP; gRPC waits for a server pod.
+    """
+    name = _name(ms)
+    meta = _metadata(ms, naming.activator_slice_name(name))
+    meta["labels"] = {
+        **meta["labels"],
+        naming.LABEL_SERVICE_NAME: naming.service_name(name),
+        naming.LABEL_SLICE_MANAGED_BY: naming.SLICE_MANAGER,
+    }
+    family = "IPv6" if any(":" in ip for ip, _ in activator) else "IPv4"
+    # One port per slice: the activator's pods share theirs (the lowest, should they differ).
+    port = min(p for _, p in activator)
+    return _with_hash(
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": meta,
+            "addressType": family,
+            "endpoints": [
+                {"addresses": [ip], "conditions": {"ready": True}}
+                for ip in sorted({ip for ip, p in activator if p == port})
+            ],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        }
+    )
+
+
 def build_env(ms: ModelService, model: ServedModel) -> list[dict[str, Any]]:
     spec = ms.spec
     env: list[dict[str, Any]] = [
