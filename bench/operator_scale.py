@@ -42,7 +42,7 @@ from coxswain.api.trainingjob import TrainingJob
 from coxswain.devcluster import DevCluster
 from coxswain.devcluster.bootstrap import create_nodes, make_client
 from coxswain.devcluster.crds import apply_crds, wait_established
-from coxswain.devcluster.kwok_nodes import NodePool
+from coxswain.devcluster.kwok_nodes import GPU_NODE_PREFIX, NodePool
 from coxswain.kube import TRAININGJOB_RESOURCE
 from coxswain.trainingjob import builders, naming
 
@@ -241,10 +241,11 @@ def main() -> int:
     dev.up()
     client = make_client(dev.paths.kubeconfig, timeout=60)
     wait_established(client, apply_crds(client, REPO / "crds"))
-    create_nodes(
-        client,
-        [NodePool(prefix="bench-gpu", count=args.nodes, pool=POOL, gpus=8, pods=250, address_prefix="10.9")],
+    # Addresses in the kwok nodes' range, which the cluster routes nowhere (devcluster.routes).
+    pool = NodePool(
+        prefix="bench-gpu", count=args.nodes, pool=POOL, gpus=8, pods=250, address_prefix=GPU_NODE_PREFIX
     )
+    create_nodes(client, [pool])
     ready = 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -444,6 +444,21 @@ _COMBINATIONS: list[tuple[str, str, str, _Edit]] = [
         ),
     ),
     (
+        "checkpoint-access-mode-with-own-volume",
+        "mlp",
+        "spec.checkpoint.accessMode",
+        _edit(
+            ((S, "checkpoint", "volume"), {"emptyDir": {}}),
+            ((S, "checkpoint", "accessMode"), "ReadWriteMany"),
+        ),
+    ),
+    (
+        "checkpoint-access-mode-unknown",
+        "mlp",
+        "spec.checkpoint.accessMode",
+        _edit(((S, "checkpoint", "accessMode"), "ReadOnlyMany")),
+    ),
+    (
         "checkpoint-three-volumes",
         "cnn",
         "spec.checkpoint.volume",

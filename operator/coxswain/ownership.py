@@ -96,16 +96,19 @@ def trusted_serving(
     return controlled(pods, [_uid(r) for r in sets])
 
 
-async def apply_owned(client: AsyncClient, obj: dict[str, Any], *, update: bool = True) -> bool:
+async def apply_owned(
+    client: AsyncClient, obj: dict[str, Any], *, update: bool = True
+) -> dict[str, Any] | None:
     """Create `obj`, or (with `update`) apply over it when the existing one is already ours.
 
     Ours means: its controller ownerReference has the UID `obj` names as its controller.
-    Returns True when it created the object. Raises NameConflict when the name is taken.
+    Returns the object as created, or None when it existed already. Raises NameConflict when
+    the name is taken.
     """
     resource = from_dict(obj)
     try:
-        await client.create(resource)
-        return True
+        created: Any = await client.create(resource)
+        return dict(created.to_dict() if hasattr(created, "to_dict") else created)
     except ApiError as exc:
         if not is_conflict(exc):
             raise
@@ -118,4 +121,4 @@ async def apply_owned(client: AsyncClient, obj: dict[str, Any], *, update: bool 
     if update:
         # Server-side apply: our fields, our manager; fields of others stay.
         await client.apply(resource, field_manager=FIELD_MANAGER, force=True)
-    return False
+    return None

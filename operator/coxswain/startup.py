@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from coxswain import metrics
+from coxswain import metrics, watch_only
 from coxswain.leadership import Leadership, LeaseElection, default_namespace
 from coxswain.modelservice.controller import ModelServices
 from coxswain.runtime import Runtime
@@ -53,6 +53,8 @@ async def configure(
     # a restart that lists more objects of an indexed resource than the limit deadlocks, as
     # every worker waits for all objects to be indexed and the rest never get a worker.
     settings.batching.worker_limit = None
+    # Our kopf handlers only watch: kopf keeps no diff base or progress on any object.
+    watch_only.configure(settings)
     runtime = Runtime.create()
     if not _options.standalone:
         runtime.leadership = LeaseElection(

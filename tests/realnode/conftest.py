@@ -7,8 +7,9 @@ COXSWAIN_KEEP_CLUSTER=1 or it was already up.
 `real_images` (session): the three images from `make images` (built here when the tree changed,
 seconds when not), imported into the node (only those it lacks). `real_release` (session): the
 operator from its image, installed with `helm upgrade --install` from helm/coxswain (its
-ServiceAccount and RBAC), watching every namespace, hostPath allowed under the temp directory.
-`release_namespace`: a fresh namespace for a test that the release acts in.
+ServiceAccount and RBAC), watching the namespace `coxswain-e2e` only (suites with a host-process
+operator use op-* namespaces), hostPath allowed under the temp directory. `release_namespace`:
+that namespace, with every TrainingJob and ModelService a test made there deleted afterwards.
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from realnode_harness import RELEASE, RELEASE_NAMESPACE
+from lightkube import ApiError
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, ServiceAccount
+from realnode_harness import E2E_NAMESPACE, RELEASE, RELEASE_NAMESPACE
 
-from cluster_fixtures import CRDS_DIR, KEEP_ENV, ClusterHandle, fresh_namespace
+from cluster_fixtures import CRDS_DIR, KEEP_ENV, ClusterHandle, fresh_namespace, wait_for
 from coxswain.devcluster import DevCluster, default_cluster_dir
 from coxswain.devcluster.bootstrap import make_client
 from coxswain.devcluster.crds import apply_crds, wait_established
 from coxswain.devcluster.operator_release import dev_values, helm_uninstall, helm_upgrade_install
 from coxswain.devimages import BuiltImages, build_images
+from coxswain.kube import MODELSERVICE_RESOURCE, TRAININGJOB_RESOURCE
 
 REAL_NODES = 1
 # Cold on 2 busy cores: kubelet's first sync, containerd's image import, CoreDNS and the
@@ -95,8 +100,15 @@ def real_release(
     real_cluster: ClusterHandle, real_images: BuiltImages, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The operator from its image, installed by helm; yields the release's namespace."""
+    client = real_cluster.client
+    try:
+        client.create(Namespace(metadata=ObjectMeta(name=E2E_NAMESPACE)))
+    except ApiError as exc:
+        if exc.status.code != 409:
+            raise
+    wait_for(lambda: client.get(ServiceAccount, "default", namespace=E2E_NAMESPACE), 60, "the e2e namespace")
     digest = next(image.digest for image in real_images.images if "/operator:" in image.ref)
-    values = dev_values(digest, [], [HOST_PATH_PREFIX])
+    values = dev_values(digest, [E2E_NAMESPACE], [HOST_PATH_PREFIX])
     helm_upgrade_install(
         real_cluster.bin_dir,
         real_cluster.kubeconfig,
@@ -111,8 +123,12 @@ def real_release(
 
 @pytest.fixture
 def release_namespace(real_cluster: ClusterHandle, real_release: str) -> Iterator[str]:
-    """A fresh namespace the installed operator acts in, deleted afterwards."""
-    yield from fresh_namespace(real_cluster)
+    """The namespace the installed operator watches; what a test made there is deleted after it
+    (its pods go in the background, as they would with the namespace)."""
+    yield E2E_NAMESPACE
+    for resource in (MODELSERVICE_RESOURCE, TRAININGJOB_RESOURCE):
+        for obj in real_cluster.client.list(resource, namespace=E2E_NAMESPACE):
+            real_cluster.client.delete(resource, obj["metadata"]["name"], namespace=E2E_NAMESPACE)
 
 
 @pytest.fixture(scope="session")

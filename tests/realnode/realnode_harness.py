@@ -16,6 +16,9 @@ from coxswain.modelservice import naming
 # The operator's release that the `real_release` fixture installs.
 RELEASE = "coxswain"
 RELEASE_NAMESPACE = "coxswain-system"
+# The one namespace it watches (a list, not every namespace: the suites that run the operator
+# as a host process use op-* namespaces, which it must leave alone).
+E2E_NAMESPACE = "coxswain-e2e"
 
 
 def image_ref(images: BuiltImages, kind: str) -> str:

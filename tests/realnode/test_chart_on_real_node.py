@@ -3,8 +3,7 @@ pod that passes its startup probe under the chart's security context (uid 1000, 
 no capabilities) and its RBAC; `helm upgrade` with a changed value rolls it to a new pod that
 starts too; `helm uninstall` removes what the release made and keeps the CRDs.
 
-A release of its own, watching one namespace in which nothing is created, so it never acts
-beside the session's release (`real_release`), which watches every namespace."""
+A release of its own, watching a fresh namespace in which nothing is created."""
 
 from __future__ import annotations
 
@@ -41,11 +40,11 @@ def running_ready(pod: Pod) -> bool:
 
 
 def test_install_upgrade_uninstall_with_the_operator_image(
-    real_cluster: ClusterHandle, real_images: BuiltImages, release_namespace: str, tmp_path: Path
+    real_cluster: ClusterHandle, real_images: BuiltImages, real_namespace: str, tmp_path: Path
 ) -> None:
     cluster = real_cluster
-    ns = f"{release_namespace}-op"  # the release's own namespace; helm creates it
-    watched = release_namespace
+    ns = f"{real_namespace}-op"  # the release's own namespace; helm creates it
+    watched = real_namespace
     digest = next(image.digest for image in real_images.images if "/operator:" in image.ref)
     values: dict[str, Any] = dev_values(digest, [watched], [])
     try:
@@ -64,7 +63,11 @@ def test_install_upgrade_uninstall_with_the_operator_image(
         assert probe.stdout.strip() == "1000" and "Read-only file system" in probe.stderr, probe
         # Its RBAC: a Role in the watched namespace, bound to the release's ServiceAccount.
         assert cluster.client.get(ServiceAccount, f"{RELEASE}-coxswain", namespace=ns)
-        assert list(cluster.client.list(RoleBinding, namespace=watched))
+        assert list(
+            cluster.client.list(
+                RoleBinding, namespace=watched, labels={"app.kubernetes.io/instance": RELEASE}
+            )
+        )
 
         values["logLevel"] = "DEBUG"
         helm_upgrade_install(cluster.bin_dir, cluster.kubeconfig, RELEASE, ns, values, tmp_path / "v2.yaml")

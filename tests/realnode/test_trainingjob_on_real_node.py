@@ -7,6 +7,7 @@ The images come from `make images` (built by the `real_images` fixture when the 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,20 @@ from coxswain.devimages import BuiltImages
 from coxswain.kube import TRAININGJOB_RESOURCE
 
 pytestmark = pytest.mark.realnode
+
+IMAGES_CACHE = Path.home() / ".cache" / "coxswain" / "images"
+
+
+def trainer_layout() -> tuple[Path, str] | None:
+    """The newest complete OCI layout holding a trainer image, and that image's name (for the
+    suites that import only the trainer image)."""
+    layouts = sorted(IMAGES_CACHE.glob("oci-*/index.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for index in layouts:
+        for manifest in json.loads(index.read_text()).get("manifests", []):
+            name = (manifest.get("annotations") or {}).get("io.containerd.image.name", "")
+            if "/trainer:" in name:
+                return index.parent, name
+    return None
 
 
 def cnn_job(image: str, root: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ The fake records every write; the planner, builders, executor and the pass are t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -144,6 +145,26 @@ async def test_a_pass_that_changes_nothing_writes_nothing() -> None:
     client.writes.clear()
     await controller.process(KEY)  # nothing new observed
     assert client.writes == [], f"a pass that saw nothing new wrote {client.writes} (first: {first})"
+    await runtime.close()
+
+
+async def test_a_pass_before_the_job_watch_catches_up_creates_nothing_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = FakeClient()
+    runtime, _ = runtime_with(client)
+    controller = runtime.controllers[KIND]
+    controller.bodies[KEY] = tj_body()
+    with caplog.at_level(logging.INFO, logger="coxswain.trainingjob"):
+        await controller.process(KEY)
+        # Our status write comes back through the watch (and queues a pass) before the Job's
+        # own watch event: the index has no Job yet.
+        controller.bodies[KEY] = controller.written.freshest(controller.bodies[KEY])
+        client.writes.clear()
+        await controller.process(KEY)
+    assert [w for w in client.writes if w[0] == "create"] == [], client.writes
+    created = [r for r in caplog.records if "created Job" in r.getMessage()]
+    assert len(created) == 1, [r.getMessage() for r in created]
     await runtime.close()
 
 

@@ -170,6 +170,13 @@ class Strategy(StrEnum):
     FSDP = "fsdp"
 
 
+class CheckpointAccessMode(StrEnum):
+    """Access mode of the operator-made checkpoint claim."""
+
+    READ_WRITE_ONCE = "ReadWriteOnce"
+    READ_WRITE_MANY = "ReadWriteMany"
+
+
 class Precision(StrEnum):
     """Arithmetic of the forward and backward passes (weights and optimizer state stay fp32)."""
 
@@ -325,7 +332,10 @@ class Checkpoint(ApiModel):
 
     Without `volume`, the operator makes one PersistentVolumeClaim per TrainingJob (named
     `<name>-checkpoints`, owned by the TrainingJob: kept across attempts, deleted with it) of
-    `size` from `storageClassName` or the cluster's default StorageClass.
+    `size` from `storageClassName` or the cluster's default StorageClass. One pod template serves
+    every node of the gang, so a multi-node gang gets the claim only with `accessMode:
+    ReadWriteMany` (every pod mounts it); with the default ReadWriteOnce it runs on an emptyDir
+    and `CheckpointsDurable=False` says so.
     """
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
@@ -335,6 +345,13 @@ class Checkpoint(ApiModel):
             field_path=".storageClassName",
             reason=RuleReason.FORBIDDEN,
             check=lambda m: m.volume is None or m.storage_class_name is None,
+        ),
+        CelRule(
+            rule="!has(self.volume) || !has(self.accessMode)",
+            message="accessMode applies to the volume the operator makes; leave it out with volume",
+            field_path=".accessMode",
+            reason=RuleReason.FORBIDDEN,
+            check=lambda m: m.volume is None or m.access_mode is None,
         ),
     )
 
@@ -353,6 +370,12 @@ class Checkpoint(ApiModel):
     )
     size: Quantity = Field(
         default=DEFAULT_CHECKPOINT_SIZE, description="Size of the operator-made claim; default 1Gi."
+    )
+    access_mode: CheckpointAccessMode | None = Field(
+        default=None,
+        description="Access mode of the operator-made claim; default ReadWriteOnce (only node rank 0 "
+        "reads and writes checkpoints). ReadWriteMany (the StorageClass must provide it) lets every pod "
+        "of a gang with nodes > 1 mount the claim; without it such a gang runs on an emptyDir.",
     )
 
 
@@ -533,10 +556,11 @@ class TrainingJobSpec(ApiModel):
         ),
         CelRule(
             rule="self.optimization.strategy != 'fsdp' || self.nodes == 1 || "
-            "(has(self.checkpoint.volume) && has(self.checkpoint.volume.persistentVolumeClaim))",
+            "(has(self.checkpoint.volume) && has(self.checkpoint.volume.persistentVolumeClaim)) || "
+            "(has(self.checkpoint.accessMode) && self.checkpoint.accessMode == 'ReadWriteMany')",
             message="optimization.strategy fsdp writes one checkpoint shard per rank, so every rank must "
-            "reach the checkpoint volume: with nodes > 1 set checkpoint.volume.persistentVolumeClaim (a "
-            "ReadWriteMany claim), or use strategy ddp",
+            "reach the checkpoint volume: with nodes > 1 set checkpoint.accessMode ReadWriteMany or "
+            "checkpoint.volume.persistentVolumeClaim (a ReadWriteMany claim), or use strategy ddp",
             field_path=".optimization.strategy",
             check=lambda m: (
                 m.optimization.strategy != Strategy.FSDP
@@ -545,6 +569,7 @@ class TrainingJobSpec(ApiModel):
                     m.checkpoint.volume is not None
                     and m.checkpoint.volume.persistent_volume_claim is not None
                 )
+                or m.checkpoint.access_mode == CheckpointAccessMode.READ_WRITE_MANY
             ),
         ),
         *(immutable(f) for f in _IMMUTABLE + _IMMUTABLE_DEFAULTED),

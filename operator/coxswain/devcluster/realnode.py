@@ -32,6 +32,7 @@ from coxswain.devcluster.realnode_images import (
     BUSYBOX_IMAGE,
     import_archive,
     import_layout,
+    link_layout_blobs,
     node_images_archive,
 )
 from coxswain.devcluster.realnode_net import add_node, in_netns, remove_all
@@ -153,7 +154,7 @@ def start_real_nodes(
         name = f"containerd-n{node.index}"
         spawn(name, in_netns(node.netns, "containerd", "--config", str(containerd_conf)), {})
         _wait_for_socket(socket, functools.partial(is_alive, name), logs_dir / f"{name}.log", 30.0)
-        import_archive(socket, archive)
+        import_archive(socket, archive, cfg.containerd_content_blobs(node))
         spawn(
             f"kubelet-n{node.index}",
             in_netns(
@@ -181,11 +182,13 @@ def import_into_nodes(nodes: RealNodesPlan, archive: Path, names: set[str] | Non
     layout directory, only the images (of `names`, or all) a node lacks. Returns what was imported."""
     imported: set[str] = set()
     for node in nodes.nodes:
-        socket = cfg.containerd_socket(node)
+        socket, blobs = cfg.containerd_socket(node), cfg.containerd_content_blobs(node)
         if archive.is_dir():
+            # Linked first: the import then adopts each layer it sends instead of writing it.
+            link_layout_blobs(archive, blobs)
             imported.update(import_layout(socket, archive, names))
         else:
-            import_archive(socket, archive)
+            import_archive(socket, archive, blobs)
             imported.add(str(archive))
     return sorted(imported)
 

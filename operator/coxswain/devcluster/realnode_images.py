@@ -138,13 +138,41 @@ def node_images_archive(directory: Path) -> Path:
     )
 
 
-def import_archive(socket: Path, archive: Path) -> str:
+def link_layout_blobs(layout: Path, content_blobs: Path) -> int:
+    """Hard-link an OCI layout's blobs into a containerd content store before importing it.
+
+    The trainer image is ~6 GB; copied into every node's store it filled the disk. containerd's
+    default `shared` content policy adopts a blob already in its backing store instead of
+    writing it again, and blobs are immutable, so a link costs nothing. Returns how many were
+    linked; a store on another filesystem just gets copies from the import as before.
+    """
+    source = layout / "blobs" / "sha256"
+    if not source.is_dir():
+        return 0
+    content_blobs.mkdir(parents=True, exist_ok=True)
+    linked = 0
+    for blob in source.iterdir():
+        target = content_blobs / blob.name
+        if target.exists():
+            continue
+        try:
+            target.hardlink_to(blob)
+        except OSError:
+            return linked
+        linked += 1
+    return linked
+
+
+def import_archive(socket: Path, archive: Path, content_blobs: Path | None = None) -> str:
     """Import an image archive (OCI or docker tar) or an OCI layout directory (streamed as a
-    tar, nothing written) into the node's containerd, in the CRI's namespace."""
+    tar, nothing written) into the node's containerd, in the CRI's namespace. A layout's blobs
+    are first linked into `content_blobs` (the node's content store) when it is given."""
     ctr = ["ctr", "--address", str(socket), "-n", "k8s.io", "images", "import"]
     if archive.is_dir():
         if not (archive / "index.json").is_file():
             raise ImageError(f"{archive} is not an OCI image layout (no index.json)")
+        if content_blobs is not None:
+            link_layout_blobs(archive, content_blobs)
         tar = subprocess.Popen(["tar", "-C", str(archive), "-cf", "-", "."], stdout=subprocess.PIPE)
         result = subprocess.run([*ctr, "-"], stdin=tar.stdout, capture_output=True, text=True, check=False)
         tar.wait()

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,9 @@ from coxswain.trainingjob.queueing import WORKLOAD_KIND_GROUP, slim_workload
 
 PROGRESS_INTERVAL = 5.0  # seconds between /progress pulls while running
 RESYNC_INTERVAL = 60.0  # a safety net; watches do the real waking
+# How long a Job this operator created counts as seen before the watch shows it (the watch
+# normally does within a second; this only bounds the memory of one that never comes).
+MADE_JOB_MEMORY = 60.0
 LABELS = {naming.LABEL_TRAININGJOB: kopf.PRESENT}
 WORKERS = 32  # concurrent reconcile passes (of different jobs); a pass mostly awaits the API
 KIND = "TrainingJob"
@@ -48,7 +52,7 @@ log = logging.getLogger("coxswain.trainingjob")
 _POD_STATUS_KEYS = ("phase", "reason", "message", "podIP", "conditions", "containerStatuses", "startTime")
 
 
-def _slim(body: kopf.Body, status_keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+def _slim(body: Mapping[str, Any], status_keys: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Only what the planner reads: keeps the operator small with thousands of pods."""
     meta = body.get("metadata", {})
     status = dict(body.get("status", {}) or {})
@@ -151,6 +155,9 @@ class TrainingJobs:
     workers: int = WORKERS
     resync: float = RESYNC_INTERVAL
     progress: ProgressPuller = field(init=False)
+    # Jobs this operator created that the Job watch has not shown yet, with when (monotonic):
+    # the next pass (woken by our own status write) must not create them again.
+    made: dict[Key, tuple[float, dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         runtime = self.runtime
@@ -166,7 +173,7 @@ class TrainingJobs:
         # Labels find candidates; only Jobs this TrainingJob controls, and their pods, count.
         jobs, pods = trusted_training(
             tj.metadata.uid,
-            self.runtime.index("trainingjob_jobs").get(key, []),
+            self._jobs(key),
             self.runtime.index("trainingjob_pods").get(key, []),
         )
         workloads = list(self.runtime.index("trainingjob_workloads").get(key, []))
@@ -198,13 +205,32 @@ class TrainingJobs:
             checkpoint=storage,
         )
 
+    def _jobs(self, key: Key) -> list[dict[str, Any]]:
+        """The watched Jobs of `key`, plus the one a pass created that the watch has not shown."""
+        jobs = list(self.runtime.index("trainingjob_jobs").get(key, []))
+        made = self.made.get(key)
+        if made is not None:
+            when, job = made
+            if any(j["metadata"]["name"] == job["metadata"]["name"] for j in jobs):
+                del self.made[key]  # the watch caught up
+            elif self.runtime.clock.monotonic() - when > MADE_JOB_MEMORY:
+                del self.made[key]
+            else:
+                jobs.append(job)
+        return jobs
+
+    def _made(self, job: dict[str, Any]) -> None:
+        meta = job.get("metadata") or {}
+        key = (meta.get("namespace") or "", (meta.get("labels") or {}).get(naming.LABEL_TRAININGJOB, ""))
+        self.made[key] = (self.runtime.clock.monotonic(), _slim(job))
+
     def plan(self, key: Key, tj: TrainingJob, observed: Observed) -> Plan:
         return plan_reconcile(tj, observed, self.runtime.clock.now())
 
     async def act(self, tj: TrainingJob, plan: Plan, logger: Logger) -> dict[str, Any] | None:
         conflict: NameConflict | None = None
         try:
-            await execute(self.runtime.client, tj, plan, logger)
+            await execute(self.runtime.client, tj, plan, logger, self._made)
         except NameConflict as exc:
             conflict = exc
             logger.warning("%s", exc)
@@ -228,6 +254,7 @@ class TrainingJobs:
 
     def forget(self, key: Key) -> None:
         self.progress.forget(key)
+        self.made.pop(key, None)
 
 
 def _record_metrics(tj: TrainingJob, plan: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
@@ -25,10 +26,20 @@ async def _create_or_replace(client: AsyncClient, obj: dict[str, Any], replace: 
     await apply_owned(client, obj, update=replace)
 
 
+Made = Callable[[dict[str, Any]], None]
+
+
 async def execute(
-    client: AsyncClient, tj: TrainingJob, plan: Plan, log_: logging.Logger | logging.LoggerAdapter[Any]
+    client: AsyncClient,
+    tj: TrainingJob,
+    plan: Plan,
+    log_: logging.Logger | logging.LoggerAdapter[Any],
+    made: Made | None = None,
 ) -> None:
-    """Write the status first, then act (see planner: a restart is recorded before teardown)."""
+    """Write the status first, then act (see planner: a restart is recorded before teardown).
+
+    `made` is told of each Job this pass created, as the API server returned it.
+    """
     ns, name = tj.metadata.namespace or "default", tj.metadata.name or ""
     # Actions see the status this pass decided (the handoff needs the exported model just read).
     current = tj.model_copy(update={"status": plan.status})
@@ -41,7 +52,10 @@ async def execute(
             continue
         if batch:
             results = await asyncio.gather(
-                *(_execute_one(client, current, ns, name, a, log_, plan.checkpoint_claim) for a in batch),
+                *(
+                    _execute_one(client, current, ns, name, a, log_, plan.checkpoint_claim, made)
+                    for a in batch
+                ),
                 return_exceptions=True,
             )
             batch = []
@@ -49,7 +63,7 @@ async def execute(
                 if isinstance(result, BaseException):
                     raise result
         if action is not None:
-            await _execute_one(client, current, ns, name, action, log_, plan.checkpoint_claim)
+            await _execute_one(client, current, ns, name, action, log_, plan.checkpoint_claim, made)
 
 
 # The Job is not among them: its pods read the ConfigMap and resolve through the Service, so
@@ -70,6 +84,7 @@ async def _execute_one(
     action: Action,
     log_: logging.Logger | logging.LoggerAdapter[Any],
     plan_claim: str | None = None,
+    made: Made | None = None,
 ) -> None:
     try:
         if action.kind in (ActionKind.ENSURE_CONFIG, ActionKind.CREATE_CONFIG):
@@ -83,8 +98,11 @@ async def _execute_one(
         elif action.kind == ActionKind.CREATE_JOB:
             # AlreadyExists means an earlier pass (maybe of a killed operator) made it: fine.
             job = builders.build_job(tj, action.attempt, plan_claim)
-            await _create_or_replace(client, job, replace=False)
-            log_.info("created Job %s (attempt %d, %d pods)", action.name, action.attempt, tj.spec.nodes)
+            created = await apply_owned(client, job, update=False)
+            if created is not None:
+                log_.info("created Job %s (attempt %d, %d pods)", action.name, action.attempt, tj.spec.nodes)
+                if made is not None:
+                    made(created)
         elif action.kind == ActionKind.DELETE_JOB:
             # Foreground: the Job stays until its pods are gone, and the planner waits for it
             # before starting the next attempt.

@@ -1,0 +1,54 @@
+"""kopf storages for an operator whose kopf handlers only watch: no state on the objects.
+
+kopf computes a diff base ("last handled configuration") and clears its progress records
+for every watch event of every watched kind, whether or not any handler can use them: a
+deep copy of each body, twice. Our handlers are `@kopf.index` and `@kopf.on.event` only
+(no on.create/on.update/daemons), which never read a diff or a progress record, so these
+storages keep nothing and copy nothing. Profiled on 100 TrainingJobs at once, that copying
+was about a quarter of the operator's CPU.
+
+They also mean kopf never writes an annotation to any object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Nothing is stored, and the essence of every body is empty (no diff is ever read)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
+class NoProgress(kopf.ProgressStorage):
+    """No handler progress is kept: index and event handlers run once per event anyway."""
+
+    def fetch(self, *, key: Any, body: kopf.Body) -> kopf.ProgressRecord | None:
+        return None
+
+    def store(self, *, key: Any, record: kopf.ProgressRecord, body: kopf.Body, patch: kopf.Patch) -> None:
+        return None
+
+    def purge(self, *, key: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        return None
+
+    def touch(self, *, body: kopf.Body, patch: kopf.Patch, value: str | None) -> None:
+        return None
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        return essence
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    settings.persistence.diffbase_storage = NoDiffBase()
+    settings.persistence.progress_storage = NoProgress()
