@@ -144,7 +144,10 @@ def _train(client: Client, data: Path, epochs: int, hint: str) -> dict[str, Any]
         f"TrainingJob {JOB}: digits CNN on 2 pods x 1 process of the trainer image (torchrun, gloo); "
         f"watch it with `kubectl get tj -n {NAMESPACE}`"
     )
-    deadline = time.monotonic() + TRAIN_TIMEOUT
+    applied = time.monotonic()
+    deadline = applied + TRAIN_TIMEOUT
+    # Seconds from apply to: both pods Running, the first training step reported.
+    marks: dict[str, float] = {}
     with Progress(
         TextColumn(f"[bold]{JOB}"),
         BarColumn(),
@@ -158,6 +161,10 @@ def _train(client: Client, data: Path, epochs: int, hint: str) -> dict[str, Any]
             fraction, line = progress_line(obj)
             phase = (obj.get("status") or {}).get("phase")
             bar.update(task, completed=fraction or 0.0, line=line)
+            if phase == "Running":
+                marks.setdefault("pods Running", time.monotonic() - applied)
+            if ((obj.get("status") or {}).get("progress") or {}).get("step"):
+                marks.setdefault("first step reported", time.monotonic() - applied)
             if phase in ("Succeeded", "Failed"):
                 if phase == "Succeeded":
                     bar.update(task, completed=1.0)
@@ -165,6 +172,8 @@ def _train(client: Client, data: Path, epochs: int, hint: str) -> dict[str, Any]
             if time.monotonic() > deadline:
                 raise SystemExit(f"training did not finish in {TRAIN_TIMEOUT:.0f} s; {hint}")
             time.sleep(1)
+    marks["finished"] = time.monotonic() - applied
+    print("    apply -> " + ", ".join(f"{what} {seconds:.0f} s" for what, seconds in marks.items()))
     status = obj.get("status") or {}
     if status.get("phase") != "Succeeded":
         failed: dict[str, Any] = next((c for c in status.get("conditions", []) if c["type"] == "Failed"), {})
