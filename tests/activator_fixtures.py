@@ -68,7 +68,7 @@ class ActivatorProcess:
 def activator_service(cluster: ClusterHandle, ns: str, ip: str, port: int) -> None:
     """What the chart makes: the activator's Service, labelled so the operator finds it, and
     (what the endpointslice controller would derive from the activator's pods) its slice."""
-    labels = {naming.LABEL_ACTIVATOR: "true"}
+    labels = {naming.LABEL_ACTIVATOR: "true", naming.LABEL_SLICES: "true"}
     cluster.client.create(
         from_dict(
             {

@@ -223,6 +223,7 @@ def test_the_activator_gets_only_endpointslice_reads_and_modelservice_scale(tmp_
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         (service,) = find(objs, "Service", activator=True)
         assert service["metadata"]["labels"]["coxswain.dev/activator"] == "true"
+        assert service["metadata"]["labels"]["coxswain.dev/slices"] == "true"  # the operator's watch
         roles = find(objs, kinds[0], activator=True)
         assert roles, kinds
         for role in roles:

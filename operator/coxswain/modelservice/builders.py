@@ -124,11 +124,13 @@ def build_traffic_config_map(ms: ModelService, weights: dict[str, int]) -> dict[
 
 def build_service(ms: ModelService) -> dict[str, Any]:
     name = _name(ms)
+    meta = _metadata(ms, naming.service_name(name))
+    meta["labels"] = {**meta["labels"], naming.LABEL_SLICES: "true"}  # copied onto its slices
     return _with_hash(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": _metadata(ms, naming.service_name(name)),
+            "metadata": meta,
             "spec": {
                 "type": "ClusterIP",
                 "selector": naming.selector(name),
@@ -161,6 +163,7 @@ def build_activator_slice(ms: ModelService, activator: list[tuple[str, int]]) ->
         **meta["labels"],
         naming.LABEL_SERVICE_NAME: naming.service_name(name),
         naming.LABEL_SLICE_MANAGED_BY: naming.SLICE_MANAGER,
+        naming.LABEL_SLICES: "true",
     }
     family = "IPv6" if any(":" in ip for ip, _ in activator) else "IPv4"
     # One port per slice: the activator's pods share theirs (the lowest, should they differ).

@@ -31,6 +31,10 @@ ENCRYPTION_KEY_FILE = "key"
 # The activator's own Service carries LABEL_ACTIVATOR; the endpointslice controller copies it
 # onto that Service's slices, which is how the operator finds the activator's pod IPs.
 LABEL_ACTIVATOR = "coxswain.dev/activator"
+# On every Service whose EndpointSlices the operator watches (a ModelService's, the
+# activator's) and so on their slices: the one server-side selector of that watch
+# (watch_only.SERVER_SELECTORS), since "this label or that one" has no selector syntax.
+LABEL_SLICES = "coxswain.dev/slices"
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 LABEL_SLICE_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 SLICE_MANAGER = "coxswain-operator"
