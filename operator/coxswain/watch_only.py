@@ -22,7 +22,7 @@ from typing import Any
 
 import kopf
 
-from coxswain.modelservice.naming import LABEL_MODELSERVICE
+from coxswain.modelservice.naming import LABEL_MODELSERVICE, LABEL_SLICES
 from coxswain.trainingjob.naming import LABEL_MANAGED_BY, LABEL_TRAININGJOB, MANAGER
 
 # (group, version, plural) as the index handlers name them -> the label selector.
@@ -35,6 +35,8 @@ SERVER_SELECTORS: dict[tuple[str, str, str], str] = {
     ("", "v1", "services"): LABEL_MODELSERVICE,
     ("", "v1", "configmaps"): LABEL_MODELSERVICE,
     ("autoscaling", "v2", "horizontalpodautoscalers"): LABEL_MODELSERVICE,
+    # A ModelService's Service's slices and the activator's (scale from zero).
+    ("discovery.k8s.io", "v1", "endpointslices"): LABEL_SLICES,
 }
 
 

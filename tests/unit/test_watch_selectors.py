@@ -70,3 +70,8 @@ def test_model_service_children_and_their_pods_match_the_selectors() -> None:
     assert matches(selector("", "v1", "configmaps"), labels(ms_builders.build_traffic_config_map(ms, {})))
     hpa = ms_builders.build_hpa(ms)
     assert matches(selector("autoscaling", "v2", "horizontalpodautoscalers"), labels(hpa))
+    # EndpointSlices: the Service's labels are copied onto the endpointslice controller's
+    # slices; the operator's own slice (scale from zero) carries the label itself.
+    slices = selector("discovery.k8s.io", "v1", "endpointslices")
+    assert matches(slices, labels(ms_builders.build_service(ms)))
+    assert matches(slices, labels(ms_builders.build_activator_slice(ms, [("10.0.0.9", 8080)])))

@@ -36,6 +36,7 @@ from coxswain.devcluster.crds import wait_established
 from coxswain.devcluster.kubeconfig import write_kubeconfig
 from coxswain.devcluster.kwok_nodes import KWOK_NODE_SELECTOR, NODE_POOL_LABEL
 from coxswain.devcluster.pki import issue_client_cert, issue_loopback_server_cert, pki_layout
+from coxswain.devcluster.realnode import REAL_NODE_LABEL
 from coxswain.devcluster.state import ClusterPaths
 
 log = logging.getLogger("coxswain.devcluster")
@@ -47,11 +48,12 @@ VERSION = "v1beta2"
 # The webhooks of the kinds the batch/job integration needs; every other rule (pods,
 # Deployments, Ray, Kubeflow...) belongs to an integration that is off.
 SERVED_GROUPS = {"batch", GROUP}
-# ResourceFlavors for the kwok node pools: a workload admitted under one gets its nodeLabels
-# as nodeSelector, so it lands on that pool's fake nodes.
+# ResourceFlavors for the kwok node pools and the real nodes: a workload admitted under one
+# gets its nodeLabels as nodeSelector, so it lands on that pool's (fake or real) nodes.
 FLAVORS: dict[str, dict[str, str]] = {
     "kwok-gpu": {NODE_POOL_LABEL: "gpu", **KWOK_NODE_SELECTOR},
     "kwok-cpu": {NODE_POOL_LABEL: "cpu", **KWOK_NODE_SELECTOR},
+    "real-node": {REAL_NODE_LABEL: "true"},
 }
 
 ResourceFlavor = create_global_resource(GROUP, VERSION, "ResourceFlavor", "resourceflavors")

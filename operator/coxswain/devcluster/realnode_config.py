@@ -34,6 +34,11 @@ def containerd_socket(node: NodePlan) -> Path:
     return node.directory / "containerd.sock"
 
 
+def containerd_content_blobs(node: NodePlan) -> Path:
+    """Where the node's containerd keeps blob files (its content store under `root`)."""
+    return node.directory / "containerd" / "root" / "io.containerd.content.v1.content" / "blobs" / "sha256"
+
+
 def write_containerd_config(node: NodePlan) -> Path:
     d = node.directory
     conf = f"""version = 2
@@ -43,6 +48,10 @@ oom_score = 0
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
   "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper",
   "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[plugins."io.containerd.metadata.v1.bolt"]
+  # Adopt blobs already in the store (linked from the image layout) instead of copying them.
+  content_sharing_policy = "shared"
 
 [grpc]
   address = "{containerd_socket(node)}"

@@ -2,10 +2,14 @@
 
 A gang restart is a new batch Job with new pods: only a volume that outlives pods keeps the
 checkpoints. Without `spec.checkpoint.volume` the operator makes one PersistentVolumeClaim per
-TrainingJob (builders.build_checkpoint_claim), mounted by the gang's single pod. When it
-cannot (no StorageClass to provision from, or a gang of several pods that one Indexed Job
-template cannot give a ReadWriteOnce claim to rank 0 alone) the job runs on an emptyDir, and
-the `CheckpointsDurable` condition says so; so does an explicit emptyDir.
+TrainingJob (builders.build_checkpoint_claim). A one-node gang mounts it in its single pod
+(ReadWriteOnce by default). A gang of several pods shares one Indexed Job pod template, which
+cannot give a volume to the node-rank-0 pod alone: it mounts the claim in every pod when
+`spec.checkpoint.accessMode` is ReadWriteMany. A ReadWriteOnce claim in every pod would pin the
+whole gang to one node (local volumes) or leave the other pods stuck on a multi-attach error
+(network disks), so without ReadWriteMany a multi-node gang runs on an emptyDir. So does a job
+when no StorageClass can provision the claim; the `CheckpointsDurable` condition says so, as it
+does for an explicit emptyDir.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from coxswain.api.conditions import TrainingJobReason as R
-from coxswain.api.trainingjob import TrainingJob
+from coxswain.api.trainingjob import CheckpointAccessMode, TrainingJob
 from coxswain.trainingjob import naming
 
 
@@ -62,24 +66,33 @@ def checkpoint_storage(
             "spec.checkpoint.volume out to get a PersistentVolumeClaim per job",
         )
     claim = naming.checkpoint_claim_name(name)
-    if tj.spec.nodes > 1:
+    mode = ckpt.access_mode or CheckpointAccessMode.READ_WRITE_ONCE
+    if tj.spec.nodes > 1 and mode != CheckpointAccessMode.READ_WRITE_MANY:
         return CheckpointStorage(
             None,
             False,
             R.EMPTY_DIR_VOLUME,
             f"a gang of {tj.spec.nodes} pods shares one pod template, which cannot give a ReadWriteOnce "
             "claim to rank 0 alone: checkpoints are on an emptyDir and lost at a gang restart; set "
+            "spec.checkpoint.accessMode to ReadWriteMany (the StorageClass must provide it) or "
             "spec.checkpoint.volume to a ReadWriteMany PersistentVolumeClaim to keep them",
         )
     if claim_exists or ckpt.storage_class_name is not None or default_storage_class is not None:
         cls = ckpt.storage_class_name or default_storage_class
         where = f"StorageClass {cls}" if cls else "its StorageClass"
+        shared = f", mounted by all {tj.spec.nodes} pods" if tj.spec.nodes > 1 else ""
+        if mode == CheckpointAccessMode.READ_WRITE_MANY:
+            # The operator does not watch claims: say what to look at if the class cannot do it.
+            shared += (
+                "; the StorageClass must provide ReadWriteMany (if the claim stays Pending, "
+                f"`kubectl describe pvc {claim}` says why)"
+            )
         return CheckpointStorage(
             claim,
             True,
             R.CLAIM_PER_JOB,
-            f"checkpoints live on PersistentVolumeClaim {claim} ({ckpt.size}, {where}), kept across "
-            "restarts and deleted with the TrainingJob",
+            f"checkpoints live on PersistentVolumeClaim {claim} ({ckpt.size}, {mode}, {where}{shared}), "
+            "kept across restarts and deleted with the TrainingJob",
         )
     return CheckpointStorage(
         None,

@@ -86,3 +86,39 @@ def test_own_claim_is_durable_and_mounted_in_a_per_job_directory() -> None:
 def test_storage_class_with_own_volume_is_refused() -> None:
     with pytest.raises(ValueError, match="storageClassName"):
         make(checkpoint={"volume": {"emptyDir": {}}, "storageClassName": "fast"})
+
+
+def test_multi_node_gang_with_read_write_many_mounts_its_claim_in_every_pod() -> None:
+    tj = make(nodes=3, checkpoint={"accessMode": "ReadWriteMany"})
+    storage = checkpoint_storage(tj, default_storage_class="nfs", claim_exists=False)
+    assert storage.durable and storage.claim == "mlp-checkpoints" and storage.reason == R.CLAIM_PER_JOB
+    assert "ReadWriteMany" in storage.message and "all 3 pods" in storage.message
+    assert "kubectl describe pvc mlp-checkpoints" in storage.message
+    assert builders.build_checkpoint_claim(tj)["spec"]["accessModes"] == ["ReadWriteMany"]
+    # One template for every node rank: each pod mounts the claim.
+    job = builders.build_job(tj, 1, storage.claim)
+    assert job["spec"]["completions"] == 3
+    assert volumes(job)["checkpoints"]["persistentVolumeClaim"] == {"claimName": "mlp-checkpoints"}
+
+
+def test_multi_node_gang_with_explicit_read_write_once_is_not_durable() -> None:
+    tj = make(nodes=2, checkpoint={"accessMode": "ReadWriteOnce"})
+    storage = checkpoint_storage(tj, default_storage_class="local-path", claim_exists=False)
+    assert not storage.durable and storage.claim is None and "accessMode" in storage.message
+
+
+def test_one_node_claim_may_be_read_write_many() -> None:
+    tj = make(checkpoint={"accessMode": "ReadWriteMany"})
+    assert checkpoint_storage(tj, default_storage_class="nfs", claim_exists=False).durable
+    assert builders.build_checkpoint_claim(tj)["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_access_mode_with_own_volume_is_refused() -> None:
+    with pytest.raises(ValueError, match="accessMode applies to the volume the operator makes"):
+        make(checkpoint={"volume": {"emptyDir": {}}, "accessMode": "ReadWriteMany"})
+
+
+def test_multi_node_fsdp_accepts_a_read_write_many_claim_of_the_operators() -> None:
+    make(nodes=2, optimization={"strategy": "fsdp"}, checkpoint={"accessMode": "ReadWriteMany"})
+    with pytest.raises(ValueError, match=r"checkpoint\.accessMode ReadWriteMany"):
+        make(nodes=2, optimization={"strategy": "fsdp"})
