@@ -30,14 +30,14 @@ generate: venv
 	$(PY) -m coxswain generate crds
 
 lint: venv
-	$(VENV)/bin/ruff check operator trainer_image server_image tests bench
-	$(VENV)/bin/ruff format --check operator trainer_image server_image tests bench
+	$(VENV)/bin/ruff check operator trainer_image server_image tests bench build_without_dev.py
+	$(VENV)/bin/ruff format --check operator trainer_image server_image tests bench build_without_dev.py
 	$(VENV)/bin/mypy operator/coxswain trainer_image/coxswain_trainer server_image/coxswain_server
 
 # pytest exits 5 when it collects nothing; that is not a failure of the project.
 test: venv tools
 	@bash dev/install-system-deps.sh
-	$(VENV)/bin/ruff check operator trainer_image server_image tests bench
+	$(VENV)/bin/ruff check operator trainer_image server_image tests bench build_without_dev.py
 	$(VENV)/bin/mypy operator/coxswain trainer_image/coxswain_trainer server_image/coxswain_server
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 

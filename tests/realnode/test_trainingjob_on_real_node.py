@@ -1,28 +1,25 @@
-"""The operator's TrainingJob on the real node with the trainer image: two torchrun pods in
-containers (uid 1000, read-only root, CPU limits), meeting through cluster DNS, progress pulled
-by the operator (a host process) over the pod network, the model exported.
+"""The operator's TrainingJob on the real node, all of it in containers: the operator from its
+image (installed by helm, its ServiceAccount and RBAC), two torchrun pods of the trainer image
+(uid 1000, read-only root, CPU limits) meeting through cluster DNS, progress pulled by the
+operator pod over the pod network, the model exported.
 
-Needs the trainer image from `make images` (its OCI layout under ~/.cache/coxswain/images/);
-skipped, saying so, when it has not been built."""
+The images come from `make images` (built by the `real_images` fixture when the tree changed)."""
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
+from lightkube.resources.core_v1 import Pod
+from realnode_harness import image_ref, operator_log
 
 from cluster_fixtures import ClusterHandle, wait_for
-from coxswain.devcluster import DevCluster
 from coxswain.devcluster.realnode import REAL_NODE_LABEL
+from coxswain.devimages import BuiltImages
 from coxswain.kube import TRAININGJOB_RESOURCE
-from operator_fixtures import NAMESPACE_PREFIX, OperatorProcess, free_port
 
 pytestmark = pytest.mark.realnode
 
@@ -30,7 +27,8 @@ IMAGES_CACHE = Path.home() / ".cache" / "coxswain" / "images"
 
 
 def trainer_layout() -> tuple[Path, str] | None:
-    """The newest complete OCI layout holding a trainer image, and that image's name."""
+    """The newest complete OCI layout holding a trainer image, and that image's name (for the
+    suites that import only the trainer image)."""
     layouts = sorted(IMAGES_CACHE.glob("oci-*/index.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for index in layouts:
         for manifest in json.loads(index.read_text()).get("manifests", []):
@@ -38,42 +36,6 @@ def trainer_layout() -> tuple[Path, str] | None:
             if "/trainer:" in name:
                 return index.parent, name
     return None
-
-
-@pytest.fixture(scope="module")
-def trainer_image(real_cluster: ClusterHandle, real_dev: DevCluster) -> str:
-    found = trainer_layout()
-    if found is None:
-        pytest.skip(f"no trainer image layout under {IMAGES_CACHE}: run `make images` first")
-    layout, name = found
-    real_dev.load_image(layout)
-    return name
-
-
-@pytest.fixture(scope="module")
-def real_operator(
-    real_cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(
-        real_cluster, tmp_path_factory.mktemp("operator") / "operator.log", free_port(), free_port()
-    )
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
-
-
-@pytest.fixture
-def op_ns(real_cluster: ClusterHandle) -> Iterator[str]:
-    name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:8]}"
-    client = real_cluster.client
-    client.create(Namespace(metadata=ObjectMeta(name=name)))
-    wait_for(
-        lambda: client.get(ServiceAccount, "default", namespace=name), 60, f"ServiceAccount {name}/default"
-    )
-    yield name
-    client.delete(Namespace, name)
 
 
 def cnn_job(image: str, root: Path) -> dict[str, Any]:
@@ -104,12 +66,10 @@ def cnn_job(image: str, root: Path) -> dict[str, Any]:
 
 
 def test_two_rank_trainingjob_succeeds_in_containers(
-    real_cluster: ClusterHandle,
-    trainer_image: str,
-    real_operator: OperatorProcess,
-    op_ns: str,
-    tmp_path: Path,
+    real_cluster: ClusterHandle, real_images: BuiltImages, release_namespace: str, tmp_path: Path
 ) -> None:
+    op_ns = release_namespace
+    trainer_image = image_ref(real_images, "trainer")
     for sub in ("ckpt", "models"):
         (tmp_path / sub).mkdir()
         (tmp_path / sub).chmod(0o777)  # the trainer runs as uid 1000
@@ -131,6 +91,6 @@ def test_two_rank_trainingjob_succeeds_in_containers(
 
     final = wait_for(finished, 900, "the TrainingJob to finish")
     print(f"TrainingJob apply -> {final['phase']}: {time.monotonic() - applied:.1f} s")
-    assert final["phase"] == "Succeeded", f"{final}\n{real_operator.log_tail()}"
+    assert final["phase"] == "Succeeded", f"{final}\n{operator_log(real_cluster)}"
     assert final["exportedModel"]["modelName"] == "digits-cnn"
     assert list((tmp_path / "models" / "digits-cnn").iterdir())

@@ -11,13 +11,17 @@ def register_demo(groups: Any) -> None:
         "demo",
         help="train the digits CNN on 2 nodes, export it, serve it and predict, all on a local cluster",
         description=(
-            "Starts (or reuses) a local control plane with a node agent and the operator, runs the "
+            "Builds the images, starts (or reuses) a local control plane with a real node, installs the operator with helm, runs the "
             "digits CNN TrainingJob on 2 nodes with a live progress view, prints where the model was "
             "exported, serves it with a ModelService and sends a prediction."
         ),
     )
     demo.add_argument("--epochs", type=int, default=20, help="training epochs (default %(default)s)")
-    demo.add_argument("--keep", action="store_true", help="leave the agent and operator running afterwards")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the ModelService serving afterwards (the operator always stays installed)",
+    )
     demo.set_defaults(func=_demo)
 
 

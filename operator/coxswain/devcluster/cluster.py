@@ -320,18 +320,24 @@ class DevCluster:
         wait_for_real_nodes(client, nodes, max(deadline - time.monotonic(), 1.0), self.paths.logs_dir)
         log.info("%d real nodes Ready in %.1f s", len(nodes.nodes), time.monotonic() - began)
 
-    def load_image(self, archive: Path) -> None:
-        """Import an image archive into every real node (pods then use it without a pull)."""
+    def load_image(self, archive: Path, names: set[str] | None = None) -> list[str]:
+        """Import an image archive into every real node (pods then use it without a pull); from
+        an OCI layout directory, only the images (of `names`, or all) a node lacks."""
         nodes = self.real_nodes()
         if nodes is None:
             raise ImageError(f"the cluster in {self.paths.root} has no real nodes to load {archive} into")
         if not archive.exists():
             raise ImageError(f"no image archive or OCI layout directory at {archive}")
         began = time.monotonic()
-        import_into_nodes(nodes, archive)
+        imported = import_into_nodes(nodes, archive, names)
         log.info(
-            "imported %s into %d real nodes in %.1f s", archive, len(nodes.nodes), time.monotonic() - began
+            "imported %s from %s into %d real nodes in %.1f s",
+            ", ".join(imported) or "nothing (all present)",
+            archive,
+            len(nodes.nodes),
+            time.monotonic() - began,
         )
+        return imported
 
     def real_nodes(self) -> RealNodesPlan | None:
         """The running cluster's real nodes, if it has any."""

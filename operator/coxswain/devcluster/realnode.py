@@ -28,7 +28,13 @@ from coxswain.devcluster import realnode_config as cfg
 from coxswain.devcluster.kubeconfig import write_kubeconfig
 from coxswain.devcluster.pki import CertPair, ClusterPKI, issue_from_ca
 from coxswain.devcluster.realnode_config import CNI_BIN_DIR
-from coxswain.devcluster.realnode_images import BUSYBOX_IMAGE, import_archive, node_images_archive
+from coxswain.devcluster.realnode_images import (
+    BUSYBOX_IMAGE,
+    import_archive,
+    import_layout,
+    link_layout_blobs,
+    node_images_archive,
+)
 from coxswain.devcluster.realnode_net import add_node, in_netns, remove_all
 from coxswain.devcluster.realnode_plan import (
     CLUSTER_DNS_IP,
@@ -171,10 +177,20 @@ def start_real_nodes(
         )
 
 
-def import_into_nodes(nodes: RealNodesPlan, archive: Path) -> None:
-    """Import an image archive (OCI or docker format) into every node's containerd."""
+def import_into_nodes(nodes: RealNodesPlan, archive: Path, names: set[str] | None = None) -> list[str]:
+    """Import an image archive (OCI or docker format) into every node's containerd; from an OCI
+    layout directory, only the images (of `names`, or all) a node lacks. Returns what was imported."""
+    imported: set[str] = set()
     for node in nodes.nodes:
-        import_archive(cfg.containerd_socket(node), archive, cfg.containerd_content_blobs(node))
+        socket, blobs = cfg.containerd_socket(node), cfg.containerd_content_blobs(node)
+        if archive.is_dir():
+            # Linked first: the import then adopts each layer it sends instead of writing it.
+            link_layout_blobs(archive, blobs)
+            imported.update(import_layout(socket, archive, names))
+        else:
+            import_archive(socket, archive, blobs)
+            imported.add(str(archive))
+    return sorted(imported)
 
 
 def start_cluster_services(

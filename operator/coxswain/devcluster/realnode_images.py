@@ -181,3 +181,97 @@ def import_archive(socket: Path, archive: Path, content_blobs: Path | None = Non
     if result.returncode != 0:
         raise ImageError(f"importing {archive} into {socket} failed: {result.stderr.strip()}")
     return result.stdout
+
+
+def _ctr(socket: Path) -> list[str]:
+    return ["ctr", "--address", str(socket), "-n", "k8s.io"]
+
+
+def _ctr_lines(socket: Path, *args: str) -> list[str]:
+    result = subprocess.run([*_ctr(socket), *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ImageError(f"`ctr {' '.join(args)}` on {socket} failed: {result.stderr.strip()}")
+    return result.stdout.splitlines()
+
+
+def node_image_digests(socket: Path) -> dict[str, str]:
+    """Image name -> manifest digest, as the node's containerd has them."""
+    digests: dict[str, str] = {}
+    for line in _ctr_lines(socket, "images", "ls")[1:]:  # REF TYPE DIGEST SIZE PLATFORMS LABELS
+        fields = line.split()
+        if len(fields) >= 3:
+            digests[fields[0]] = fields[2]
+    return digests
+
+
+def _layout_manifests(layout: Path) -> list[dict[str, object]]:
+    if not (layout / "index.json").is_file():
+        raise ImageError(f"{layout} is not an OCI image layout (no index.json)")
+    manifests: list[dict[str, object]] = json.loads((layout / "index.json").read_text()).get("manifests", [])
+    return manifests
+
+
+def _name(entry: dict[str, object]) -> str:
+    annotations = entry.get("annotations")
+    return str(annotations.get("io.containerd.image.name", "")) if isinstance(annotations, dict) else ""
+
+
+def _blob_path(layout: Path, digest: str) -> Path:
+    algorithm, hexdigest = digest.split(":", 1)
+    return layout / "blobs" / algorithm / hexdigest
+
+
+def missing_images(socket: Path, layout: Path, names: set[str] | None = None) -> list[str]:
+    """The layout's images (those in `names`, or all) the node lacks or has at another digest."""
+    present = node_image_digests(socket)
+    return [
+        _name(entry)
+        for entry in _layout_manifests(layout)
+        if (names is None or _name(entry) in names) and present.get(_name(entry)) != entry.get("digest")
+    ]
+
+
+def import_layout(socket: Path, layout: Path, names: set[str] | None = None) -> list[str]:
+    """Import the images of an OCI layout directory (those in `names`, or all), sending only the
+    layers the node's containerd does not already hold: an unchanged image costs a second, a
+    rebuilt one only its changed layers (the trainer's torch layer, gigabytes, travels once).
+    Every image is imported even when present, because the import also unpacks it into the
+    snapshotter, which an import that was cut short may not have done (the kubelet would then
+    unpack gigabytes inside its 2-minute CreateContainer deadline). Returns the images that
+    were missing or at another digest."""
+    changed = missing_images(socket, layout, names)
+    entries = [entry for entry in _layout_manifests(layout) if names is None or _name(entry) in names]
+    if not entries:
+        return []
+    held = {line.strip() for line in _ctr_lines(socket, "content", "ls", "-q")}
+    blobs: list[str] = []
+    for entry in entries:
+        manifest = json.loads(_blob_path(layout, str(entry["digest"])).read_text())
+        # Manifest and config always travel (small; the importer reads them from the archive).
+        blobs += [str(entry["digest"]), manifest["config"]["digest"]]
+        blobs += [layer["digest"] for layer in manifest["layers"] if layer["digest"] not in held]
+    ctr = subprocess.Popen(
+        [*_ctr(socket), "images", "import", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert ctr.stdin is not None and ctr.stderr is not None
+    try:
+        with tarfile.open(fileobj=ctr.stdin, mode="w|") as tar:
+            index = json.dumps({"schemaVersion": 2, "manifests": entries}).encode()
+            for name, data in (("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            for digest in dict.fromkeys(blobs):
+                tar.add(_blob_path(layout, digest), arcname=f"blobs/{digest.replace(':', '/', 1)}")
+    except BrokenPipeError:
+        pass  # ctr stopped reading: its exit status and stderr say why
+    finally:
+        ctr.stdin.close()
+    stderr = ctr.stderr.read().decode(errors="replace")
+    if ctr.wait() != 0:
+        names_sent = ", ".join(_name(entry) for entry in entries)
+        raise ImageError(f"importing {names_sent} from {layout} into {socket} failed: {stderr.strip()}")
+    return sorted(changed)

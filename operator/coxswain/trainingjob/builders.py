@@ -116,6 +116,19 @@ def cpu_threads(cpu: str, procs_per_node: int) -> int:
     return max(1, whole_cores(cpu) // procs_per_node)
 
 
+def checkpoint_dir(tj: TrainingJob) -> str:
+    """Where the trainer keeps checkpoints. On a volume the user gives (a claim or a hostPath,
+    possibly shared by many TrainingJobs), a directory per TrainingJob (by uid: a new job of the
+    same name starts fresh), which the trainer makes itself as the pod's user: a subPath mount
+    would have the kubelet make it, owned by root, and a non-root trainer could not write it
+    (seen on a real node). The volume's root must be writable by that user."""
+    volume = tj.spec.checkpoint.volume
+    if volume is not None and (volume.persistent_volume_claim is not None or volume.host_path is not None):
+        own_dir = f"trainingjobs/{tj.metadata.namespace}/{_name(tj)}-{(tj.metadata.uid or '')[:8]}"
+        return f"{naming.CHECKPOINT_MOUNT}/{own_dir}"
+    return naming.CHECKPOINT_MOUNT
+
+
 def build_env(tj: TrainingJob, attempt: int) -> list[dict[str, Any]]:
     spec, name = tj.spec, _name(tj)
     job = naming.batch_job_name(name, attempt)
@@ -146,7 +159,7 @@ def build_env(tj: TrainingJob, attempt: int) -> list[dict[str, Any]]:
         {"name": "COXSWAIN_JOB_NAME", "value": name},
         {"name": "COXSWAIN_JOB_NAMESPACE", "value": tj.metadata.namespace or ""},
         {"name": "COXSWAIN_ATTEMPT", "value": str(attempt)},
-        {"name": "COXSWAIN_CHECKPOINT_DIR", "value": naming.CHECKPOINT_MOUNT},
+        {"name": "COXSWAIN_CHECKPOINT_DIR", "value": checkpoint_dir(tj)},
         {"name": "COXSWAIN_MODEL_REPOSITORY", "value": naming.MODEL_REPOSITORY_MOUNT},
         {"name": "COXSWAIN_METRICS_PORT", "value": str(spec.ports.metrics)},
         {"name": "OMP_NUM_THREADS", "value": str(cpu_threads(spec.resources.cpu, spec.procs_per_node))},
@@ -187,8 +200,7 @@ def _volumes(
     ]
     ckpt = spec.checkpoint.volume
     ckpt_mount: dict[str, Any] = {"name": "checkpoints", "mountPath": naming.CHECKPOINT_MOUNT}
-    # One directory per TrainingJob (by uid) on a shared volume: a new job of the same name starts fresh.
-    own_dir = f"trainingjobs/{tj.metadata.namespace}/{name}-{(tj.metadata.uid or '')[:8]}"
+    # A volume shared by TrainingJobs is mounted whole: checkpoint_dir() names this job's directory.
     if ckpt is None and checkpoint_claim is not None:
         # The operator's own claim belongs to this TrainingJob alone: no subdirectory needed.
         volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": checkpoint_claim}})
@@ -199,12 +211,10 @@ def _volumes(
                 "persistentVolumeClaim": {"claimName": ckpt.persistent_volume_claim.claim_name},
             }
         )
-        ckpt_mount["subPath"] = own_dir
     elif ckpt is not None and ckpt.host_path is not None:
         volumes.append(
             {"name": "checkpoints", "hostPath": {"path": ckpt.host_path.path, "type": "DirectoryOrCreate"}}
         )
-        ckpt_mount["subPath"] = own_dir
     else:
         # An explicit emptyDir, or no claim could be made (CheckpointsDurable says so).
         empty = ckpt.empty_dir if ckpt is not None else None

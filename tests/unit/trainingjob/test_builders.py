@@ -106,7 +106,10 @@ def test_volumes_for_pvc_checkpoints_export_and_encryption_key() -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     assert volumes["checkpoints"]["persistentVolumeClaim"] == {"claimName": "ckpt"}
-    assert mounts["checkpoints"]["subPath"] == "trainingjobs/ml/cnn-12345678"
+    # The whole volume, and this job's own directory on it, which the trainer makes as its user.
+    assert mounts["checkpoints"] == {"name": "checkpoints", "mountPath": "/var/lib/coxswain/checkpoints"}
+    ckpt_dir = env_of(builders.build_job(tj, 1))["COXSWAIN_CHECKPOINT_DIR"]
+    assert ckpt_dir == "/var/lib/coxswain/checkpoints/trainingjobs/ml/cnn-12345678"
     assert mounts["models"]["mountPath"] == "/models"
     assert volumes["encryption-key"]["secret"]["items"] == [{"key": "key", "path": "key"}]
     assert env_of(builders.build_job(tj, 1))["COXSWAIN_ENCRYPTION_KEY_FILE"] == "/etc/coxswain-key/key"
