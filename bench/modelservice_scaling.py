@@ -117,7 +117,7 @@ def main() -> int:
     op_log = open(work / "operator.log", "wb")  # noqa: SIM115 - closed below
     operator = subprocess.Popen(
         [sys.executable, "-m", "coxswain", "operator", "run", "--standalone", "-n", f"{PREFIX}*",
-         "--metrics-port", "0", "--health-port", "0"],
+         "--metrics-port", "0", "--health-port", "0", "--allow-host-path", "--log-format", "full"],
         env=env, stdout=op_log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     servers: list[LocalServer] = []

@@ -573,8 +573,6 @@ def invalid_manifests() -> list[InvalidCase]:
 _IMMUTABLE_CHANGES: list[tuple[str, str, Path_, Any]] = [
     ("task", "mlp", (S, "task", "builtin", "hiddenSizes"), [256]),
     ("task-kind", "mlp", (S, "task"), {"custom": {"module": "my_pkg.task"}}),
-    ("nodes", "cnn", (S, "nodes"), 3),
-    ("procsPerNode", "mlp", (S, "procsPerNode"), 1),
     ("backend", "mlp", (S, "backend"), "gloo"),
     ("resources", "mlp", (S, "resources", "cpu"), "4"),
     ("image", "mlp", (S, "image"), "ghcr.io/coxswain-dev/trainer:0.2.0"),
@@ -622,6 +620,25 @@ def invalid_updates() -> list[InvalidUpdate]:
             "spec.tolerations",
         )
     )
+    # The gang's shape changes only while suspended (the next attempt runs the new shape).
+    for case_id, path, value in (("nodes", (S, "nodes"), 3), ("procsPerNode", (S, "procsPerNode"), 1)):
+        cases.append(
+            InvalidUpdate(f"{case_id}-while-running", running, _with(running, path, value), f"spec.{case_id}")
+        )
+        # Suspending in the same update is too late: the running pods have the old shape.
+        cases.append(
+            InvalidUpdate(
+                f"{case_id}-and-suspend",
+                running,
+                _with(_with(running, path, value), (S, "suspend"), True),
+                f"spec.{case_id}",
+            )
+        )
+    # Growing a 1-node job without a volume would leave its checkpoints on the operator's claim.
+    single = _with(_with(running, (S, "nodes"), 1), (S, "suspend"), True)
+    cases.append(
+        InvalidUpdate("nodes-grown-without-volume", single, _with(single, (S, "nodes"), 2), "spec.nodes")
+    )
     resumed = _with(running, (S, "nodeSelector"), {"pool": "gpu"})
     cases.append(
         InvalidUpdate(
@@ -640,6 +657,7 @@ def valid_updates() -> list[ValidUpdate]:
     mlp, cnn = by_name["mlp"], by_name["cnn"]
     suspended = _with(mlp, (S, "suspend"), True)
     admitted = _with(_with(suspended, (S, "nodeSelector"), {"pool": "gpu"}), (S, "suspend"), False)
+    with_volume = _with(suspended, (S, "checkpoint", "volume"), {"hostPath": {"path": "/srv/ckpt"}})
     return [
         ValidUpdate("suspend", mlp, suspended),
         ValidUpdate("resume", suspended, mlp),
@@ -658,4 +676,16 @@ def valid_updates() -> list[ValidUpdate]:
             _with(suspended, (S, "tolerations"), [{"key": "gpu", "operator": "Exists"}]),
         ),
         ValidUpdate("admission-unsuspends-with-placement", suspended, admitted),
+        ValidUpdate("nodes-while-suspended", _with(suspended, (S, "nodes"), 2), suspended),
+        ValidUpdate(
+            "nodes-grown-with-volume",
+            _with(with_volume, (S, "nodes"), 1),
+            _with(with_volume, (S, "nodes"), 3),
+        ),
+        ValidUpdate("procs-per-node-while-suspended", suspended, _with(suspended, (S, "procsPerNode"), 4)),
+        ValidUpdate(
+            "resize-and-resume",
+            with_volume,
+            _with(_with(with_volume, (S, "nodes"), 4), (S, "suspend"), False),
+        ),
     ]

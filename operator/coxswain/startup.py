@@ -80,6 +80,8 @@ async def configure(
         "modelservice_configmaps",
         "modelservice_hpas",
         "modelservice_replicasets",
+        "modelservice_endpointslices",
+        "modelservice_activators",
         "default_storage_classes",
         "namespace_pod_security",
     ):

@@ -79,8 +79,22 @@ def render(
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
-def find(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
-    return [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+def is_activator(obj: dict[str, Any]) -> bool:
+    return str(obj["metadata"]["name"]).endswith("-activator")
+
+
+def find(
+    objs: list[dict[str, Any]], kind: str, name: str | None = None, activator: bool = False
+) -> list[dict[str, Any]]:
+    """Objects of `kind` (and `name`): the operator's, or with `activator` the activator's
+    (its Deployment, Service, ServiceAccount and RBAC, all named <release>-activator)."""
+    return [
+        o
+        for o in objs
+        if o["kind"] == kind
+        and (name is None or o["metadata"]["name"] == name)
+        and (name is not None or is_activator(o) == activator)
+    ]
 
 
 def rules_of(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

@@ -164,7 +164,14 @@ def test_install_operates_upgrade_changes_and_uninstall_leaves_nothing(
     try:
         pods = json.loads(
             cluster.kubectl(
-                "get", "pods", "-n", release_ns, "-l", "app.kubernetes.io/instance=" + name, "-o", "json"
+                "get",
+                "pods",
+                "-n",
+                release_ns,
+                "-l",
+                f"app.kubernetes.io/instance={name},app.kubernetes.io/component=operator",
+                "-o",
+                "json",
             ).stdout
         )
         assert len(pods["items"]) == 2, "the Deployment runs two replicas"
@@ -204,7 +211,9 @@ def test_install_operates_upgrade_changes_and_uninstall_leaves_nothing(
             "get", "roles", "-A", "-l", f"app.kubernetes.io/instance={name}", "-o", "name"
         ).stdout.split()
         # One granting Role per watched namespace; the release namespace's Lease Role stays apart.
-        assert len([r for r in roles if not r.endswith("-leader-election")]) == 2
+        # (The activator's Roles, one per watched namespace too, are named <release>-activator.)
+        granting = [r for r in roles if not r.endswith(("-leader-election", "-activator"))]
+        assert len(granting) == 2
         args = json.loads(
             cluster.kubectl(
                 "get",
@@ -212,7 +221,7 @@ def test_install_operates_upgrade_changes_and_uninstall_leaves_nothing(
                 "-n",
                 release_ns,
                 "-l",
-                f"app.kubernetes.io/instance={name}",
+                f"app.kubernetes.io/instance={name},app.kubernetes.io/component=operator",
                 "-o",
                 "json",
             ).stdout

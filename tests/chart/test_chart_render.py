@@ -212,3 +212,34 @@ def test_dashboards_are_configmaps_holding_the_json_files(tmp_path: Path) -> Non
 def test_crds_are_ours_only(tmp_path: Path) -> None:
     names = {o["metadata"]["name"] for o in find(render(tmp_path), "CustomResourceDefinition")}
     assert names == {"trainingjobs.coxswain.dev", "modelservices.coxswain.dev"}
+
+
+def test_the_activator_gets_only_endpointslice_reads_and_modelservice_scale(tmp_path: Path) -> None:
+    for values, kinds in (({}, ("ClusterRole", "ClusterRoleBinding")), (NAMESPACED, ("Role", "RoleBinding"))):
+        objs = render(tmp_path, values)
+        (deploy,) = find(objs, "Deployment", activator=True)
+        (container,) = deploy["spec"]["template"]["spec"]["containers"]
+        assert container["command"][:3] == ["coxswain", "activator", "run"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        (service,) = find(objs, "Service", activator=True)
+        assert service["metadata"]["labels"]["coxswain.dev/activator"] == "true"
+        assert service["metadata"]["labels"]["coxswain.dev/slices"] == "true"  # the operator's watch
+        roles = find(objs, kinds[0], activator=True)
+        assert roles, kinds
+        for role in roles:
+            grants = {
+                (g, r, v)
+                for rule in role["rules"]
+                for g in rule["apiGroups"]
+                for r in rule["resources"]
+                for v in rule["verbs"]
+            }
+            assert grants == {
+                ("discovery.k8s.io", "endpointslices", "list"),
+                ("discovery.k8s.io", "endpointslices", "watch"),
+                ("coxswain.dev", "modelservices/scale", "get"),
+                ("coxswain.dev", "modelservices/scale", "patch"),
+            }
+        for binding in find(objs, kinds[1], activator=True):
+            assert binding["subjects"][0]["name"] == "cx-coxswain-activator"
+    assert not find(render(tmp_path, {"activator": {"enabled": False}}), "Deployment", activator=True)

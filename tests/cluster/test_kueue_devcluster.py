@@ -60,6 +60,9 @@ def job_pods(client: Any, ns: str, name: str) -> list[Pod]:
 def test_kueue_serves_its_crds_webhooks_and_flavors(kueue: ClusterHandle) -> None:
     flavor = kueue.client.get(ResourceFlavor, "kwok-gpu")
     assert flavor["spec"]["nodeLabels"]["coxswain.dev/node-pool"] == "gpu"
+    # Real nodes (`--real-nodes N --kueue`) get a flavor too, present whether or not they run.
+    real = kueue.client.get(ResourceFlavor, "real-node")
+    assert real["spec"]["nodeLabels"] == {"coxswain.dev/real-node": "true"}
     hooks = kueue.client.get(MutatingWebhookConfiguration, "kueue-mutating-webhook-configuration")
     urls = [h.clientConfig.url or "" for h in hooks.webhooks or []]
     assert urls and all(u.startswith("https://127.0.0.1:") for u in urls)

@@ -27,7 +27,9 @@ RELEASE = "chartcheck"
 
 
 def operator_pods(cluster: ClusterHandle, ns: str) -> list[Pod]:
-    return list(cluster.client.list(Pod, namespace=ns, labels={"app.kubernetes.io/instance": RELEASE}))
+    # The operator's pods, not the activator's (same release, component "activator").
+    labels = {"app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/component": "operator"}
+    return list(cluster.client.list(Pod, namespace=ns, labels=labels))
 
 
 def running_ready(pod: Pod) -> bool:

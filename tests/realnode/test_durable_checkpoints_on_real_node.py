@@ -121,6 +121,18 @@ def test_default_trainingjob_resumes_from_its_claim_after_sigkill_of_rank_1(
     try:
         started = wait_for(lambda: log2.events("training_started", rank=0), 600, "attempt 2's first step")[0]
         print(f"rank 1 SIGKILL -> resumed attempt's first step: {wall(started) - died:.1f} s")
+        # Where that time goes, by the API server's clock (whole seconds) and the trainer's.
+        pod = client.get(Pod, second, namespace=ns)
+        created = pod.metadata.creationTimestamp if pod.metadata else None
+        statuses = (pod.status.containerStatuses or []) if pod.status else []
+        running = statuses[0].state.running if statuses and statuses[0].state else None
+        first_log = min((wall(r) for r in log2.records), default=None)
+        if created is not None and running is not None and running.startedAt is not None:
+            print(
+                f"  -> new pod created +{created.timestamp() - died:.0f} s, container started "
+                f"+{running.startedAt.timestamp() - died:.0f} s, first trainer line "
+                f"+{(first_log or died) - died:.1f} s, training_started +{wall(started) - died:.1f} s"
+            )
         assert int(started["step"]) == newest, (started, saved)
         final = wait_for(
             lambda: (s := tj().get("status") or {}).get("phase") in ("Succeeded", "Failed") and s,

@@ -103,7 +103,10 @@ def test_prometheus_scrapes_the_operator_and_a_server_at_their_pod_addresses(
     operators = [
         p
         for p in cluster.client.list(
-            Pod, namespace=RELEASE_NAMESPACE, labels={"app.kubernetes.io/instance": RELEASE}
+            Pod,
+            namespace=RELEASE_NAMESPACE,
+            # The operator's pods, not the activator's (same release, component "activator").
+            labels={"app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/component": "operator"},
         )
         if p.status and p.status.phase == "Running"
     ]

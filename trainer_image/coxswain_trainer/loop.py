@@ -159,6 +159,7 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = -1
         self.resumed_from: int | None = None
+        self.last_checkpoint_step: int | None = None  # the step of this process's newest checkpoint
         self._warned_diverged = False
         self.samples_seen = 0  # rank 0: global samples trained in this process's lifetime
         self.progress_interval = progress_interval_seconds
@@ -256,6 +257,7 @@ class Trainer:
             self.metrics.set_state("checkpointing")
         started = time.perf_counter()
         rng = gather_rng(self.topo)
+        self.last_checkpoint_step = None  # until this one is complete (a peer may fail midway)
         if self.sharded:
             if self.topo.is_main:
                 self.store.begin(self.step)
@@ -269,20 +271,32 @@ class Trainer:
                 self._commit(rng, digests, reason, started)
         elif self.topo.is_main:
             self._write_alone(rng, reason, started)
+        self.last_checkpoint_step = self.step
         if self.topo.is_main:
             self.metrics.set_state("training")
 
+    def _stop_agreed(self) -> bool:
+        """Whether to stop at this step boundary. ddp: this rank's own signal (rank 0 then writes
+        alone). fsdp: whether any rank got one, agreed by all of them with one tiny all-reduce
+        per step, so that they stop at the same step and write the signal checkpoint together
+        (the pods of a gang get SIGTERM at slightly different times)."""
+        if not self.sharded:
+            return self.stop.requested
+        flag = torch.tensor([1 if self.stop.requested else 0], dtype=torch.int32, device=self.topo.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     def save_checkpoint_alone(self, reason: str) -> None:
         """Rank 0 writes without the other ranks (after a signal, when they may be gone)."""
-        if not self.topo.is_main:
+        if not self.topo.is_main or self.last_checkpoint_step == self.step:
             return
         if self.sharded:
             log.warning(
                 "checkpoint_skipped",
                 step=self.step,
                 reason=reason,
-                detail="fsdp checkpoints need every rank; the newest interval checkpoint is where the "
-                "next attempt resumes",
+                detail="fsdp checkpoints need every rank and a peer was gone; the newest complete "
+                "checkpoint is where the next attempt resumes",
             )
             return
         self._write_alone([capture_rng()], reason, time.perf_counter())
@@ -496,7 +510,10 @@ class Trainer:
                     break
                 if self.step % ckpt_every == 0:
                     self.save_checkpoint("interval")
-                if self.stop.requested:
+                if self._stop_agreed():
+                    if self.sharded and self.last_checkpoint_step != self.step:
+                        # Every rank is here at this step: the one chance to write fsdp's shards.
+                        self.save_checkpoint("signal")
                     raise Interrupted()
             if self.finished:
                 break

@@ -143,6 +143,8 @@ class TrainerMetrics:
             "evalMetric",
             "evalMetricName",
             "samplesPerSecond",
+            "worldSize",
+            "resumedFromStep",
         )
         return {k: record[k] for k in keep if record.get(k) is not None} | {"state": "finished"}
 

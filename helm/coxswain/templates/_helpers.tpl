@@ -53,3 +53,13 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- toJson .Values.watchNamespaces -}}
 {{- end -}}
+
+{{/* The activator's rules: see which server pods are ready, raise replicas from 0. */}}
+{{- define "coxswain.activatorRules" -}}
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "watch"]
+- apiGroups: ["coxswain.dev"]
+  resources: ["modelservices/scale"]
+  verbs: ["get", "patch"]
+{{- end -}}

@@ -68,6 +68,7 @@ class TrainingJobReason(StrEnum):
     # Suspended
     JOB_SUSPENDED = "JobSuspended"
     JOB_RESUMED = "JobResumed"
+    GANG_RESIZED = "GangResized"  # event: nodes/procsPerNode changed while suspended
     # Stalled
     NO_PROGRESS = "NoProgress"
     PROGRESS_RESUMED = "ProgressResumed"

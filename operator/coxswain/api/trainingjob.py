@@ -534,7 +534,12 @@ class Ports(ApiModel):
     rendezvous: int = Field(default=29400, ge=1, le=65535, description="torchrun c10d rendezvous.")
 
 
-_IMMUTABLE = ("task", "nodes", "procsPerNode", "backend", "resources", "image", "optimization")
+_IMMUTABLE = ("task", "backend", "resources", "image", "optimization")
+# The gang's shape: changeable while suspended, when it makes a new attempt (a Job's pods
+# cannot change shape) that resumes from the last checkpoint on the new world size.
+_RESIZABLE = ("nodes", "procsPerNode")
+# Attempts whose shape status.attempts keeps (the newest).
+MAX_ATTEMPT_RECORDS = 32
 _IMMUTABLE_DEFAULTED = ("evaluation", "checkpoint", "seed")
 
 
@@ -576,6 +581,22 @@ class TrainingJobSpec(ApiModel):
         immutable("export", optional=True),
         immutable("queueName", optional=True),
         immutable("priorityClassName", optional=True),
+        *(
+            CelRule(
+                rule=f"oldSelf.suspend || self.{f} == oldSelf.{f}",
+                message=f"{f} can change only while the job is suspended (spec.suspend true): the next "
+                "attempt then runs the new gang and resumes from the last checkpoint",
+                field_path=f".{f}",
+            )
+            for f in _RESIZABLE
+        ),
+        CelRule(
+            rule="oldSelf.nodes != 1 || self.nodes == 1 || has(self.checkpoint.volume)",
+            message="nodes can grow past 1 only with checkpoint.volume set: a gang of more than one node "
+            "cannot mount the operator's ReadWriteOnce claim, so the resized job would start again from "
+            "step 0; set checkpoint.volume when creating the job, or create a new one",
+            field_path=".nodes",
+        ),
         CelRule(
             rule="oldSelf.suspend || self.nodeSelector == oldSelf.nodeSelector",
             message="nodeSelector can change only while the job is suspended (spec.suspend true)",
@@ -593,8 +614,19 @@ class TrainingJobSpec(ApiModel):
     seed: int = Field(
         default=0, ge=0, le=2**32 - 1, description="Seeds the split, initialisation and sampler."
     )
-    nodes: int = Field(default=1, ge=1, le=MAX_NODES, description="Pods in the gang (one per node), 1..1024.")
-    procs_per_node: int = Field(default=1, ge=1, le=64, description="Processes per pod (torchrun), 1..64.")
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_NODES,
+        description="Pods in the gang (one per node), 1..1024; changeable only while suspended (the next "
+        "attempt resumes from the last checkpoint on the new world size).",
+    )
+    procs_per_node: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes per pod (torchrun), 1..64; changeable only while suspended, as nodes.",
+    )
     backend: Backend = Field(
         default=Backend.AUTO, description="auto (nccl with GPUs, else gloo), nccl (needs gpus > 0) or gloo."
     )
@@ -706,6 +738,20 @@ class ExportedModel(ApiModel):
     version: str = Field(max_length=63, description="Version.")
 
 
+class AttemptRecord(ApiModel):
+    """The gang one attempt ran (or runs): recorded when its Job is made."""
+
+    attempt: int = Field(ge=1, description="Attempt number.")
+    nodes: int = Field(ge=1, description="Pods of the attempt.")
+    procs_per_node: int = Field(ge=1, description="Processes per pod.")
+    world_size: int = Field(ge=1, description="nodes x procsPerNode: processes training.")
+    resumed_from_step: int | None = Field(
+        default=None,
+        ge=0,
+        description="Checkpoint step the attempt resumed from (absent: step 0 or unknown).",
+    )
+
+
 class TrainingJobStatus(ApiModel):
     """Observed state of a TrainingJob, recomputed on every reconcile."""
 
@@ -725,6 +771,11 @@ class TrainingJobStatus(ApiModel):
     last_checkpoint: LastCheckpoint | None = Field(default=None, description="Newest checkpoint.")
     resumed_from_step: int | None = Field(
         default=None, ge=0, description="Step the current attempt resumed from (absent: it started at 0)."
+    )
+    attempts: list[AttemptRecord] = Field(
+        default_factory=list,
+        max_length=MAX_ATTEMPT_RECORDS,
+        description=f"The gang of each attempt, oldest first (the newest {MAX_ATTEMPT_RECORDS} are kept).",
     )
     start_time: datetime | None = Field(default=None, description="When the first attempt started.")
     completion_time: datetime | None = Field(default=None, description="When the job finished.")

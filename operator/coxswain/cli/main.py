@@ -19,6 +19,10 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "generate": ("coxswain.cli.generate", "generate CRD YAML and chart files from the API types"),
     "dev": ("coxswain.cli.dev", "local development cluster: `coxswain dev cluster up|down|status|env`"),
     "operator": ("coxswain.cli.operator", "run the operator: `coxswain operator run`"),
+    "activator": (
+        "coxswain.cli.activator",
+        "hold requests for ModelServices scaled to zero and wake them: `coxswain activator run`",
+    ),
     "logs": (
         "coxswain.cli.logs",
         "logs of a pod run by the local node agent: `coxswain logs POD [-n NS] [-f]`",

@@ -31,6 +31,8 @@ def dev_values(operator_digest: str, watch: list[str], host_path_prefixes: list[
         "logFormat": "plain",
         "tenancy": {"hostPath": {"allowed": bool(host_path_prefixes), "prefixes": host_path_prefixes}},
         "podAnnotations": {"coxswain.dev/image-digest": operator_digest},
+        # One activator (scale from zero) is enough on 2 CPUs.
+        "activator": {"replicas": 1},
     }
 
 

@@ -7,8 +7,10 @@
   the next burst needs);
 - with no metrics at all (no pod answered) nothing changes but the bounds.
 
-The floor is max(minReplicas, 1): with no pod left there is no load to read, so the
-operator never scales a service to zero by itself (an HPA, KEDA or a user may).
+The floor is minReplicas. At zero there is no pod whose load could be read: the
+activator (coxswain.activator) holds the next request and raises spec.replicas through
+the scale subresource, and from then on the rules above apply again. A new service starts
+with max(minReplicas, 1) replicas, so that it shows at once whether its model loads.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class Decision:
 
 
 def floor_replicas(auto: Autoscaling) -> int:
+    return auto.min_replicas
+
+
+def initial_replicas(auto: Autoscaling) -> int:
     return max(auto.min_replicas, 1)
 
 
@@ -50,9 +56,21 @@ def _unit(auto: Autoscaling) -> str:
 
 
 def decide(
-    current: int, load: float | None, auto: Autoscaling, low: LowDemand | None, now: float
+    current: int,
+    load: float | None,
+    auto: Autoscaling,
+    low: LowDemand | None,
+    now: float,
+    quiet_since: float | None = None,
 ) -> Decision:
-    """`load`: total over all pods in the target's unit (None: no pod answered)."""
+    """`load`: total over all pods in the target's unit (None: no pod answered).
+
+    `quiet_since`: since when the servers have counted no request at all (None: they have
+    counted some in the last window, or no window is known yet). Only that lets the count
+    drop to zero: in-flight requests are a snapshot, and a steady trickle of quick requests
+    shows 0 in flight at nearly every scrape while it still needs a pod. The delay before
+    zero counts from the last request, not from the first quiet scrape.
+    """
     lo, hi = floor_replicas(auto), auto.max_replicas
     if current < lo:
         return Decision(lo, f"below minReplicas {auto.min_replicas}: raised to {lo}", None)
@@ -61,6 +79,8 @@ def decide(
     if load is None:
         return Decision(current, "no server answered /metrics; keeping the replica count", low)
     want = needed_replicas(load, auto)
+    if want == 0 and quiet_since is None:
+        want = 1
     bounded = min(max(want, lo), hi)
     target = f"{auto.target.value:g} {_unit(auto)} per replica"
     seen = f"{load:.1f} {_unit(auto)} for a target of {target}"
@@ -70,7 +90,8 @@ def decide(
     if bounded == current:
         return Decision(current, f"{seen}: {current} is right", None)
     # Lower demand: wait it out, remembering the highest count asked for meanwhile.
-    low = LowDemand(now, bounded) if low is None else LowDemand(low.since, max(low.peak, bounded))
+    since = quiet_since if bounded == 0 and quiet_since is not None else now
+    low = LowDemand(since, bounded) if low is None else LowDemand(low.since, max(low.peak, bounded))
     waited = now - low.since
     if waited < auto.scale_down_delay_seconds:
         return Decision(

@@ -124,11 +124,13 @@ def build_traffic_config_map(ms: ModelService, weights: dict[str, int]) -> dict[
 
 def build_service(ms: ModelService) -> dict[str, Any]:
     name = _name(ms)
+    meta = _metadata(ms, naming.service_name(name))
+    meta["labels"] = {**meta["labels"], naming.LABEL_SLICES: "true"}  # copied onto its slices
     return _with_hash(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": _metadata(ms, naming.service_name(name)),
+            "metadata": meta,
             "spec": {
                 "type": "ClusterIP",
                 "selector": naming.selector(name),
@@ -143,6 +145,40 @@ def build_service(ms: ModelService) -> dict[str, Any]:
                     },
                 ],
             },
+        }
+    )
+
+
+def build_activator_slice(ms: ModelService, activator: list[tuple[str, int]]) -> dict[str, Any]:
+    """The Service's extra endpoints while no server pod is ready: the activator's pods.
+
+    kube-proxy merges every EndpointSlice labelled with the Service's name, so the Service
+    keeps its selector (the endpointslice controller's slice lists the server pods) and
+    routes to the activator only while that slice has no ready endpoint. HTTP only: the
+    activator holds and proxies HTTP; gRPC waits for a server pod.
+    """
+    name = _name(ms)
+    meta = _metadata(ms, naming.activator_slice_name(name))
+    meta["labels"] = {
+        **meta["labels"],
+        naming.LABEL_SERVICE_NAME: naming.service_name(name),
+        naming.LABEL_SLICE_MANAGED_BY: naming.SLICE_MANAGER,
+        naming.LABEL_SLICES: "true",
+    }
+    family = "IPv6" if any(":" in ip for ip, _ in activator) else "IPv4"
+    # One port per slice: the activator's pods share theirs (the lowest, should they differ).
+    port = min(p for _, p in activator)
+    return _with_hash(
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": meta,
+            "addressType": family,
+            "endpoints": [
+                {"addresses": [ip], "conditions": {"ready": True}}
+                for ip in sorted({ip for ip, p in activator if p == port})
+            ],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
         }
     )
 

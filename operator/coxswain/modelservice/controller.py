@@ -127,6 +127,42 @@ async def modelservice_replicasets(
     return _child_index(namespace, labels, body, memo)
 
 
+@kopf.index("discovery.k8s.io", "v1", "endpointslices", labels=LABELS)
+async def modelservice_endpointslices(
+    *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    # Ours (the activator's endpoints, while scaled to zero) and the endpointslice
+    # controller's (a server pod turning ready queues the service at once).
+    return _child_index(namespace, labels, body, memo)
+
+
+def ready_endpoints(body: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """(address, `http` port) of an EndpointSlice's ready endpoints (a missing `ready` means
+    ready); none without an `http` port."""
+    port = next((p.get("port") for p in body.get("ports") or [] if p.get("name") == "http"), None)
+    if not isinstance(port, int):
+        return []
+    found: list[tuple[str, int]] = []
+    for endpoint in body.get("endpoints") or []:
+        if (endpoint.get("conditions") or {}).get("ready") is False:
+            continue
+        found.extend((ip, port) for ip in (endpoint.get("addresses") or [])[:1])
+    return found
+
+
+@kopf.index("discovery.k8s.io", "v1", "endpointslices", labels={naming.LABEL_ACTIVATOR: kopf.PRESENT})
+async def modelservice_activators(
+    *, namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> dict[tuple[str, str], list[tuple[str, int]]]:
+    """The activator's pod addresses, from its Service's slices: every service that routes to it
+    is queued, so a new or moved activator pod is in their slices on the next pass."""
+    controller = _controller(memo)
+    for key, ms in list(controller.bodies.items()):
+        if ((ms.get("spec") or {}).get("autoscaling") or {}).get("minReplicas") == 0:
+            controller.wake(key)
+    return {(namespace or "", name): ready_endpoints(body)}
+
+
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=LABELS)
 async def modelservice_hpas(
     *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
@@ -210,6 +246,8 @@ class ModelServices:
             service=_first(index("modelservice_services"), key, "Service"),
             traffic=_first(index("modelservice_configmaps"), key, "ConfigMap"),
             hpa=_first(index("modelservice_hpas"), key, "HorizontalPodAutoscaler"),
+            activator_endpoints=self.activator_endpoints(),
+            activator_slice=_first(index("modelservice_endpointslices"), key, "EndpointSlice"),
             pods=pods,
             trainingjob=trainingjob,
             samples=samples,
@@ -222,6 +260,13 @@ class ModelServices:
             ),
         )
         return Observation(observed, scraped_at)
+
+    def activator_endpoints(self) -> tuple[tuple[str, int], ...]:
+        found: set[tuple[str, int]] = set()
+        for ips in self.runtime.index("modelservice_activators").values():
+            for some in ips:
+                found.update(some)
+        return tuple(sorted(found))
 
     def plan(self, key: Key, ms: ModelService, observation: Observation) -> Plan:
         memory = self.memory.get(key) or Memory()

@@ -8,6 +8,7 @@ from typing import Any
 from lightkube import ApiError, AsyncClient
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
+from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.types import PatchType
 
 from coxswain.api.modelservice import ModelService
@@ -61,6 +62,22 @@ async def _execute_one(
             namespace=ns,
             patch_type=PatchType.MERGE,
         )
+    elif kind == ActionKind.ENSURE_ACTIVATOR_SLICE:
+        assert action.obj is not None
+        await _apply(client, action.obj)
+        log.info(
+            "no server pod is ready: the Service routes HTTP to the activator (%s), which holds "
+            "requests and wakes the service",
+            ", ".join(e["addresses"][0] for e in action.obj["endpoints"]),
+        )
+    elif kind == ActionKind.DELETE_ACTIVATOR_SLICE:
+        assert action.obj is not None
+        try:
+            await client.delete(EndpointSlice, action.obj["metadata"]["name"], namespace=ns)
+            log.info("a server pod is ready: the Service routes straight to the server pods again")
+        except ApiError as exc:
+            if not is_not_found(exc):
+                raise
     elif kind == ActionKind.DELETE_HPA:
         try:
             await client.delete(HorizontalPodAutoscaler, name, namespace=ns)

@@ -26,6 +26,19 @@ AUTH_TOKEN_FILE = "token"
 ENCRYPTION_KEY_MOUNT = "/etc/coxswain/key"
 ENCRYPTION_KEY_FILE = "key"
 
+# Scale from zero (coxswain.activator): while a `minReplicas: 0` service has no ready pod, an
+# EndpointSlice of the operator's adds the activator's pods to the Service's endpoints.
+# The activator's own Service carries LABEL_ACTIVATOR; the endpointslice controller copies it
+# onto that Service's slices, which is how the operator finds the activator's pod IPs.
+LABEL_ACTIVATOR = "coxswain.dev/activator"
+# On every Service whose EndpointSlices the operator watches (a ModelService's, the
+# activator's) and so on their slices: the one server-side selector of that watch
+# (watch_only.SERVER_SELECTORS), since "this label or that one" has no selector syntax.
+LABEL_SLICES = "coxswain.dev/slices"
+LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+LABEL_SLICE_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
+SLICE_MANAGER = "coxswain-operator"
+
 
 def deployment_name(ms: str) -> str:
     return ms
@@ -38,6 +51,10 @@ def service_name(ms: str) -> str:
 
 def traffic_config_map_name(ms: str) -> str:
     return f"{ms}-traffic"
+
+
+def activator_slice_name(ms: str) -> str:
+    return f"{ms}-activator"
 
 
 def hpa_name(ms: str) -> str:

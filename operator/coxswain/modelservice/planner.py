@@ -48,6 +48,8 @@ class ActionKind(StrEnum):
     SCALE_DEPLOYMENT = "ScaleDeployment"
     ENSURE_HPA = "EnsureHpa"
     DELETE_HPA = "DeleteHpa"
+    ENSURE_ACTIVATOR_SLICE = "EnsureActivatorSlice"
+    DELETE_ACTIVATOR_SLICE = "DeleteActivatorSlice"
     SET_REPLICAS = "SetReplicas"  # the ModelService's own spec.replicas (scale subresource)
 
 
@@ -78,6 +80,10 @@ class Observed:
     samples: dict[str, PodSample]  # scraped this pass, by pod name
     # What the tenancy policy (and the namespace's Pod Security level) refuses in the spec.
     refusals: tuple[Refusal, ...] = ()
+    # Ready (IP, port) of the activator's pods (scale from zero), and our EndpointSlice that
+    # adds them to the Service while no server pod is ready.
+    activator_endpoints: tuple[tuple[str, int], ...] = ()
+    activator_slice: dict[str, Any] | None = None
 
 
 @dataclass
@@ -137,7 +143,7 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     # --- replicas -------------------------------------------------------------------------
     auto = ms.spec.autoscaling
     current = ms.spec.replicas
-    effective = current if current is not None else autoscaler.floor_replicas(auto)
+    effective = current if current is not None else autoscaler.initial_replicas(auto)
     win = window(memory.previous, obs.samples) if memory.previous and obs.samples else None
     # Rates over less than MIN_RATE_SECONDS (passes woken by pod events come close
     # together) are noise: keep the older sample as the base until the window is long enough.
@@ -149,7 +155,9 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
             demand = total_inflight(obs.samples) if obs.samples else None
         else:
             demand = win.rps if win is not None and win.seconds > 0 else None
-        decision = autoscaler.decide(effective, demand, auto, memory.low, clock)
+        # No request counted over the whole window: quiet since its start (see autoscaler).
+        quiet = clock - win.seconds if win is not None and win.pods > 0 and win.requests == 0 else None
+        decision = autoscaler.decide(effective, demand, auto, memory.low, clock, quiet)
         memory.low = decision.low
         if decision.changed(effective) or current is None:
             why = decision.reason if decision.changed(effective) else f"initial replicas {effective}"
@@ -176,6 +184,8 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     service = builders.build_service(ms)
     if _hash(obs.service) != _hash(service):
         actions.append(Action(ActionKind.ENSURE_SERVICE, service))
+
+    _route_to_activator(ms, obs, report.ready, not isinstance(served, NotServable), actions)
 
     if isinstance(served, NotServable):
         return _not_servable(ms, result, served, report, cond)
@@ -215,6 +225,24 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     ]
     _conditions(ms, status, report, effective, weights_ok, old, record, result, cond)
     return result
+
+
+def activator_routes(ms: ModelService, obs: Observed, ready: int, servable: bool) -> bool:
+    """Does the Service need the activator's endpoints? Only a `minReplicas: 0` service with
+    no ready pod and a model it can serve (else a held request would wait for nothing)."""
+    return servable and ms.spec.autoscaling.min_replicas == 0 and ready == 0 and bool(obs.activator_endpoints)
+
+
+def _route_to_activator(
+    ms: ModelService, obs: Observed, ready: int, servable: bool, actions: list[Action]
+) -> None:
+    if activator_routes(ms, obs, ready, servable):
+        wanted = builders.build_activator_slice(ms, list(obs.activator_endpoints))
+        if _hash(obs.activator_slice) != _hash(wanted):
+            actions.append(Action(ActionKind.ENSURE_ACTIVATOR_SLICE, wanted))
+    elif obs.activator_slice is not None:
+        # A ready pod (or no activator): requests go straight to the server pods.
+        actions.append(Action(ActionKind.DELETE_ACTIVATOR_SLICE, obs.activator_slice))
 
 
 def _analyse(
@@ -302,7 +330,15 @@ def _conditions(
         why = report.pending or "waiting for a pod to load and warm up the model"
         cond(C.MODEL_LOADED, ConditionStatus.UNKNOWN, R.MODEL_LOADING, why)
     # Ready: true only when a request would succeed on enough pods.
-    if desired == 0:
+    if desired == 0 and auto.min_replicas == 0:
+        cond(
+            C.READY,
+            False,
+            R.SCALED_TO_ZERO,
+            "scaled to zero: the next HTTP request is held by the activator and wakes the service "
+            "(without an activator installed, requests fail until replicas > 0)",
+        )
+    elif desired == 0:
         cond(C.READY, False, R.SCALED_TO_ZERO, "spec.replicas is 0: no pod serves requests")
     elif report.ready == 0:
         detail = (

@@ -81,6 +81,12 @@ def checkpoint_storage(
         cls = ckpt.storage_class_name or default_storage_class
         where = f"StorageClass {cls}" if cls else "its StorageClass"
         shared = f", mounted by all {tj.spec.nodes} pods" if tj.spec.nodes > 1 else ""
+        if mode == CheckpointAccessMode.READ_WRITE_MANY:
+            # The operator does not watch claims: say what to look at if the class cannot do it.
+            shared += (
+                "; the StorageClass must provide ReadWriteMany (if the claim stays Pending, "
+                f"`kubectl describe pvc {claim}` says why)"
+            )
         return CheckpointStorage(
             claim,
             True,

@@ -40,6 +40,21 @@ def attempt_of(obj: dict[str, Any]) -> int | None:
         return None
 
 
+def job_shape(job: dict[str, Any]) -> tuple[int, int] | None:
+    """(nodes, procsPerNode) a batch Job was made for, from its completions and torchrun's
+    environment (None: not one of ours as builders.py makes them)."""
+    spec = job.get("spec", {})
+    nodes = spec.get("completions")
+    for container in spec.get("template", {}).get("spec", {}).get("containers", []) or []:
+        for env in container.get("env", []) or []:
+            if env.get("name") == "PET_NPROC_PER_NODE" and isinstance(nodes, int):
+                try:
+                    return nodes, int(env.get("value", ""))
+                except ValueError:
+                    return None
+    return None
+
+
 def job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
     for cond in job.get("status", {}).get("conditions", []) or []:
         if cond.get("type") == type_ and cond.get("status") == "True":

@@ -19,7 +19,9 @@ from coxswain.api.conditions import TrainingJobConditionType as C
 from coxswain.api.conditions import TrainingJobPhase as Phase
 from coxswain.api.conditions import TrainingJobReason as R
 from coxswain.api.trainingjob import (
+    MAX_ATTEMPT_RECORDS,
     MAX_ATTEMPTS,
+    AttemptRecord,
     CleanPodPolicy,
     FailureAction,
     LastFailure,
@@ -37,6 +39,7 @@ from coxswain.trainingjob.observation import (
     exported_model,
     final_progress,
     job_condition,
+    job_shape,
     last_checkpoint,
     merge_progress,
     pending_reason,
@@ -168,6 +171,8 @@ class Planner:
         if get_condition(self.status.conditions, C.CHECKPOINTS_DURABLE.value) is None and self.obs.jobs:
             # A job made before the operator said where checkpoints live (an upgrade).
             self.checkpoint_condition()
+        if self.resized():
+            return self.plan
         if spec_changed:
             # Mutable fields (env of a suspended job, serving, ...) reach the trainer's config.
             self.plan.actions += [Action(ActionKind.ENSURE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
@@ -191,17 +196,90 @@ class Planner:
                 return self.plan
         elif job.get("spec", {}).get("suspend"):
             self.plan.actions.append(Action(ActionKind.RESUME_JOB, job["metadata"]["name"]))
-        if get_condition(self.status.conditions, C.SUSPENDED.value) is not None:
-            if self.status.phase == Phase.SUSPENDED:
-                self.event(
-                    "Normal", R.JOB_RESUMED.value, "Resumed: the gang starts again from the last checkpoint"
-                )
-                # The deadline counts running time: suspended time is not charged (as batch/v1 Job does).
-                self.status.start_time = self.now
-                self._restart_stall_clock()
-            self.clear(C.SUSPENDED, R.JOB_RESUMED, "spec.suspend is false")
+        self.resumed()
         self.observe_job(job)
         return self.plan
+
+    # -- the gang's shape ---------------------------------------------------------------
+    def record_of(self, attempt: int) -> AttemptRecord | None:
+        return next((r for r in self.status.attempts if r.attempt == attempt), None)
+
+    def shape_of_current_attempt(self) -> tuple[int, int] | None:
+        """(nodes, procsPerNode) the current attempt was made with (None: no Job made yet)."""
+        record = self.record_of(self.attempt)
+        if record is not None:
+            return record.nodes, record.procs_per_node
+        # A Job made before attempts were recorded (an operator upgrade).
+        shapes = [job_shape(j) for j in self.jobs_of_attempt(self.attempt)]
+        return next((s for s in shapes if s is not None), None)
+
+    def record_attempt(self) -> None:
+        """Written with the status before the attempt's Job is made (kept: the newest ones)."""
+        if self.record_of(self.attempt) is not None:
+            return
+        spec = self.spec
+        record = AttemptRecord(
+            attempt=self.attempt,
+            nodes=spec.nodes,
+            procs_per_node=spec.procs_per_node,
+            world_size=spec.nodes * spec.procs_per_node,
+        )
+        self.status.attempts = [*self.status.attempts, record][-MAX_ATTEMPT_RECORDS:]
+
+    def note_resumed_step(self, step: int | None) -> None:
+        self.status.resumed_from_step = step
+        record = self.record_of(self.attempt)
+        if record is not None and step is not None and record.resumed_from_step != step:
+            self.status.attempts = [
+                r.model_copy(update={"resumed_from_step": step}) if r.attempt == self.attempt else r
+                for r in self.status.attempts
+            ]
+
+    def resized(self) -> bool:
+        """nodes/procsPerNode changed while suspended (the CRD allows it then only): a Job's pods
+        cannot change shape, so the current attempt ends and the next one, made when the job is
+        resumed, runs the new gang from the last checkpoint. Not charged to the restart budget.
+        True when the job failed instead (no attempt number left)."""
+        old = self.shape_of_current_attempt()
+        new = (self.spec.nodes, self.spec.procs_per_node)
+        if old is None or old == new:
+            return False
+        previous = self.attempt
+        if previous + 1 > MAX_ATTEMPTS:
+            self.fail(
+                R.ATTEMPT_LIMIT_REACHED,
+                f"the gang was resized, which needs attempt {previous + 1}, past the limit of "
+                f"{MAX_ATTEMPTS} attempts; create a new TrainingJob to go on from its checkpoints",
+            )
+            return True
+        self.status.attempt = previous + 1
+        self.status.resumed_from_step = None  # the next attempt says where it resumed from
+        checkpoint = self.status.last_checkpoint
+        where = f"the last checkpoint (step {checkpoint.step})" if checkpoint else "the last checkpoint"
+        when = "when the job is resumed" if self.spec.suspend else "now"
+        self.event(
+            "Normal",
+            R.GANG_RESIZED.value,
+            f"gang resized from {old[0]} x {old[1]} to {new[0]} x {new[1]} processes (world size "
+            f"{old[0] * old[1]} -> {new[0] * new[1]}): attempt {previous} ends and attempt {previous + 1} "
+            f"starts {when} from {where} (not charged to the restart budget)",
+        )
+        # The old attempt's Job goes with the stale ones below; the next attempt's is made once
+        # it is gone (create_or_wait).
+        return False
+
+    def resumed(self) -> None:
+        """spec.suspend went back to false: say so once, and start the running-time clocks again."""
+        if get_condition(self.status.conditions, C.SUSPENDED.value) is None:
+            return
+        if self.status.phase == Phase.SUSPENDED:
+            self.event(
+                "Normal", R.JOB_RESUMED.value, "Resumed: the gang starts again from the last checkpoint"
+            )
+            # The deadline counts running time: suspended time is not charged (as batch/v1 Job does).
+            self.status.start_time = self.now
+            self._restart_stall_clock()
+        self.clear(C.SUSPENDED, R.JOB_RESUMED, "spec.suspend is false")
 
     def finished_housekeeping(self) -> None:
         if self.spec.clean_pod_policy == CleanPodPolicy.ALL:
@@ -273,10 +351,13 @@ class Planner:
         self.checkpoint_condition()
         if Action(ActionKind.ENSURE_CONFIG) not in self.plan.actions:
             self.plan.actions += [Action(ActionKind.CREATE_CONFIG), Action(ActionKind.ENSURE_SERVICE)]
+        self.record_attempt()
         self.plan.actions.append(Action(ActionKind.CREATE_JOB, job_name, self.attempt))
         if self.spec.queue_name:
             self.create_queued(job_name)
             return
+        # A resized gang's resume makes a new Job rather than un-suspending the old one.
+        self.resumed()
         if self.status.start_time is None:
             self.status.start_time = self.now
         if self.status.phase in (None, Phase.RESTARTING, Phase.SUSPENDED):
@@ -412,7 +493,7 @@ class Planner:
         self.status.last_checkpoint = last_checkpoint(self.status.last_checkpoint, self.obs.progress)
         resumed = resumed_from_step(self.obs.progress)
         if resumed is not None:
-            self.status.resumed_from_step = resumed
+            self.note_resumed_step(resumed)
         running = [
             p
             for p in pods
@@ -604,7 +685,11 @@ class Planner:
         if exported is not None:
             self.status.exported_model = exported
         # Short jobs end between two pulls of /progress; the termination log has the last word.
-        self.status.progress = merge_progress(self.status.progress, final_progress(pods), self.now)
+        final = final_progress(pods)
+        self.status.progress = merge_progress(self.status.progress, final, self.now)
+        resumed = resumed_from_step(final)
+        if resumed is not None:
+            self.note_resumed_step(resumed)
         if self.status.progress is not None:
             total = self.status.progress.total_steps
             # Short jobs finish between two pulls of /progress: the last pull may say "exporting".

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coxswain.api.modelservice import Autoscaling
-from coxswain.modelservice.autoscaler import Decision, LowDemand, decide
+from coxswain.modelservice.autoscaler import Decision, LowDemand, decide, initial_replicas
 
 pytestmark = pytest.mark.unit
 
@@ -63,11 +63,33 @@ def test_demand_back_up_resets_the_delay() -> None:
     assert d.replicas == 4  # a fresh delay starts at 40
 
 
-def test_min_holds_and_the_floor_is_one() -> None:
+def test_min_holds_and_min_zero_scales_to_zero_after_the_delay() -> None:
     assert decide(3, 0.0, auto(minReplicas=3), LowDemand(0.0, 3), 1000.0).replicas == 3
     assert decide(0, None, auto(minReplicas=2), None, 0.0).replicas == 2
-    assert decide(1, 0.0, auto(minReplicas=0), LowDemand(0.0, 0), 1000.0).replicas == 1
     assert decide(9, 0.0, auto(), None, 0.0).replicas == 6
+    # minReplicas 0: a pod that counted no request goes scaleDownDelaySeconds after the
+    # last one (the quiet window's start), not before.
+    a = auto(minReplicas=0)
+    d = decide(1, 0.0, a, None, 10.0, quiet_since=7.0)
+    assert d.replicas == 1 and d.low == LowDemand(7.0, 0)
+    d = decide(1, 0.0, a, d.low, 36.0, quiet_since=7.0)
+    assert d.replicas == 1
+    d = decide(1, 0.0, a, d.low, 37.0, quiet_since=7.0)
+    assert d.replicas == 0 and "scaleDownDelaySeconds 30" in d.reason
+    # At zero no pod answers /metrics: the count stays until the activator raises it.
+    assert decide(0, None, a, None, 40.0).replicas == 0
+    assert decide(1, None, a, None, 41.0).replicas == 1
+
+
+def test_a_trickle_with_nothing_in_flight_at_the_scrape_keeps_one_pod() -> None:
+    a = auto(minReplicas=0)
+    d = decide(1, 0.0, a, LowDemand(0.0, 0), 1000.0)  # requests counted: not quiet
+    assert d.replicas == 1 and d.low is None and "1 is right" in d.reason
+
+
+def test_a_new_service_starts_with_one_replica_even_with_min_zero() -> None:
+    assert initial_replicas(auto(minReplicas=0)) == 1
+    assert initial_replicas(auto(minReplicas=3)) == 3
 
 
 def test_no_metrics_keeps_replicas() -> None:

@@ -261,3 +261,65 @@ def test_a_spec_the_policy_refuses_is_not_ready_and_makes_nothing() -> None:
     status, reason, message = cond(p, "Ready")
     assert (status, reason) == ("False", "PolicyRefused") and "spec.repository.hostPath" in message
     assert [e.reason for e in p.events] == ["PolicyRefused"]
+
+
+def test_min_zero_without_a_ready_pod_routes_the_service_to_the_activator() -> None:
+    ms = make(replicas=0, autoscaling={"minReplicas": 0})
+    p = plan(ms, observed(activator_endpoints=(("10.1.0.7", 8080), ("10.1.0.5", 8080))), Memory(), NOW, 0.0)
+    slice_ = next(a.obj for a in p.actions if a.kind == ActionKind.ENSURE_ACTIVATOR_SLICE)
+    assert slice_ is not None
+    assert slice_["metadata"]["name"] == "digits-activator"
+    assert slice_["metadata"]["labels"]["kubernetes.io/service-name"] == "digits"
+    assert slice_["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == "coxswain-operator"
+    assert [e["addresses"] for e in slice_["endpoints"]] == [["10.1.0.5"], ["10.1.0.7"]]
+    assert slice_["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    status, reason, message = cond(p, "Ready")
+    assert (status, reason) == ("False", "ScaledToZero") and "activator" in message
+    # The same slice again: nothing to do.
+    p = plan(
+        ms,
+        observed(activator_endpoints=(("10.1.0.5", 8080), ("10.1.0.7", 8080)), activator_slice=slice_),
+        Memory(),
+        NOW,
+        0.0,
+    )
+    assert ActionKind.ENSURE_ACTIVATOR_SLICE not in kinds(p)
+    # A ready pod: straight to the pods again.
+    p = plan(
+        make(replicas=1, autoscaling={"minReplicas": 0}),
+        observed(pods=[pod("a")], activator_endpoints=(("10.1.0.5", 8080),), activator_slice=slice_),
+        Memory(),
+        NOW,
+        0.0,
+    )
+    assert ActionKind.DELETE_ACTIVATOR_SLICE in kinds(p)
+    assert ActionKind.ENSURE_ACTIVATOR_SLICE not in kinds(p)
+
+
+def test_no_activator_slice_for_min_one_or_without_an_activator() -> None:
+    p = plan(make(replicas=1), observed(activator_endpoints=(("10.1.0.5", 8080),)), Memory(), NOW, 0.0)
+    assert ActionKind.ENSURE_ACTIVATOR_SLICE not in kinds(p)
+    p = plan(make(replicas=0, autoscaling={"minReplicas": 0}), observed(), Memory(), NOW, 0.0)
+    assert ActionKind.ENSURE_ACTIVATOR_SLICE not in kinds(p)
+
+
+def _sample(at: float, requests: float, inflight: float = 0.0) -> PodSample:
+    return PodSample("a", at, inflight, {("v1", "200"): requests}, {}, {"v1": 100.0})
+
+
+def test_min_zero_scales_to_zero_only_after_the_delay_without_a_request() -> None:
+    auto = {"minReplicas": 0, "scaleDownDelaySeconds": 10}
+    ms = make(replicas=1, autoscaling=auto)
+    memory = Memory()
+    # Requests keep coming (none in flight at the scrapes): one pod stays.
+    for t, n in ((0.0, 0), (3.0, 5), (6.0, 9), (9.0, 12), (12.0, 20), (15.0, 25)):
+        p = plan(ms, observed(pods=[pod("a")], samples={"a": _sample(t, n)}), memory, NOW, t)
+        memory = p.memory
+        assert ActionKind.SET_REPLICAS not in kinds(p), t
+    # The last request was counted by 15 s: quiet since then; zero at 25 s, not before.
+    for t in (18.0, 21.0, 24.0):
+        p = plan(ms, observed(pods=[pod("a")], samples={"a": _sample(t, 25)}), memory, NOW, t)
+        memory = p.memory
+        assert ActionKind.SET_REPLICAS not in kinds(p), t
+    p = plan(ms, observed(pods=[pod("a")], samples={"a": _sample(27.0, 25)}), memory, NOW, 27.0)
+    assert [a.replicas for a in p.actions if a.kind == ActionKind.SET_REPLICAS] == [0]

@@ -93,6 +93,7 @@ def test_multi_node_gang_with_read_write_many_mounts_its_claim_in_every_pod() ->
     storage = checkpoint_storage(tj, default_storage_class="nfs", claim_exists=False)
     assert storage.durable and storage.claim == "mlp-checkpoints" and storage.reason == R.CLAIM_PER_JOB
     assert "ReadWriteMany" in storage.message and "all 3 pods" in storage.message
+    assert "kubectl describe pvc mlp-checkpoints" in storage.message
     assert builders.build_checkpoint_claim(tj)["spec"]["accessModes"] == ["ReadWriteMany"]
     # One template for every node rank: each pod mounts the claim.
     job = builders.build_job(tj, 1, storage.claim)

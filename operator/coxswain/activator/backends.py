@@ -1,0 +1,101 @@
+"""Which server pods of which ModelService are ready, from their Service's EndpointSlices,
+and a way to wait for the first one.
+
+Fed by a watch (watch.py); pure bookkeeping here so every rule is a unit test. Only the
+endpointslice controller's slices count: the operator's own slice of the same Service
+lists the activator itself, and proxying to it would loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from coxswain.modelservice import naming
+
+Key = tuple[str, str]  # (namespace, ModelService name)
+Address = tuple[str, int]  # (pod IP, HTTP port)
+
+CONTROLLER_MANAGER = "endpointslice-controller.k8s.io"
+
+
+def slice_key(body: Mapping[str, Any]) -> Key | None:
+    """The ModelService a server slice belongs to; None for any other slice."""
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if labels.get(naming.LABEL_SLICE_MANAGED_BY) != CONTROLLER_MANAGER:
+        return None
+    service = labels.get(naming.LABEL_SERVICE_NAME)
+    if not service or naming.LABEL_MODELSERVICE not in labels:
+        return None
+    return (meta.get("namespace") or "", service)
+
+
+def ready_addresses(body: Mapping[str, Any]) -> list[Address]:
+    """Ready endpoints (a missing `ready` means ready) on the slice's `http` port."""
+    port = next((p.get("port") for p in body.get("ports") or [] if p.get("name") == "http"), None)
+    if not isinstance(port, int):
+        return []
+    out: list[Address] = []
+    for endpoint in body.get("endpoints") or []:
+        conditions = endpoint.get("conditions") or {}
+        if conditions.get("ready") is False or conditions.get("terminating") is True:
+            continue
+        out.extend((ip, port) for ip in (endpoint.get("addresses") or [])[:1])
+    return out
+
+
+@dataclass
+class Backends:
+    """Ready server addresses per ModelService, and events set when the first one appears."""
+
+    _slices: dict[Key, dict[str, list[Address]]] = field(default_factory=dict)
+    _ready: dict[Key, asyncio.Event] = field(default_factory=dict)
+    _turn: dict[Key, itertools.count[int]] = field(default_factory=dict)
+
+    def update(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        key = slice_key(body)
+        if key is None:
+            return
+        name = (body.get("metadata") or {}).get("name") or ""
+        slices = self._slices.setdefault(key, {})
+        if deleted:
+            slices.pop(name, None)
+        else:
+            slices[name] = ready_addresses(body)
+        event = self._event(key)
+        if self.addresses(key):
+            event.set()
+        else:
+            event.clear()
+
+    def reset(self) -> None:
+        """A new watch starts from a full listing: forget what the old one said."""
+        self._slices.clear()
+        for event in self._ready.values():
+            event.clear()
+
+    def addresses(self, key: Key) -> list[Address]:
+        return [a for addrs in self._slices.get(key, {}).values() for a in addrs]
+
+    def pick(self, key: Key) -> Address | None:
+        """One ready address, round robin; None while there is none."""
+        found = self.addresses(key)
+        if not found:
+            return None
+        turn = next(self._turn.setdefault(key, itertools.count()))
+        return found[turn % len(found)]
+
+    def _event(self, key: Key) -> asyncio.Event:
+        event = self._ready.get(key)
+        if event is None:
+            event = self._ready[key] = asyncio.Event()
+        return event
+
+    async def wait_ready(self, key: Key) -> None:
+        """Return once `key` has a ready address (callers bound the wait)."""
+        while not self.addresses(key):
+            await self._event(key).wait()

@@ -1,0 +1,108 @@
+"""The activator's two uses of the API server, and nothing more (its RBAC in the chart):
+
+- list/watch EndpointSlices labelled with a ModelService: the endpointslice controller's
+  slices say when a server pod is ready (a watch: the held request goes on at once);
+- get/patch `modelservices/scale`: raise spec.replicas from 0 to 1, the wake-up. The
+  operator's autoscaler takes it from there (and scales back to zero after
+  scaleDownDelaySeconds without load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from lightkube import ALL_NS, ApiError, AsyncClient, operators
+from lightkube.resources.discovery_v1 import EndpointSlice
+from lightkube.types import OnErrorAction, OnErrorResult, PatchType
+from prometheus_client import Counter
+
+from coxswain.activator.backends import Backends, Key
+from coxswain.kube import MODELSERVICE_RESOURCE
+from coxswain.modelservice import naming
+
+log = logging.getLogger("coxswain.activator")
+
+RETRY_SECONDS = 1.0
+
+WAKEUPS = Counter(
+    "coxswain_activator_wakeups",
+    "Times the activator raised a ModelService's replicas from 0",
+    ["namespace", "modelservice"],
+)
+
+
+def _retry(exc: Exception, attempt: int) -> OnErrorResult:
+    log.warning("EndpointSlice watch interrupted (%s); resuming", exc)
+    return OnErrorResult(OnErrorAction.RETRY, sleep=min(RETRY_SECONDS * attempt, 10.0))
+
+
+async def watch_slices(
+    client: AsyncClient, backends: Backends, synced: asyncio.Event, namespaces: list[str] | None = None
+) -> None:
+    """Keep `backends` current, from every namespace or (a chart with watchNamespaces, where
+    the activator holds Roles only there) from each of `namespaces`."""
+    backends.reset()
+    # A watch without a resourceVersion starts with every existing slice as ADDED; a request
+    # that arrives before its slice's ADDED event waits for it like for a wake-up.
+    synced.set()
+    await asyncio.gather(*(_watch(client, backends, ns) for ns in (namespaces or [ALL_NS])))
+
+
+async def _watch(client: AsyncClient, backends: Backends, namespace: str) -> None:
+    async for op, obj in client.watch(
+        EndpointSlice,
+        namespace=namespace,
+        labels={naming.LABEL_MODELSERVICE: operators.exists()},
+        on_error=_retry,
+    ):
+        body: dict[str, Any] = obj.to_dict()
+        backends.update(body, deleted=op == "DELETED")
+
+
+class Waker:
+    """Raises a ModelService's replicas from 0 to 1; one request to the API per service at once."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self._inflight: dict[Key, asyncio.Task[bool]] = {}
+
+    def wake(self, key: Key) -> asyncio.Task[bool]:
+        task = self._inflight.get(key)
+        if task is None or task.done():
+            task = self._inflight[key] = asyncio.create_task(self._wake(key))
+            task.add_done_callback(lambda t: _report(key, t))
+        return task
+
+    async def _wake(self, key: Key) -> bool:
+        """True when it raised the replicas; False when they were above zero already."""
+        ns, name = key
+        for _ in range(5):  # a conflict means someone else wrote replicas meanwhile: look again
+            scale = await self.client.get(MODELSERVICE_RESOURCE.Scale, name, namespace=ns)
+            replicas = scale.spec.replicas if scale.spec is not None else None
+            if replicas is not None and replicas >= 1:
+                return False
+            version = scale.metadata.resourceVersion if scale.metadata is not None else None
+            body = {"metadata": {"resourceVersion": version}, "spec": {"replicas": 1}}
+            try:
+                await self.client.patch(
+                    MODELSERVICE_RESOURCE.Scale, name, body, namespace=ns, patch_type=PatchType.MERGE
+                )
+            except ApiError as exc:
+                if exc.status.code == 409:
+                    continue
+                raise
+            log.info("[%s/%s] a request arrived at zero replicas: raised replicas to 1", ns, name)
+            return True
+        return False
+
+
+def _report(key: Key, task: asyncio.Task[bool]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.warning("[%s/%s] could not raise the replicas (%s); asking again while requests wait", *key, exc)
+    elif task.result():
+        WAKEUPS.labels(*key).inc()

@@ -1,0 +1,97 @@
+"""The activator (coxswain.activator) as a host process for the scale-from-zero tests, and
+the Service + EndpointSlice the chart and the endpointslice controller would give it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+from lightkube.codecs import from_dict
+
+from cluster_fixtures import ClusterHandle
+from coxswain.modelservice import naming
+from operator_fixtures import free_port
+
+
+class ActivatorProcess:
+    """`coxswain activator run` as a host process, listening on `host`."""
+
+    def __init__(self, cluster: ClusterHandle, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port, self.admin_port = free_port(), free_port()
+        self.log_path = Path(tempfile.mkdtemp(prefix="coxswain-activator-")) / "activator.log"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "coxswain",
+                    "activator",
+                    "run",
+                    "--host",
+                    host,
+                    "--port",
+                    str(self.port),
+                    "--admin-port",
+                    str(self.admin_port),
+                    "--hold-timeout",
+                    "120",
+                ],
+                env=cluster.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"http://{self.host}:{self.admin_port}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def metric(self, name: str, ns: str, ms: str) -> float:
+        text = httpx.get(f"http://{self.host}:{self.admin_port}/metrics", timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") and f'namespace="{ns}"' in line and f'modelservice="{ms}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def activator_service(cluster: ClusterHandle, ns: str, ip: str, port: int) -> None:
+    """What the chart makes: the activator's Service, labelled so the operator finds it, and
+    (what the endpointslice controller would derive from the activator's pods) its slice."""
+    labels = {naming.LABEL_ACTIVATOR: "true", naming.LABEL_SLICES: "true"}
+    cluster.client.create(
+        from_dict(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "coxswain-activator", "namespace": ns, "labels": labels},
+                "spec": {"ports": [{"name": "http", "port": port}]},
+            }
+        )
+    )
+    cluster.client.create(
+        from_dict(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "coxswain-activator-1",
+                    "namespace": ns,
+                    "labels": {**labels, naming.LABEL_SERVICE_NAME: "coxswain-activator"},
+                },
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
+                "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            }
+        )
+    )

@@ -1,0 +1,275 @@
+"""Scale from zero on the real node: the server image in containerd, kube-proxy routing the
+ModelService's ClusterIP, the operator and the activator as host processes (the activator
+listens on the host bridge's address, inside the cluster's own network, and its slice lists
+that address), and a burst of 100 requests from a client pod on the node to the Service's
+DNS name (CoreDNS, then kube-proxy's ClusterIP rules).
+
+The figure: first answer against the server pod's own start and readiness, i.e. "pod start
++ model load + 1 s".
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightkube.codecs import from_dict
+from lightkube.models.core_v1 import PodStatus
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
+from lightkube.resources.discovery_v1 import EndpointSlice
+
+from activator_fixtures import ActivatorProcess, activator_service
+from cluster_fixtures import ClusterHandle, wait_for
+from coxswain.devcluster import DevCluster
+from coxswain.devcluster.realnode import REAL_NODE_LABEL
+from coxswain.kube import MODELSERVICE_RESOURCE
+from coxswain.modelservice import naming
+from operator_fixtures import NAMESPACE_PREFIX, OperatorProcess, free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "modelservice"))
+
+from serving_harness import BODY, INFER_PATH, write_repository
+
+pytestmark = pytest.mark.realnode
+
+IMAGES_CACHE = Path.home() / ".cache" / "coxswain" / "images"
+BURST = 100
+DELAY = 10
+
+# The client pod's script (the server image's Python, standard library only): 100 requests
+# at once to the Service's DNS name; prints when it sent them and each code and duration.
+CLIENT = """
+import json, sys, time, urllib.error, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+url, n, body = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+def one(_):
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    began = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=300) as r:
+            code = r.status
+    except urllib.error.HTTPError as e:
+        code = e.code
+    except OSError as e:
+        code = repr(e)
+    return code, time.monotonic() - began
+sent = time.time()
+with ThreadPoolExecutor(n) as pool:
+    results = list(pool.map(one, range(n)))
+print("RESULT " + json.dumps({"sent": sent, "results": results}), flush=True)
+"""
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    algo, hexdigest = digest.split(":", 1)
+    return layout / "blobs" / algo / hexdigest
+
+
+def _blobs(layout: Path, digest: str) -> list[str] | None:
+    """The manifest (or index) and every blob it names, or None when the layout lacks one."""
+    path = _blob(layout, digest)
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    found = [digest]
+    if "config" in doc:
+        found += [doc["config"]["digest"], *(layer["digest"] for layer in doc.get("layers", []))]
+    for child in doc.get("manifests", []):
+        below = _blobs(layout, child["digest"])
+        if below is None:
+            return None
+        found += below
+    return found if all(_blob(layout, d).exists() for d in found) else None
+
+
+def server_only_layout(tmp: Path) -> tuple[Path, str] | None:
+    """An OCI layout holding only the newest server image (its blobs hard-linked):
+    the cache's layouts hold the 6 GB trainer image too, which this test does not need."""
+    for index in sorted(IMAGES_CACHE.glob("oci-*/index.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        for manifest in json.loads(index.read_text()).get("manifests", []):
+            name = (manifest.get("annotations") or {}).get("io.containerd.image.name", "")
+            blobs = _blobs(index.parent, manifest["digest"]) if "/server:" in name else None
+            if blobs is not None:
+                out = tmp / "server-layout"
+                (out / "blobs" / "sha256").mkdir(parents=True)
+                (out / "oci-layout").write_text((index.parent / "oci-layout").read_text())
+                (out / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest]}))
+                for digest in set(blobs):
+                    target = _blob(out, digest)
+                    try:
+                        target.hardlink_to(_blob(index.parent, digest))
+                    except OSError:
+                        shutil.copyfile(_blob(index.parent, digest), target)
+                return out, name
+    return None
+
+
+@pytest.fixture(scope="module")
+def server_image(
+    real_cluster: ClusterHandle, real_dev: DevCluster, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    found = server_only_layout(tmp_path_factory.mktemp("images"))
+    if found is None:
+        pytest.skip(f"no server image layout under {IMAGES_CACHE}: run `make images` first")
+    layout, name = found
+    real_dev.load_image(layout)
+    return name
+
+
+@pytest.fixture(scope="module")
+def real_operator(
+    real_cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(
+        real_cluster, tmp_path_factory.mktemp("operator") / "operator.log", free_port(), free_port()
+    )
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"operator log: {op.log_path}")
+
+
+@pytest.fixture
+def op_ns(real_cluster: ClusterHandle) -> Iterator[str]:
+    name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:8]}"
+    client = real_cluster.client
+    client.create(Namespace(metadata=ObjectMeta(name=name)))
+    wait_for(
+        lambda: client.get(ServiceAccount, "default", namespace=name), 60, f"ServiceAccount {name}/default"
+    )
+    yield name
+    client.delete(Namespace, name)
+
+
+@pytest.fixture
+def host_activator(
+    real_cluster: ClusterHandle, real_dev: DevCluster
+) -> Iterator[tuple[ActivatorProcess, str]]:
+    nodes = real_dev.real_nodes()
+    assert nodes is not None
+    act = ActivatorProcess(real_cluster, host=nodes.gateway_ip)
+    try:
+        wait_for(act.ready, 60, "the activator's EndpointSlice watch")
+        yield act
+    finally:
+        act.stop()
+        print(f"activator log: {act.log_path}")
+
+
+def activator_slice(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any] | None:
+    for s in cluster.client.list(EndpointSlice, namespace=ns, labels={naming.LABEL_SERVICE_NAME: name}):
+        if (s.metadata.labels or {}).get(naming.LABEL_SLICE_MANAGED_BY) == naming.SLICE_MANAGER:
+            return dict(s.to_dict())
+    return None
+
+
+def replicas(cluster: ClusterHandle, ns: str, name: str) -> int | None:
+    return dict(cluster.client.get(MODELSERVICE_RESOURCE, name, namespace=ns))["spec"].get("replicas")
+
+
+def test_a_burst_at_zero_replicas_on_the_real_node_is_answered(
+    real_cluster: ClusterHandle,
+    server_image: str,
+    real_operator: OperatorProcess,
+    op_ns: str,
+    host_activator: ActivatorProcess,
+    tmp_path: Path,
+) -> None:
+    activator = host_activator
+    ns, name = op_ns, "digits"
+    activator_service(real_cluster, ns, activator.host, activator.port)
+    repository = tmp_path / "models"
+    write_repository(repository)
+    for path in (tmp_path, repository, *repository.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    spec = {
+        "image": server_image,
+        "model": {"uri": f"file://{repository}/digits"},
+        "repository": {"hostPath": {"path": str(repository)}},
+        "resources": {"cpu": "1", "memory": "1Gi"},
+        "nodeSelector": {REAL_NODE_LABEL: "true"},
+        "versions": {"stable": "v1"},
+        "replicas": 0,
+        "autoscaling": {
+            "minReplicas": 0,
+            "maxReplicas": 1,
+            "target": {"metric": "inflight", "value": 200},
+            "scaleDownDelaySeconds": DELAY,
+        },
+    }
+    body: dict[str, Any] = {"metadata": {"name": name}, "spec": spec}
+    real_cluster.client.create(MODELSERVICE_RESOURCE(body), namespace=ns)
+    wait_for(lambda: activator_slice(real_cluster, ns, name) is not None, 60, "the activator's slice")
+
+    client_pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "burst"},
+        "spec": {
+            "nodeSelector": {REAL_NODE_LABEL: "true"},
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "burst",
+                    "image": server_image,
+                    "imagePullPolicy": "Never",
+                    "command": ["python", "-c", CLIENT],
+                    "args": [
+                        f"http://{name}.{ns}.svc.cluster.local{INFER_PATH}",
+                        str(BURST),
+                        json.dumps(BODY),
+                    ],
+                    "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}},
+                }
+            ],
+        },
+    }
+    real_cluster.client.create(from_dict(client_pod), namespace=ns)
+
+    def finished() -> str | None:
+        phase = (real_cluster.client.get(Pod, "burst", namespace=ns).status or PodStatus()).phase
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    assert wait_for(finished, 400, "the burst pod") == "Succeeded"
+    line = next(x for x in real_cluster.client.log("burst", namespace=ns) if x.startswith("RESULT "))
+    outcome = json.loads(line.removeprefix("RESULT "))
+    sent = datetime.fromtimestamp(outcome["sent"], UTC)
+    codes = [c for c, _ in outcome["results"]]
+    times = [t for _, t in outcome["results"]]
+    assert codes == [200] * BURST, sorted(set(codes))
+    assert activator.metric("coxswain_activator_wakeups_total", ns, name) == 1
+
+    (pod,) = real_cluster.client.list(Pod, namespace=ns, labels={naming.LABEL_MODELSERVICE: name})
+    assert pod.metadata is not None and pod.status is not None
+    created = pod.metadata.creationTimestamp
+    ready_at = next(c.lastTransitionTime for c in pod.status.conditions or [] if c.type == "Ready")
+    started = next(
+        (
+            cs.state.running.startedAt
+            for cs in pod.status.containerStatuses or []
+            if cs.state and cs.state.running
+        ),
+        None,
+    )
+    assert created is not None and ready_at is not None
+    since = lambda t: (t - sent).total_seconds()  # noqa: E731
+    print(
+        f"real node, scale from zero: burst sent -> pod created {since(created):.1f} s, container started "
+        f"{since(started) if started else float('nan'):.1f} s, pod Ready {since(ready_at):.1f} s; first answer "
+        f"{min(times):.2f} s, last {max(times):.2f} s; first answer - pod Ready {min(times) - since(ready_at):.2f} s "
+        "(API timestamps in whole seconds)"
+    )
+    # Straight to the pod once it is ready; back to zero after the delay, the activator again.
+    wait_for(lambda: activator_slice(real_cluster, ns, name) is None, 60, "the activator's slice removed")
+    wait_for(lambda: replicas(real_cluster, ns, name) == 0, DELAY + 60, "scale to zero")
+    wait_for(lambda: activator_slice(real_cluster, ns, name) is not None, 120, "the activator's slice again")

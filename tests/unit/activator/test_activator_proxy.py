@@ -1,0 +1,116 @@
+"""The activator's proxy against a real upstream HTTP server on loopback: a request held
+until the first pod is ready, a cold pod's 429 retried, the hold timeout answered 503 with
+Retry-After. The EndpointSlice watch is replaced by feeding `Backends` the slices it would
+see; the wake-up is recorded instead of patching a cluster (tests/e2e covers both for real)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from coxswain.activator.backends import Backends, Key
+from coxswain.activator.proxy import Activator, make_app, new_session
+
+pytestmark = pytest.mark.unit
+
+HOST = "digits.ml.svc.cluster.local"
+
+
+class RecordingWaker:
+    def __init__(self) -> None:
+        self.keys: list[Key] = []
+        self.asked = asyncio.Event()
+
+    def wake(self, key: Key) -> Any:
+        self.keys.append(key)
+        self.asked.set()
+
+
+def ready_slice(port: int) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "digits-abc",
+            "namespace": "ml",
+            "labels": {
+                "kubernetes.io/service-name": "digits",
+                "coxswain.dev/modelservice": "digits",
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            },
+        },
+        "ports": [{"name": "http", "port": port}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+    }
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[int, list[int]]]:
+    """A server whose first answer is 429 (a full queue), then 200 with the body echoed."""
+    answers: list[int] = []
+
+    async def infer(request: web.Request) -> web.Response:
+        code = 429 if not answers else 200
+        answers.append(code)
+        body = await request.read()
+        return web.Response(status=code, body=body, headers={"X-Host": request.host})
+
+    app = web.Application()
+    app.router.add_post("/v2/models/digits/infer", infer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield port, answers
+    await runner.cleanup()
+
+
+async def serve(activator: Activator) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(make_app(activator))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+async def test_a_held_request_is_answered_once_a_pod_is_ready(upstream: tuple[int, list[int]]) -> None:
+    port, answers = upstream
+    backends, waker = Backends(), RecordingWaker()
+    session = new_session()
+    runner, own = await serve(Activator(backends, waker, session, hold_timeout=30))  # type: ignore[arg-type]
+    try:
+        async with aiohttp.ClientSession() as client:
+            call = asyncio.create_task(
+                client.post(
+                    f"http://127.0.0.1:{own}/v2/models/digits/infer", data=b"x" * 10, headers={"Host": HOST}
+                )
+            )
+            await asyncio.wait_for(waker.asked.wait(), 10)
+            assert waker.keys[0] == ("ml", "digits") and not call.done()
+            backends.update(ready_slice(port))
+            response = await asyncio.wait_for(call, 10)
+            assert response.status == 200 and await response.read() == b"x" * 10
+            assert response.headers["X-Host"] == HOST
+            assert answers == [429, 200]  # the cold pod's 429 was retried, not passed on
+    finally:
+        await runner.cleanup()
+        await session.close()
+
+
+async def test_no_ready_pod_within_the_hold_timeout_is_503_with_retry_after() -> None:
+    session = new_session()
+    runner, own = await serve(Activator(Backends(), RecordingWaker(), session, hold_timeout=0.3))  # type: ignore[arg-type]
+    try:
+        async with aiohttp.ClientSession() as client:
+            r = await client.get(f"http://127.0.0.1:{own}/v2/models/digits", headers={"Host": HOST})
+            assert r.status == 503 and r.headers["Retry-After"] == "1"
+            assert "ml/digits has no ready pod" in (await r.json())["error"]
+            r = await client.get(f"http://127.0.0.1:{own}/v2/models/digits", headers={"Host": "digits"})
+            assert r.status == 404 and "<name>.<namespace>" in (await r.json())["error"]
+    finally:
+        await runner.cleanup()
+        await session.close()
