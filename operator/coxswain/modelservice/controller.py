@@ -199,6 +199,17 @@ def _first(index: Mapping[Key, Any], key: Key, kind: str) -> dict[str, Any] | No
     return None
 
 
+def activator_slice(slices: Mapping[Key, Any], key: Key) -> dict[str, Any] | None:
+    """Our EndpointSlice that routes `key`'s Service to the activator, by its name: the
+    endpointslice controller's slices of that Service carry the same labels (copied from the
+    Service) and must never be taken for it, or a pass would delete them."""
+    name = naming.activator_slice_name(key[1])
+    for obj in slices.get(key, []):
+        if (obj.get("metadata") or {}).get("name") == name:
+            return cast(dict[str, Any], obj)
+    return None
+
+
 @dataclass
 class Observation:
     observed: Observed
@@ -247,7 +258,7 @@ class ModelServices:
             traffic=_first(index("modelservice_configmaps"), key, "ConfigMap"),
             hpa=_first(index("modelservice_hpas"), key, "HorizontalPodAutoscaler"),
             activator_endpoints=self.activator_endpoints(),
-            activator_slice=_first(index("modelservice_endpointslices"), key, "EndpointSlice"),
+            activator_slice=activator_slice(index("modelservice_endpointslices"), key),
             pods=pods,
             trainingjob=trainingjob,
             samples=samples,
