@@ -22,6 +22,7 @@ from typing import Any, cast
 import kopf
 
 from coxswain import metrics, name_conflicts
+from coxswain.activator.backends import ready_addresses
 from coxswain.api import GROUP, MODELSERVICE_PLURAL, VERSION
 from coxswain.api.common import ConditionStatus
 from coxswain.api.conditions import ModelServiceConditionType as C
@@ -136,20 +137,6 @@ async def modelservice_endpointslices(
     return _child_index(namespace, labels, body, memo)
 
 
-def ready_endpoints(body: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """(address, `http` port) of an EndpointSlice's ready endpoints (a missing `ready` means
-    ready); none without an `http` port."""
-    port = next((p.get("port") for p in body.get("ports") or [] if p.get("name") == "http"), None)
-    if not isinstance(port, int):
-        return []
-    found: list[tuple[str, int]] = []
-    for endpoint in body.get("endpoints") or []:
-        if (endpoint.get("conditions") or {}).get("ready") is False:
-            continue
-        found.extend((ip, port) for ip in (endpoint.get("addresses") or [])[:1])
-    return found
-
-
 @kopf.index("discovery.k8s.io", "v1", "endpointslices", labels={naming.LABEL_ACTIVATOR: kopf.PRESENT})
 async def modelservice_activators(
     *, namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
@@ -160,7 +147,7 @@ async def modelservice_activators(
     for key, ms in list(controller.bodies.items()):
         if ((ms.get("spec") or {}).get("autoscaling") or {}).get("minReplicas") == 0:
             controller.wake(key)
-    return {(namespace or "", name): ready_endpoints(body)}
+    return {(namespace or "", name): ready_addresses(body)}
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=LABELS)
