@@ -682,6 +682,11 @@ def valid_updates() -> list[ValidUpdate]:
             _with(with_volume, (S, "nodes"), 1),
             _with(with_volume, (S, "nodes"), 3),
         ),
+        ValidUpdate(
+            "nodes-grown-with-read-write-many",
+            _with(_with(suspended, (S, "checkpoint", "accessMode"), "ReadWriteMany"), (S, "nodes"), 1),
+            _with(_with(suspended, (S, "checkpoint", "accessMode"), "ReadWriteMany"), (S, "nodes"), 2),
+        ),
         ValidUpdate("procs-per-node-while-suspended", suspended, _with(suspended, (S, "procsPerNode"), 4)),
         ValidUpdate(
             "resize-and-resume",
