@@ -22,6 +22,7 @@ from typing import Any, cast
 import kopf
 
 from coxswain import metrics, name_conflicts
+from coxswain.activator.backends import ready_addresses
 from coxswain.api import GROUP, MODELSERVICE_PLURAL, VERSION
 from coxswain.api.common import ConditionStatus
 from coxswain.api.conditions import ModelServiceConditionType as C
@@ -138,20 +139,6 @@ async def modelservice_endpointslices(
     return _child_index(namespace, labels, body, memo)
 
 
-def ready_endpoints(body: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """(address, `http` port) of an EndpointSlice's ready endpoints (a missing `ready` means
-    ready); none without an `http` port."""
-    port = next((p.get("port") for p in body.get("ports") or [] if p.get("name") == "http"), None)
-    if not isinstance(port, int):
-        return []
-    found: list[tuple[str, int]] = []
-    for endpoint in body.get("endpoints") or []:
-        if (endpoint.get("conditions") or {}).get("ready") is False:
-            continue
-        found.extend((ip, port) for ip in (endpoint.get("addresses") or [])[:1])
-    return found
-
-
 @kopf.index("discovery.k8s.io", "v1", "endpointslices", labels={naming.LABEL_ACTIVATOR: kopf.PRESENT})
 async def modelservice_activators(
     *, namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
@@ -162,7 +149,7 @@ async def modelservice_activators(
     for key, ms in list(controller.bodies.items()):
         if ((ms.get("spec") or {}).get("autoscaling") or {}).get("minReplicas") == 0:
             controller.wake(key)
-    return {(namespace or "", name): ready_endpoints(body)}
+    return {(namespace or "", name): ready_addresses(body)}
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=LABELS)
@@ -197,6 +184,17 @@ async def modelservice_seen(
 def _first(index: Mapping[Key, Any], key: Key, kind: str) -> dict[str, Any] | None:
     for obj in index.get(key, []):
         if obj.get("kind") in (kind, None):
+            return cast(dict[str, Any], obj)
+    return None
+
+
+def activator_slice(slices: Mapping[Key, Any], key: Key) -> dict[str, Any] | None:
+    """Our EndpointSlice that routes `key`'s Service to the activator, by its name: the
+    endpointslice controller's slices of that Service carry the same labels (copied from the
+    Service) and must never be taken for it, or a pass would delete them."""
+    name = naming.activator_slice_name(key[1])
+    for obj in slices.get(key, []):
+        if (obj.get("metadata") or {}).get("name") == name:
             return cast(dict[str, Any], obj)
     return None
 
@@ -249,7 +247,7 @@ class ModelServices:
             traffic=_first(index("modelservice_configmaps"), key, "ConfigMap"),
             hpa=_first(index("modelservice_hpas"), key, "HorizontalPodAutoscaler"),
             activator_endpoints=self.activator_endpoints(),
-            activator_slice=_first(index("modelservice_endpointslices"), key, "EndpointSlice"),
+            activator_slice=activator_slice(index("modelservice_endpointslices"), key),
             pods=pods,
             trainingjob=trainingjob,
             samples=samples,
