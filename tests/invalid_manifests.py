@@ -658,6 +658,7 @@ def valid_updates() -> list[ValidUpdate]:
     suspended = _with(mlp, (S, "suspend"), True)
     admitted = _with(_with(suspended, (S, "nodeSelector"), {"pool": "gpu"}), (S, "suspend"), False)
     with_volume = _with(suspended, (S, "checkpoint", "volume"), {"hostPath": {"path": "/srv/ckpt"}})
+    rwx = _with(suspended, (S, "checkpoint", "accessMode"), "ReadWriteMany")
     return [
         ValidUpdate("suspend", mlp, suspended),
         ValidUpdate("resume", suspended, mlp),
@@ -678,14 +679,14 @@ def valid_updates() -> list[ValidUpdate]:
         ValidUpdate("admission-unsuspends-with-placement", suspended, admitted),
         ValidUpdate("nodes-while-suspended", _with(suspended, (S, "nodes"), 2), suspended),
         ValidUpdate(
+            "nodes-grown-with-read-write-many-claim",
+            _with(rwx, (S, "nodes"), 1),
+            _with(rwx, (S, "nodes"), 2),
+        ),
+        ValidUpdate(
             "nodes-grown-with-volume",
             _with(with_volume, (S, "nodes"), 1),
             _with(with_volume, (S, "nodes"), 3),
-        ),
-        ValidUpdate(
-            "nodes-grown-with-read-write-many",
-            _with(_with(suspended, (S, "checkpoint", "accessMode"), "ReadWriteMany"), (S, "nodes"), 1),
-            _with(_with(suspended, (S, "checkpoint", "accessMode"), "ReadWriteMany"), (S, "nodes"), 2),
         ),
         ValidUpdate("procs-per-node-while-suspended", suspended, _with(suspended, (S, "procsPerNode"), 4)),
         ValidUpdate(

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from lightkube.types import PatchType
 from realnode_harness import (
     NODE_SELECTOR,
     SERVER_RESOURCES,
@@ -145,7 +146,13 @@ def canary_under_load(
             "canary": canary,
             "analysis": {"intervalSeconds": 5, "minRequests": 20, "steps": [10, 50, 100]},
         }
-        cluster.client.patch(MODELSERVICE_RESOURCE, name, {"spec": {"versions": versions}}, namespace=ns)
+        cluster.client.patch(
+            MODELSERVICE_RESOURCE,
+            name,
+            {"spec": {"versions": versions}},
+            namespace=ns,
+            patch_type=PatchType.MERGE,
+        )
 
         def reached() -> dict[str, Any] | None:
             ms = get(cluster, ns, name)

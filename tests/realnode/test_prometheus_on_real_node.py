@@ -1,6 +1,6 @@
-"""Prometheus finds the operator's pod and a model server's pod through the API server
-(kubernetes_sd, role pod, the way the chart's PodMonitors select them) and scrapes them at their
-real pod addresses on the real node: the operator's /metrics and the server's /metrics."""
+"""Prometheus scrapes the operator's pod and a model server's pod at their real pod addresses on
+the real node (the pods the chart's monitors select, by their labels): the operator's /metrics
+and the server's /metrics, with the series the dashboards read."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from coxswain.kube import MODELSERVICE_RESOURCE
 from coxswain.modelservice import naming
 from operator_fixtures import free_port
 
+# The chart's metrics.port.
+OPERATOR_METRICS_PORT = 8080
+
 pytestmark = [
     pytest.mark.realnode,
     pytest.mark.skipif(
@@ -30,55 +34,47 @@ pytestmark = [
 ]
 
 
-def pod_job(name: str, kubeconfig: Path, port_name: str, keep_label: str | None = None) -> dict[str, Any]:
-    relabel: list[dict[str, Any]] = [
-        {
-            "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-            "regex": port_name,
-            "action": "keep",
-        },
-        {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running", "action": "keep"},
-        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-    ]
-    if keep_label:
-        relabel.insert(0, {"source_labels": [keep_label], "regex": ".+", "action": "keep"})
+def static_job(name: str, pods: list[Pod], port: int) -> dict[str, Any]:
+    """A scrape job for these pods at their pod addresses, labelled with their names. Debian's
+    Prometheus is built without kubernetes_sd, so the test lists the pods the chart's
+    PodMonitors select (by the same labels) through the API server and hands them over."""
     return {
         "job_name": name,
         "scrape_interval": "2s",
-        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig)}],
-        "relabel_configs": relabel,
-    }
-
-
-@pytest.fixture
-def prometheus(real_cluster: ClusterHandle, tmp_path: Path) -> Iterator[str]:
-    label = "__meta_kubernetes_pod_label_" + "".join(
-        c if c.isalnum() else "_" for c in naming.LABEL_MODELSERVICE
-    )
-    config = {
-        "global": {"scrape_interval": "2s"},
-        "scrape_configs": [
-            pod_job(
-                "operator",
-                real_cluster.kubeconfig,
-                "metrics",
-                "__meta_kubernetes_pod_label_app_kubernetes_io_instance",
-            ),
-            pod_job("servers", real_cluster.kubeconfig, "http", label),
+        "static_configs": [
+            {"targets": [f"{p.status.podIP}:{port}"], "labels": {"pod": p.metadata.name}}
+            for p in pods
+            if p.status and p.status.podIP and p.metadata and p.metadata.name
         ],
     }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+
+
+@contextmanager
+def prometheus(workdir: Path, jobs: list[dict[str, Any]]) -> Iterator[str]:
+    (workdir / "prometheus.yml").write_text(
+        yaml.safe_dump({"global": {"scrape_interval": "2s"}, "scrape_configs": jobs})
+    )
     port = free_port()
-    log = tmp_path / "prometheus.log"
+    log = workdir / "prometheus.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+            ["prometheus", f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{port}"],
             stdout=out,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        yield f"http://127.0.0.1:{port}"
+        wait_for(ready, 60, "Prometheus ready")
+        yield url
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -97,40 +93,41 @@ def up_targets(url: str, job: str) -> dict[str, str]:
 
 
 def test_prometheus_scrapes_the_operator_and_a_server_at_their_pod_addresses(
-    real_cluster: ClusterHandle, real_release: str, release_namespace: str, repository: Path, prometheus: str
+    real_cluster: ClusterHandle, real_release: str, release_namespace: str, repository: Path, tmp_path: Path
 ) -> None:
     cluster, ns = real_cluster, release_namespace
     cluster.client.create(MODELSERVICE_RESOURCE(modelservice("scraped", repository)), namespace=ns)
     wait_ready(cluster, ns, "scraped")
     (server_ip,) = ready_pod_ips(cluster, ns, "scraped")
-    operator_ips = {
-        p.status.podIP
+    # What the chart's PodMonitors select: the release's operator pods, the ModelService's servers.
+    operators = [
+        p
         for p in cluster.client.list(
             Pod,
             namespace=RELEASE_NAMESPACE,
             # The operator's pods, not the activator's (same release, component "activator").
             labels={"app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/component": "operator"},
         )
-        if p.status and p.status.podIP and p.status.phase == "Running"
-    }
-    servers = wait_for(
-        lambda: (
-            {i: p for i, p in up_targets(prometheus, "servers").items() if i.startswith(f"{server_ip}:")}
-            or None
-        ),
-        90,
-        "the server pod scraped",
-    )
-    assert list(servers) == [f"{server_ip}:{naming.HTTP_PORT}"]
-    operators = wait_for(lambda: up_targets(prometheus, "operator") or None, 90, "the operator pod scraped")
-    assert {i.rsplit(":", 1)[0] for i in operators} <= operator_ips and operators
-    # Series of both, as the dashboards read them.
-    query = f'count({{job="servers", instance="{server_ip}:{naming.HTTP_PORT}", __name__=~"coxswain_.+"}})'
-    body = httpx.get(f"{prometheus}/api/v1/query", params={"query": query}, timeout=10).json()
-    assert body["data"]["result"], body
-    body = httpx.get(
-        f"{prometheus}/api/v1/query",
-        params={"query": 'count({job="operator", __name__=~"coxswain_.+"})'},
-        timeout=10,
-    ).json()
-    assert body["data"]["result"], body
+        if p.status and p.status.phase == "Running"
+    ]
+    servers = [
+        p
+        for p in cluster.client.list(Pod, namespace=ns, labels={naming.LABEL_MODELSERVICE: "scraped"})
+        if p.status and p.status.podIP == server_ip
+    ]
+    jobs = [
+        static_job("operator", operators, OPERATOR_METRICS_PORT),
+        static_job("servers", servers, naming.HTTP_PORT),
+    ]
+    with prometheus(tmp_path, jobs) as url:
+        scraped = wait_for(lambda: up_targets(url, "servers") or None, 90, "the server pod scraped")
+        assert list(scraped) == [f"{server_ip}:{naming.HTTP_PORT}"]
+        operator_up = wait_for(lambda: up_targets(url, "operator") or None, 90, "the operator pod scraped")
+        assert sorted(operator_up) == sorted(
+            f"{p.status.podIP}:{OPERATOR_METRICS_PORT}" for p in operators if p.status
+        )
+        # Series of both, as the dashboards read them.
+        for job in ("servers", "operator"):
+            query = f'count({{job="{job}", __name__=~"coxswain_.+"}})'
+            body = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=10).json()
+            assert body["data"]["result"], (job, body)

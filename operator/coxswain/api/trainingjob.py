@@ -591,13 +591,11 @@ class TrainingJobSpec(ApiModel):
             for f in _RESIZABLE
         ),
         CelRule(
-            # A ReadWriteMany claim of the operator's is mounted by every pod of a larger gang too.
             rule="oldSelf.nodes != 1 || self.nodes == 1 || has(self.checkpoint.volume) || "
             "(has(self.checkpoint.accessMode) && self.checkpoint.accessMode == 'ReadWriteMany')",
             message="nodes can grow past 1 only with checkpoint.volume or checkpoint.accessMode "
-            "ReadWriteMany set: a gang of more than one node cannot mount the operator's ReadWriteOnce "
-            "claim, so the resized job would start again from step 0; set one of them when creating "
-            "the job, or create a new one",
+            "ReadWriteMany: a gang of more than one node cannot mount the operator's ReadWriteOnce claim, so "
+            "the resized job would start again from step 0; create a new TrainingJob instead",
             field_path=".nodes",
         ),
         CelRule(

@@ -44,7 +44,9 @@ SCRAPE_INTERVAL = 3.0
 LOAD_INTERVAL = 15.0  # hpa / none modes: scrape only for status.load
 RESYNC_INTERVAL = 60.0
 LABELS = {naming.LABEL_MODELSERVICE: kopf.PRESENT}
-WORKERS = 8
+# Concurrent passes (of different services): a pass mostly awaits the API server, and 100
+# ModelServices applied at once waited in line behind 8 workers for their Deployment.
+WORKERS = 32
 KIND = "ModelService"
 
 log = logging.getLogger("coxswain.modelservice")
