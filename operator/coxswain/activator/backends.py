@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,27 @@ class Backends:
             event.set()
         else:
             event.clear()
+
+    def replace(self, namespace: str | None, bodies: Sequence[Mapping[str, Any]]) -> None:
+        """A (re)listing of `namespace` (None: all of them) is the whole truth there: slices
+        deleted while no watch ran go, and their addresses with them."""
+        fresh: dict[Key, dict[str, list[Address]]] = {}
+        for body in bodies:
+            key = slice_key(body)
+            if key is not None:
+                name = (body.get("metadata") or {}).get("name") or ""
+                fresh.setdefault(key, {})[name] = ready_addresses(body)
+        for key in [k for k in self._slices if namespace is None or k[0] == namespace]:
+            del self._slices[key]
+        self._slices.update(fresh)
+        for key, event in self._ready.items():
+            if self.addresses(key):
+                event.set()
+            else:
+                event.clear()
+        for key in fresh:
+            if self.addresses(key):
+                self._event(key).set()
 
     def reset(self) -> None:
         """A new watch starts from a full listing: forget what the old one said."""

@@ -29,7 +29,7 @@ def _admin_app(synced: asyncio.Event) -> web.Application:
     async def readyz(_: web.Request) -> web.Response:
         if synced.is_set():
             return web.Response(text="ok")
-        return web.Response(status=503, text="the EndpointSlice watch has not started yet")
+        return web.Response(status=503, text="the EndpointSlices have not been listed yet")
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

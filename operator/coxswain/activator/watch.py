@@ -13,6 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
+import httpx2
 from lightkube import ALL_NS, ApiError, AsyncClient, operators
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.types import OnErrorAction, OnErrorResult, PatchType
@@ -25,6 +26,7 @@ from coxswain.modelservice import naming
 log = logging.getLogger("coxswain.activator")
 
 RETRY_SECONDS = 1.0
+FATAL_CODES = frozenset({401, 403, 404})
 
 WAKEUPS = Counter(
     "coxswain_activator_wakeups",
@@ -33,7 +35,11 @@ WAKEUPS = Counter(
 )
 
 
-def _retry(exc: Exception, attempt: int) -> OnErrorResult:
+def _on_watch_error(exc: Exception, attempt: int) -> OnErrorResult:
+    if isinstance(exc, ApiError) and exc.status.code == 410:
+        # The resourceVersion is too old: events were missed (slices may have gone meanwhile).
+        # Only a fresh listing says what exists now, so end this watch and list again.
+        return OnErrorResult(OnErrorAction.RAISE)
     log.warning("EndpointSlice watch interrupted (%s); resuming", exc)
     return OnErrorResult(OnErrorAction.RETRY, sleep=min(RETRY_SECONDS * attempt, 10.0))
 
@@ -42,23 +48,59 @@ async def watch_slices(
     client: AsyncClient, backends: Backends, synced: asyncio.Event, namespaces: list[str] | None = None
 ) -> None:
     """Keep `backends` current, from every namespace or (a chart with watchNamespaces, where
-    the activator holds Roles only there) from each of `namespaces`."""
+    the activator holds Roles only there) from each of `namespaces`. `synced` is set once
+    every namespace has been listed: before that a held request could miss a ready pod."""
     backends.reset()
-    # A watch without a resourceVersion starts with every existing slice as ADDED; a request
-    # that arrives before its slice's ADDED event waits for it like for a wake-up.
-    synced.set()
-    await asyncio.gather(*(_watch(client, backends, ns) for ns in (namespaces or [ALL_NS])))
+    scopes: list[str | None] = list(namespaces) if namespaces else [None]
+    listed = [asyncio.Event() for _ in scopes]
+
+    async def all_listed() -> None:
+        for event in listed:
+            await event.wait()
+        synced.set()
+
+    waiter = asyncio.create_task(all_listed())
+    try:
+        await asyncio.gather(
+            *(list_and_watch(client, backends, ns, ev) for ns, ev in zip(scopes, listed, strict=True))
+        )
+    finally:
+        waiter.cancel()
 
 
-async def _watch(client: AsyncClient, backends: Backends, namespace: str) -> None:
-    async for op, obj in client.watch(
-        EndpointSlice,
-        namespace=namespace,
-        labels={naming.LABEL_MODELSERVICE: operators.exists()},
-        on_error=_retry,
-    ):
-        body: dict[str, Any] = obj.to_dict()
-        backends.update(body, deleted=op == "DELETED")
+async def list_and_watch(
+    client: AsyncClient, backends: Backends, namespace: str | None, listed: asyncio.Event
+) -> None:
+    """List, replace what `backends` knows of this scope with the listing, watch from the
+    listing's resourceVersion; on 410 Gone (or a failed listing) start over."""
+    labels: dict[str, Any] = {naming.LABEL_MODELSERVICE: operators.exists()}
+    scope = ALL_NS if namespace is None else namespace
+    attempt = 0
+    while True:
+        try:
+            listing = client.list(EndpointSlice, namespace=scope, labels=labels)
+            bodies = [obj.to_dict() async for obj in listing]
+            backends.replace(namespace, bodies)
+            listed.set()
+            attempt = 0
+            async for op, obj in client.watch(
+                EndpointSlice,
+                namespace=scope,
+                labels=labels,
+                resource_version=listing.resourceVersion,
+                on_error=_on_watch_error,
+            ):
+                backends.update(obj.to_dict(), deleted=op == "DELETED")
+        except httpx2.HTTPError as exc:  # lightkube ships its httpx as httpx2
+            code = exc.status.code if isinstance(exc, ApiError) else None
+            if code in FATAL_CODES:
+                raise  # the activator's RBAC or the API itself is wrong: retrying will not help
+            if code == 410:
+                log.info("EndpointSlice watch expired (410 Gone); listing the slices again")
+                continue
+            attempt += 1
+            log.warning("listing EndpointSlices failed (%s); trying again", exc)
+            await asyncio.sleep(min(RETRY_SECONDS * attempt, 10.0))
 
 
 class Waker:
