@@ -9,7 +9,9 @@
 
 The floor is minReplicas. At zero there is no pod whose load could be read: the
 activator (coxswain.activator) holds the next request and raises spec.replicas through
-the scale subresource, and from then on the rules above apply again. A new service starts
+the scale subresource, and from then on the rules above apply again. While no activator
+pod is known (chart `activator.enabled: false`, or its namespace not watched) nothing
+would answer at zero, so the floor stays at one. A new service starts
 with max(minReplicas, 1) replicas, so that it shows at once whether its model loads.
 """
 
@@ -39,8 +41,16 @@ class Decision:
         return self.replicas != current
 
 
-def floor_replicas(auto: Autoscaling) -> int:
-    return auto.min_replicas
+NO_ACTIVATOR = (
+    "minReplicas is 0 but no activator is known to hold requests at zero, so 1 replica is kept; "
+    "enable the chart's activator (activator.enabled) and, with watchNamespaces, list the "
+    "activator's namespace"
+)
+
+
+def floor_replicas(auto: Autoscaling, activator: bool = True) -> int:
+    """`activator`: an activator pod is known (without one a service at zero refuses requests)."""
+    return auto.min_replicas if activator else max(auto.min_replicas, 1)
 
 
 def initial_replicas(auto: Autoscaling) -> int:
@@ -62,6 +72,7 @@ def decide(
     low: LowDemand | None,
     now: float,
     quiet_since: float | None = None,
+    activator: bool = True,
 ) -> Decision:
     """`load`: total over all pods in the target's unit (None: no pod answered).
 
@@ -70,9 +81,13 @@ def decide(
     drop to zero: in-flight requests are a snapshot, and a steady trickle of quick requests
     shows 0 in flight at nearly every scrape while it still needs a pod. The delay before
     zero counts from the last request, not from the first quiet scrape.
+
+    `activator`: whether an activator pod is known; without one the floor is 1 (see above).
     """
-    lo, hi = floor_replicas(auto), auto.max_replicas
+    lo, hi = floor_replicas(auto, activator), auto.max_replicas
     if current < lo:
+        if lo > auto.min_replicas:
+            return Decision(lo, f"{NO_ACTIVATOR}: raised to {lo}", None)
         return Decision(lo, f"below minReplicas {auto.min_replicas}: raised to {lo}", None)
     if current > hi:
         return Decision(hi, f"above maxReplicas {hi}: lowered to {hi}", None)

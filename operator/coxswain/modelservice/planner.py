@@ -157,7 +157,9 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
             demand = win.rps if win is not None and win.seconds > 0 else None
         # No request counted over the whole window: quiet since its start (see autoscaler).
         quiet = clock - win.seconds if win is not None and win.pods > 0 and win.requests == 0 else None
-        decision = autoscaler.decide(effective, demand, auto, memory.low, clock, quiet)
+        decision = autoscaler.decide(
+            effective, demand, auto, memory.low, clock, quiet, activator=bool(obs.activator_endpoints)
+        )
         memory.low = decision.low
         if decision.changed(effective) or current is None:
             why = decision.reason if decision.changed(effective) else f"initial replicas {effective}"
@@ -223,7 +225,9 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
         VersionStatus(version=v, traffic_percent=w, ready=report.ready > 0 and weights_ok)
         for v, w in weights.items()
     ]
-    _conditions(ms, status, report, effective, weights_ok, old, record, result, cond)
+    _conditions(
+        ms, status, report, effective, weights_ok, old, record, result, cond, bool(obs.activator_endpoints)
+    )
     return result
 
 
@@ -317,7 +321,9 @@ def _conditions(
     record: CanaryStatus | None,
     result: Plan,
     cond: Any,
+    activator: bool = False,
 ) -> None:
+    """`activator`: an activator pod is known (it holds requests while the service is at zero)."""
     auto = ms.spec.autoscaling
     need = max(1, min(auto.min_replicas, desired))
     crash = ", ".join(report.crash_looping)
@@ -330,13 +336,21 @@ def _conditions(
         why = report.pending or "waiting for a pod to load and warm up the model"
         cond(C.MODEL_LOADED, ConditionStatus.UNKNOWN, R.MODEL_LOADING, why)
     # Ready: true only when a request would succeed on enough pods.
-    if desired == 0 and auto.min_replicas == 0:
+    if desired == 0 and auto.min_replicas == 0 and activator:
         cond(
             C.READY,
             False,
             R.SCALED_TO_ZERO,
-            "scaled to zero: the next HTTP request is held by the activator and wakes the service "
-            "(without an activator installed, requests fail until replicas > 0)",
+            "scaled to zero: the next HTTP request is held by the activator and wakes the service",
+        )
+    elif desired == 0 and auto.min_replicas == 0:
+        cond(
+            C.READY,
+            False,
+            R.SCALED_TO_ZERO,
+            "spec.replicas is 0 and no activator is known: requests fail until replicas > 0; enable "
+            "the chart's activator (activator.enabled) and, with watchNamespaces, list the "
+            "activator's namespace",
         )
     elif desired == 0:
         cond(C.READY, False, R.SCALED_TO_ZERO, "spec.replicas is 0: no pod serves requests")
@@ -355,7 +369,10 @@ def _conditions(
             "pods have not applied the current traffic weights yet",
         )
     else:
-        cond(C.READY, True, R.REPLICAS_READY, f"{report.ready} of {desired} pods ready")
+        note = ""
+        if auto.min_replicas == 0 and not activator and auto.mode == AutoscalingMode.BUILTIN:
+            note = f"; {autoscaler.NO_ACTIVATOR}"
+        cond(C.READY, True, R.REPLICAS_READY, f"{report.ready} of {desired} pods ready{note}")
     # Progressing: a rollout, a scale-up or a canary analysis under way.
     if record is not None and record.phase == CanaryPhase.PROGRESSING:
         cond(C.PROGRESSING, True, R.CANARY_ANALYSIS, record.message)

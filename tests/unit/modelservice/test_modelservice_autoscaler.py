@@ -100,3 +100,11 @@ def test_no_metrics_keeps_replicas() -> None:
 def test_rps_target() -> None:
     d = decide(1, 250.0, auto(target={"metric": "rps", "value": 100}), None, 0.0)
     assert d.replicas == 3 and "requests/s" in d.reason
+
+
+def test_without_an_activator_the_floor_is_one() -> None:
+    a = auto(minReplicas=0, scaleDownDelaySeconds=30)
+    assert decide(1, 0.0, a, LowDemand(0.0, 0), 1000.0, quiet_since=0.0, activator=False).replicas == 1
+    d = decide(0, None, a, None, 0.0, activator=False)
+    assert d.replicas == 1 and "no activator" in d.reason
+    assert decide(1, 0.0, a, LowDemand(0.0, 0), 1000.0, quiet_since=0.0).replicas == 0

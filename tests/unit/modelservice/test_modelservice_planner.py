@@ -303,6 +303,9 @@ def test_no_activator_slice_for_min_one_or_without_an_activator() -> None:
     assert ActionKind.ENSURE_ACTIVATOR_SLICE not in kinds(p)
 
 
+ACTIVATOR = (("10.1.0.5", 8080),)
+
+
 def _sample(at: float, requests: float, inflight: float = 0.0) -> PodSample:
     return PodSample("a", at, inflight, {("v1", "200"): requests}, {}, {"v1": 100.0})
 
@@ -313,13 +316,61 @@ def test_min_zero_scales_to_zero_only_after_the_delay_without_a_request() -> Non
     memory = Memory()
     # Requests keep coming (none in flight at the scrapes): one pod stays.
     for t, n in ((0.0, 0), (3.0, 5), (6.0, 9), (9.0, 12), (12.0, 20), (15.0, 25)):
-        p = plan(ms, observed(pods=[pod("a")], samples={"a": _sample(t, n)}), memory, NOW, t)
+        p = plan(
+            ms,
+            observed(activator_endpoints=ACTIVATOR, pods=[pod("a")], samples={"a": _sample(t, n)}),
+            memory,
+            NOW,
+            t,
+        )
         memory = p.memory
         assert ActionKind.SET_REPLICAS not in kinds(p), t
     # The last request was counted by 15 s: quiet since then; zero at 25 s, not before.
     for t in (18.0, 21.0, 24.0):
-        p = plan(ms, observed(pods=[pod("a")], samples={"a": _sample(t, 25)}), memory, NOW, t)
+        p = plan(
+            ms,
+            observed(activator_endpoints=ACTIVATOR, pods=[pod("a")], samples={"a": _sample(t, 25)}),
+            memory,
+            NOW,
+            t,
+        )
         memory = p.memory
         assert ActionKind.SET_REPLICAS not in kinds(p), t
-    p = plan(ms, observed(pods=[pod("a")], samples={"a": _sample(27.0, 25)}), memory, NOW, 27.0)
+    p = plan(
+        ms,
+        observed(activator_endpoints=ACTIVATOR, pods=[pod("a")], samples={"a": _sample(27.0, 25)}),
+        memory,
+        NOW,
+        27.0,
+    )
     assert [a.replicas for a in p.actions if a.kind == ActionKind.SET_REPLICAS] == [0]
+
+
+def test_min_zero_without_an_activator_keeps_one_replica_and_says_why() -> None:
+    auto = {"minReplicas": 0, "scaleDownDelaySeconds": 10}
+    memory = Memory()
+    # Quiet for far longer than the delay: with no activator to hold requests, one pod stays.
+    for t in (0.0, 3.0, 30.0, 60.0):
+        p = plan(
+            make(replicas=1, autoscaling=auto),
+            observed(pods=[pod("a")], samples={"a": _sample(t, 5)}),
+            memory,
+            NOW,
+            t,
+        )
+        memory = p.memory
+        assert ActionKind.SET_REPLICAS not in kinds(p), t
+    status, reason, message = cond(p, "Ready")
+    assert (status, reason) == ("True", "ReplicasReady")
+    assert "no activator" in message and "activator.enabled" in message
+    # Already at zero (the activator went away): raised to one, the reason says what to do.
+    p = plan(make(replicas=0, autoscaling=auto), observed(), Memory(), NOW, 0.0)
+    assert [a.replicas for a in p.actions if a.kind == ActionKind.SET_REPLICAS] == [1]
+    assert p.scale is not None and "no activator" in p.scale.reason
+
+
+def test_replicas_zero_without_an_activator_does_not_claim_requests_are_held() -> None:
+    p = plan(make(replicas=0, autoscaling={"minReplicas": 0, "mode": "none"}), observed(), Memory(), NOW, 0.0)
+    status, reason, message = cond(p, "Ready")
+    assert (status, reason) == ("False", "ScaledToZero")
+    assert "held" not in message and "activator.enabled" in message
