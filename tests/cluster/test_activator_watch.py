@@ -5,10 +5,14 @@ after the first listing, and the watch then follows deletions."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.codecs import from_dict
 from lightkube.models.meta_v1 import Status
@@ -18,6 +22,7 @@ from cluster_fixtures import ClusterHandle
 from coxswain.activator.backends import CONTROLLER_MANAGER, Backends
 from coxswain.activator.watch import _on_watch_error, watch_slices
 from coxswain.modelservice import naming
+from operator_fixtures import free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -105,3 +110,38 @@ def test_an_expired_watch_ends_so_the_slices_are_listed_again() -> None:
     gone.status = Status(code=410, reason="Expired", message="too old resource version")
     assert _on_watch_error(gone, 1).action.name == "RAISE"
     assert _on_watch_error(ConnectionError("reset"), 1).action.name == "RETRY"
+
+
+def test_the_activator_exits_non_zero_when_its_watch_dies(
+    cluster: ClusterHandle, namespace: str, tmp_path: Path
+) -> None:
+    # A ServiceAccount without any Role: listing EndpointSlices is forbidden (403), the watch
+    # ends for good, and the process must say so and exit non-zero (the pod restarts).
+    cluster.kubectl("create", "serviceaccount", "nobody", "-n", namespace)
+    token = cluster.kubectl("create", "token", "nobody", "-n", namespace).stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    admin["users"] = [{"name": "nobody", "user": {"token": token}}]
+    admin["contexts"][0]["context"]["user"] = "nobody"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(admin))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coxswain",
+            "activator",
+            "run",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--admin-port",
+            "0",
+        ],
+        env={**cluster.env(), "KUBECONFIG": str(kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "the EndpointSlice watch ended" in done.stderr and "RBAC" in done.stderr

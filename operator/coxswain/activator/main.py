@@ -40,7 +40,9 @@ def _admin_app(synced: asyncio.Event) -> web.Application:
 
 async def serve(
     host: str, port: int, admin_port: int, hold_timeout: float, namespaces: list[str] | None = None
-) -> None:
+) -> int:
+    """Run until SIGTERM/SIGINT (0) or until the EndpointSlice watch ends (1: without it held
+    requests would never learn of a ready pod, so the pod restarts instead)."""
     client = make_client()
     backends = Backends()
     synced = asyncio.Event()
@@ -65,8 +67,14 @@ async def serve(
         hold_timeout,
     )
     await asyncio.wait([watcher, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    if watcher.done() and watcher.exception() is not None:
-        log.error("the EndpointSlice watch failed: %s", watcher.exception())
+    failed = watcher.done()
+    if failed:
+        why = watcher.exception() if not watcher.cancelled() else "cancelled"
+        log.error(
+            "the EndpointSlice watch ended (%s); exiting so the activator restarts. If this repeats, "
+            "check the activator's RBAC (list/watch endpointslices) and the --namespace list",
+            why or "no error",
+        )
     # Held requests finish (answered or timed out) before the process goes.
     for runner in runners:
         await runner.cleanup()
@@ -75,3 +83,4 @@ async def serve(
         await watcher
     await session.close()
     await client.close()
+    return 1 if failed else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from typing import Any
 
 
@@ -41,5 +42,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.hold_timeout <= 0:
         raise SystemExit(f"--hold-timeout must be > 0 seconds, got {args.hold_timeout}")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(serve(args.host, args.port, args.admin_port, args.hold_timeout, args.namespace or None))
-    return 0
+    code = asyncio.run(
+        serve(args.host, args.port, args.admin_port, args.hold_timeout, args.namespace or None)
+    )
+    if code:
+        print("coxswain activator: the EndpointSlice watch ended; see the log above", file=sys.stderr)
+    return code
