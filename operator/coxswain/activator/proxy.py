@@ -35,6 +35,10 @@ REFUSED_PAUSE_SECONDS = 0.2
 OVERLOADED_PAUSE_SECONDS = 0.05
 # What a server answers without having started on the request: safe to send again.
 RETRY_CODES = frozenset({429})
+# Failures before any byte of the request went out (refused, unreachable, connect timeout):
+# safe to send again. A connection that breaks after the request was sent is not retried:
+# the pod may have acted on it, so the client gets 502 and decides.
+NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -106,12 +110,15 @@ class Activator:
                             return response
                         await asyncio.sleep(OVERLOADED_PAUSE_SECONDS)
                         continue
-                    except aiohttp.ClientConnectionError as exc:
+                    except NOT_SENT as exc:
                         log.info("[%s/%s] pod %s:%d refused (%s); trying again", *key, *address, exc)
                         if self.clock() >= deadline:
                             return _unavailable(key, self.hold_timeout)
                         await asyncio.sleep(REFUSED_PAUSE_SECONDS)
                         continue
+                    except aiohttp.ClientConnectionError as exc:
+                        log.warning("[%s/%s] pod %s:%d broke the connection (%s)", *key, *address, exc)
+                        return _broken(key, address)
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     return _unavailable(key, self.hold_timeout)
@@ -147,6 +154,16 @@ def _unavailable(key: Key, timeout: float) -> web.Response:
         },
         status=503,
         headers={"Retry-After": str(max(1, math.ceil(timeout / 10)))},
+    )
+
+
+def _broken(key: Key, address: Address) -> web.Response:
+    return web.json_response(
+        {
+            "error": f"a pod of ModelService {key[0]}/{key[1]} ({address[0]}:{address[1]}) closed the "
+            "connection after the request was sent; not sent again, since it may have been processed"
+        },
+        status=502,
     )
 
 

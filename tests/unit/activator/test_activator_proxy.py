@@ -6,6 +6,8 @@ see; the wake-up is recorded instead of patching a cluster (tests/e2e covers bot
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +21,12 @@ from coxswain.activator.proxy import Activator, make_app, new_session
 pytestmark = pytest.mark.unit
 
 HOST = "digits.ml.svc.cluster.local"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class RecordingWaker:
@@ -114,3 +122,67 @@ async def test_no_ready_pod_within_the_hold_timeout_is_503_with_retry_after() ->
     finally:
         await runner.cleanup()
         await session.close()
+
+
+async def test_a_refused_connection_is_tried_again_until_a_pod_answers(
+    upstream: tuple[int, list[int]],
+) -> None:
+    port, answers = upstream
+    backends = Backends()
+    backends.update(ready_slice(free_port()))  # listed as ready, nothing listening: refused
+    session = new_session()
+    runner, own = await serve(Activator(backends, RecordingWaker(), session, hold_timeout=30))  # type: ignore[arg-type]
+    refused = asyncio.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "refused" in record.getMessage():
+                refused.set()
+
+    seen, logger = Seen(), logging.getLogger("coxswain.activator")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(seen)
+    try:
+        async with aiohttp.ClientSession() as client:
+            call = asyncio.create_task(
+                client.post(
+                    f"http://127.0.0.1:{own}/v2/models/digits/infer", data=b"y", headers={"Host": HOST}
+                )
+            )
+            await asyncio.wait_for(refused.wait(), 10)
+            backends.update(ready_slice(port))  # the same slice, now on a listening pod
+            response = await asyncio.wait_for(call, 10)
+            assert response.status == 200 and await response.read() == b"y"
+            assert answers == [429, 200]
+    finally:
+        logger.removeHandler(seen)
+        logger.setLevel(level)
+        await runner.cleanup()
+        await session.close()
+
+
+async def test_a_connection_broken_after_sending_is_502_and_not_sent_again() -> None:
+    received: list[bytes] = []
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.close()  # took the request, answered nothing
+
+    pod = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    backends = Backends()
+    backends.update(ready_slice(pod.sockets[0].getsockname()[1]))
+    session = new_session()
+    runner, own = await serve(Activator(backends, RecordingWaker(), session, hold_timeout=30))  # type: ignore[arg-type]
+    try:
+        async with aiohttp.ClientSession() as client:
+            r = await client.post(
+                f"http://127.0.0.1:{own}/v2/models/digits/infer", data=b"z", headers={"Host": HOST}
+            )
+            assert r.status == 502 and "not sent again" in (await r.json())["error"]
+        assert len(received) == 1
+    finally:
+        await runner.cleanup()
+        await session.close()
+        pod.close()
+        await pod.wait_closed()
