@@ -44,11 +44,7 @@ RESYNC_INTERVAL = 60.0  # a safety net; watches do the real waking
 # normally does within a second; this only bounds the memory of one that never comes).
 MADE_JOB_MEMORY = 60.0
 LABELS = {naming.LABEL_TRAININGJOB: kopf.PRESENT}
-# Concurrent reconcile passes (of different jobs). A new job's pass is three API round trips
-# in a row (status; ConfigMap and Service; Job) and mostly waits: with 32, 100 jobs applied at
-# once went through in three to four waves, each as long as those round trips on a busy API
-# server.
-WORKERS = 128
+WORKERS = 32  # concurrent reconcile passes (of different jobs); a pass mostly awaits the API
 KIND = "TrainingJob"
 
 log = logging.getLogger("coxswain.trainingjob")
