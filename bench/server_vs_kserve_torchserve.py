@@ -3,7 +3,8 @@ uvicorn ASGI app (the ceiling), on the same models, loaded by `wrk` from a separ
 
 For each model (MLP 64->128->10, small CNN on 1x8x8) and server: throughput at saturation
 (`wrk -t1 -c32`, closed loop) and p50/p99 latency at a fixed rate (each connection waits
-between requests so the total rate is --rate). Prints raw figures, a table, and then
+between requests so the total rate is --rate), and p50 at one connection (`-c1`, one request
+at a time: a lone caller's wait, where batching has nothing to gain). Prints raw figures, a table, and then
 `ratio <what> <value>` lines.
 
 KServe and TorchServe pin dependencies that conflict with ours, so they live in their own
@@ -146,12 +147,14 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def run_wrk(url: str, body: Path, seconds: int, rate: float | None = None) -> Load:
-    env = {**os.environ, "WRK_BODY_FILE": str(body), "WRK_CONNECTIONS": str(CONNECTIONS)}
+def run_wrk(
+    url: str, body: Path, seconds: int, rate: float | None = None, connections: int = CONNECTIONS
+) -> Load:
+    env = {**os.environ, "WRK_BODY_FILE": str(body), "WRK_CONNECTIONS": str(connections)}
     if rate is not None:
         env["WRK_RATE"] = str(rate)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(LUA), url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(LUA), url],
         env=env, capture_output=True, text=True, check=True, timeout=seconds + 60,
     ).stdout  # fmt: skip
     percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)$", out, re.M))
@@ -329,6 +332,8 @@ def main() -> int:
     baselines = None if args.no_baselines else ensure_baselines_venv()
     saturated: dict[tuple[str, str], Load] = {}
     fixed: dict[tuple[str, str], Load] = {}
+    # One connection, one request at a time: what a lone caller waits (no batching to gain).
+    alone: dict[tuple[str, str], Load] = {}
     rates: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="coxswain-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -363,6 +368,17 @@ def main() -> int:
                         f"p50_ms={result.p50_ms:.2f} p99_ms={result.p99_ms:.2f} requests={result.requests} bad={result.bad}",
                         flush=True,
                     )
+            for target in targets:
+                result = measure(
+                    bench, target, model, tmp, partial(run_wrk, seconds=args.duration, connections=1)
+                )
+                if result is not None:
+                    alone[(target.name, model)] = result
+                    print(
+                        f"raw {target.name} {model} one_connection rps={result.rps:.0f} "
+                        f"p50_ms={result.p50_ms:.3f} p99_ms={result.p99_ms:.3f} requests={result.requests} bad={result.bad}",
+                        flush=True,
+                    )
     print()
     print(f"{'server':<13} {'model':<5} {'req/s c=32':>10} {'p50 ms':>7} {'p99 ms':>7} | "
           f"{'fixed rate':>10} {'p50 ms':>7} {'p99 ms':>7}")  # fmt: skip
@@ -378,6 +394,9 @@ def main() -> int:
                     s, so = saturated[(ours, model)], saturated[(other, model)]
                     print(f"ratio throughput_{ours}_vs_{other}_{model} {s.rps / so.rps:.2f}")
                     print(f"ratio p99_saturated_{other}_over_{ours}_{model} {so.p99_ms / s.p99_ms:.2f}")
+                if (ours, model) in alone and (other, model) in alone:
+                    a, ao = alone[(ours, model)], alone[(other, model)]
+                    print(f"ratio p50_one_connection_{ours}_over_{other}_{model} {a.p50_ms / ao.p50_ms:.2f}")
                 if (ours, model) in fixed and (other, model) in fixed:
                     f, fo = fixed[(ours, model)], fixed[(other, model)]
                     print(
