@@ -118,9 +118,9 @@ def namespace(cluster: ClusterHandle) -> Iterator[str]:
     yield from fresh_namespace(cluster)
 
 
-def fresh_namespace(cluster: ClusterHandle) -> Iterator[str]:
+def fresh_namespace(cluster: ClusterHandle, prefix: str = "t-") -> Iterator[str]:
     """Make a namespace, yield its name once pods can be made in it, then delete it."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
     client = cluster.client
     client.create(Namespace(metadata=ObjectMeta(name=name)))
     # Pods are refused until the namespace's default ServiceAccount exists.

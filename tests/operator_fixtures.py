@@ -14,16 +14,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
-from cluster_fixtures import ClusterHandle, wait_for
+from cluster_fixtures import ClusterHandle, fresh_namespace
 
 NAMESPACE_PREFIX = "op-"
 KUBECONFIG_ENV = "COXSWAIN_OPERATOR_KUBECONFIG"
@@ -112,8 +109,8 @@ class OperatorProcess:
         return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
 
 
-@pytest.fixture(scope="module")
-def operator(cluster: ClusterHandle) -> Iterator[OperatorProcess]:
+def host_operator(cluster: ClusterHandle) -> Iterator[OperatorProcess]:
+    """The operator as a host process on `cluster` (watching op-* namespaces) for a fixture's life."""
     log_path = Path(tempfile.mkdtemp(prefix="coxswain-operator-")) / "operator.log"
     op = OperatorProcess(cluster, log_path, free_port(), free_port())
     op.start()
@@ -124,13 +121,12 @@ def operator(cluster: ClusterHandle) -> Iterator[OperatorProcess]:
         print(f"operator log: {log_path}")
 
 
+@pytest.fixture(scope="module")
+def operator(cluster: ClusterHandle) -> Iterator[OperatorProcess]:
+    yield from host_operator(cluster)
+
+
 @pytest.fixture
 def op_namespace(cluster: ClusterHandle) -> Iterator[str]:
-    name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:8]}"
-    client = cluster.client
-    client.create(Namespace(metadata=ObjectMeta(name=name)))
-    wait_for(
-        lambda: client.get(ServiceAccount, "default", namespace=name), 30, f"ServiceAccount {name}/default"
-    )
-    yield name
-    client.delete(Namespace, name)
+    """A namespace the host-process operator watches (its name starts with op-)."""
+    yield from fresh_namespace(cluster, NAMESPACE_PREFIX)

@@ -34,6 +34,7 @@ from coxswain.devcluster.crds import apply_crds, wait_established
 from coxswain.devcluster.operator_release import dev_values, helm_uninstall, helm_upgrade_install
 from coxswain.devimages import BuiltImages, build_images
 from coxswain.kube import MODELSERVICE_RESOURCE, TRAININGJOB_RESOURCE
+from operator_fixtures import NAMESPACE_PREFIX, OperatorProcess, host_operator
 
 REAL_NODES = 1
 # Cold on 2 busy cores: kubelet's first sync, containerd's image import, CoreDNS and the
@@ -81,6 +82,19 @@ def real_cluster(real_dev: DevCluster) -> Iterator[ClusterHandle]:
 def real_namespace(real_cluster: ClusterHandle) -> Iterator[str]:
     """A fresh namespace on the real-node cluster, deleted afterwards."""
     yield from fresh_namespace(real_cluster)
+
+
+@pytest.fixture(scope="module")
+def real_host_operator(real_cluster: ClusterHandle) -> Iterator[OperatorProcess]:
+    """The operator as a host process on the real-node cluster (the suites that drive their own
+    operator; the helm release watches only its e2e namespace, so the two never meet)."""
+    yield from host_operator(real_cluster)
+
+
+@pytest.fixture
+def real_op_namespace(real_cluster: ClusterHandle) -> Iterator[str]:
+    """A namespace `real_host_operator` watches."""
+    yield from fresh_namespace(real_cluster, NAMESPACE_PREFIX)
 
 
 @pytest.fixture(scope="session")

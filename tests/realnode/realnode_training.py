@@ -10,22 +10,18 @@ import shlex
 import signal
 import subprocess
 import threading
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Node, ServiceAccount
+from lightkube.resources.core_v1 import Node
 from test_trainingjob_on_real_node import trainer_layout
 
-from cluster_fixtures import ClusterHandle, wait_for
+from cluster_fixtures import ClusterHandle
 from coxswain.devcluster import DevCluster
 from coxswain.devcluster.realnode import REAL_NODE_LABEL
-from operator_fixtures import NAMESPACE_PREFIX, OperatorProcess, free_port
 
 IMAGES_CACHE = Path.home() / ".cache" / "coxswain" / "images"
 
@@ -49,32 +45,6 @@ def durable_trainer_image(real_cluster: ClusterHandle, real_dev: DevCluster) -> 
     if not node_has_image(real_cluster, name):
         real_dev.load_image(layout)
     return str(name)
-
-
-@pytest.fixture(scope="module")
-def durable_operator(
-    real_cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(
-        real_cluster, tmp_path_factory.mktemp("operator") / "operator.log", free_port(), free_port()
-    )
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
-
-
-@pytest.fixture
-def durable_ns(real_cluster: ClusterHandle) -> Iterator[str]:
-    name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:8]}"
-    client = real_cluster.client
-    client.create(Namespace(metadata=ObjectMeta(name=name)))
-    wait_for(
-        lambda: client.get(ServiceAccount, "default", namespace=name), 60, f"ServiceAccount {name}/default"
-    )
-    yield name
-    client.delete(Namespace, name)
 
 
 def parse_event(line: str) -> dict[str, Any] | None:

@@ -17,8 +17,6 @@ from lightkube import ApiError
 from lightkube.resources.core_v1 import PersistentVolume, PersistentVolumeClaim, Pod
 from realnode_training import (  # noqa: F401 (fixtures)
     PodLog,
-    durable_ns,
-    durable_operator,
     durable_trainer_image,
     sigkill_rank,
     wall,
@@ -73,10 +71,10 @@ def attempt_pod(cluster: ClusterHandle, ns: str, attempt: int) -> str | None:
 def test_default_trainingjob_resumes_from_its_claim_after_sigkill_of_rank_1(
     real_cluster: ClusterHandle,
     durable_trainer_image: str,  # noqa: F811
-    durable_operator: OperatorProcess,  # noqa: F811
-    durable_ns: str,  # noqa: F811
+    real_host_operator: OperatorProcess,
+    real_op_namespace: str,
 ) -> None:
-    client, ns = real_cluster.client, durable_ns
+    client, ns = real_cluster.client, real_op_namespace
     client.create(TRAININGJOB_RESOURCE(default_job(durable_trainer_image)), namespace=ns)  # type: ignore[call-overload]
 
     def tj() -> dict[str, Any]:
@@ -141,7 +139,7 @@ def test_default_trainingjob_resumes_from_its_claim_after_sigkill_of_rank_1(
         )
     finally:
         log2.close(60)
-    assert final["phase"] == "Succeeded", f"{final}\n{durable_operator.log_tail()}"
+    assert final["phase"] == "Succeeded", f"{final}\n{real_host_operator.log_tail()}"
     assert (final.get("restarts") or 0) + (final.get("uncountedRestarts") or 0) == 1, final
     assert final["resumedFromStep"] == newest, final
 

@@ -17,8 +17,6 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Pod
 from realnode_training import (  # noqa: F401 (fixtures)
     PodLog,
-    durable_ns,
-    durable_operator,
     durable_trainer_image,
 )
 
@@ -45,7 +43,7 @@ def real_kueue(real_cluster: ClusterHandle, real_dev: DevCluster) -> ClusterHand
 
 
 @pytest.fixture
-def real_queue(real_kueue: ClusterHandle, durable_ns: str) -> Iterator[str]:  # noqa: F811
+def real_queue(real_kueue: ClusterHandle, real_op_namespace: str) -> Iterator[str]:
     """LocalQueue `q` on a ClusterQueue with the real node's 2 CPUs on flavor `real-node`."""
     name = f"cq-{uuid.uuid4().hex[:8]}"
     real_kueue.client.create(
@@ -71,7 +69,7 @@ def real_queue(real_kueue: ClusterHandle, durable_ns: str) -> Iterator[str]:  # 
             },
         )
     )
-    real_kueue.client.create(local_queue("q", durable_ns, name))
+    real_kueue.client.create(local_queue("q", real_op_namespace, name))
     yield "q"
     real_kueue.client.delete(ClusterQueue, name)
 
@@ -111,11 +109,11 @@ def running_pod(cluster: ClusterHandle, ns: str, name: str, not_: str = "") -> s
 def test_preempted_trainingjob_resumes_from_the_checkpoint_written_at_eviction(
     real_kueue: ClusterHandle,
     durable_trainer_image: str,  # noqa: F811
-    durable_operator: OperatorProcess,  # noqa: F811
-    durable_ns: str,  # noqa: F811
+    real_host_operator: OperatorProcess,
+    real_op_namespace: str,
     real_queue: str,
 ) -> None:
-    client, ns = real_kueue.client, durable_ns
+    client, ns = real_kueue.client, real_op_namespace
     ensure_priority_class(client, LOW, 100)
     ensure_priority_class(client, HIGH, 1000)
 

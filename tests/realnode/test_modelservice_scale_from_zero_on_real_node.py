@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +21,7 @@ from typing import Any
 import pytest
 from lightkube.codecs import from_dict
 from lightkube.models.core_v1 import PodStatus
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
+from lightkube.resources.core_v1 import Pod
 from lightkube.resources.discovery_v1 import EndpointSlice
 
 from activator_fixtures import ActivatorProcess, activator_service
@@ -32,7 +30,7 @@ from coxswain.devcluster import DevCluster
 from coxswain.devcluster.realnode import REAL_NODE_LABEL
 from coxswain.kube import MODELSERVICE_RESOURCE
 from coxswain.modelservice import naming
-from operator_fixtures import NAMESPACE_PREFIX, OperatorProcess, free_port
+from operator_fixtures import OperatorProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "modelservice"))
 
@@ -124,33 +122,6 @@ def server_image(
     return name
 
 
-@pytest.fixture(scope="module")
-def real_operator(
-    real_cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(
-        real_cluster, tmp_path_factory.mktemp("operator") / "operator.log", free_port(), free_port()
-    )
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
-        print(f"operator log: {op.log_path}")
-
-
-@pytest.fixture
-def op_ns(real_cluster: ClusterHandle) -> Iterator[str]:
-    name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:8]}"
-    client = real_cluster.client
-    client.create(Namespace(metadata=ObjectMeta(name=name)))
-    wait_for(
-        lambda: client.get(ServiceAccount, "default", namespace=name), 60, f"ServiceAccount {name}/default"
-    )
-    yield name
-    client.delete(Namespace, name)
-
-
 @pytest.fixture
 def host_activator(
     real_cluster: ClusterHandle, real_dev: DevCluster
@@ -180,13 +151,13 @@ def replicas(cluster: ClusterHandle, ns: str, name: str) -> int | None:
 def test_a_burst_at_zero_replicas_on_the_real_node_is_answered(
     real_cluster: ClusterHandle,
     server_image: str,
-    real_operator: OperatorProcess,
-    op_ns: str,
+    real_host_operator: OperatorProcess,
+    real_op_namespace: str,
     host_activator: ActivatorProcess,
     tmp_path: Path,
 ) -> None:
     activator = host_activator
-    ns, name = op_ns, "digits"
+    ns, name = real_op_namespace, "digits"
     activator_service(real_cluster, ns, activator.host, activator.port)
     repository = tmp_path / "models"
     write_repository(repository)
