@@ -21,7 +21,7 @@ class ActivatorProcess:
 
     def __init__(self, cluster: ClusterHandle, host: str = "127.0.0.1") -> None:
         self.host = host
-        self.port, self.admin_port = free_port(), free_port()
+        self.port, self.grpc_port, self.admin_port = free_port(), free_port(), free_port()
         self.log_path = Path(tempfile.mkdtemp(prefix="coxswain-activator-")) / "activator.log"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -35,6 +35,8 @@ class ActivatorProcess:
                     host,
                     "--port",
                     str(self.port),
+                    "--grpc-port",
+                    str(self.grpc_port),
                     "--admin-port",
                     str(self.admin_port),
                     "--hold-timeout",
@@ -65,7 +67,7 @@ class ActivatorProcess:
         self.proc.wait(30)
 
 
-def activator_service(cluster: ClusterHandle, ns: str, ip: str, port: int) -> None:
+def activator_service(cluster: ClusterHandle, ns: str, ip: str, port: int, grpc_port: int) -> None:
     """What the chart makes: the activator's Service, labelled so the operator finds it, and
     (what the endpointslice controller would derive from the activator's pods) its slice."""
     labels = {naming.LABEL_ACTIVATOR: "true", naming.LABEL_SLICES: "true"}
@@ -75,7 +77,7 @@ def activator_service(cluster: ClusterHandle, ns: str, ip: str, port: int) -> No
                 "apiVersion": "v1",
                 "kind": "Service",
                 "metadata": {"name": "coxswain-activator", "namespace": ns, "labels": labels},
-                "spec": {"ports": [{"name": "http", "port": port}]},
+                "spec": {"ports": [{"name": "http", "port": port}, {"name": "grpc", "port": grpc_port}]},
             }
         )
     )
@@ -91,7 +93,10 @@ def activator_service(cluster: ClusterHandle, ns: str, ip: str, port: int) -> No
                 },
                 "addressType": "IPv4",
                 "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
-                "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+                "ports": [
+                    {"name": "http", "port": port, "protocol": "TCP"},
+                    {"name": "grpc", "port": grpc_port, "protocol": "TCP"},
+                ],
             }
         )
     )

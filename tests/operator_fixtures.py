@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from cluster_fixtures import ClusterHandle, fresh_namespace
+from coxswain.devcluster import DevCluster
 
 NAMESPACE_PREFIX = "op-"
 KUBECONFIG_ENV = "COXSWAIN_OPERATOR_KUBECONFIG"
@@ -110,7 +111,12 @@ class OperatorProcess:
 
 
 def host_operator(cluster: ClusterHandle) -> Iterator[OperatorProcess]:
-    """The operator as a host process on `cluster` (watching op-* namespaces) for a fixture's life."""
+    """The operator as a host process on `cluster` (watching op-* namespaces) for a fixture's life.
+    A controller manager or scheduler that exited earlier in the session is restarted first:
+    without it every test of the module would time out waiting for pods."""
+    restarted = DevCluster(cluster.kubeconfig.parent).heal()
+    if restarted:
+        print(f"restarted exited cluster components: {', '.join(restarted)}")
     log_path = Path(tempfile.mkdtemp(prefix="coxswain-operator-")) / "operator.log"
     op = OperatorProcess(cluster, log_path, free_port(), free_port())
     op.start()

@@ -181,6 +181,32 @@ def test_up_replaces_a_crashed_cluster(cluster_dir: Path) -> None:
     assert cli(cluster_dir, "status").returncode == 0
 
 
+def test_up_restarts_an_exited_controller_manager_alone(cluster_dir: Path) -> None:
+    assert cli(cluster_dir, "up", "--gpu-nodes=1", "--cpu-nodes=0").returncode == 0
+    dev = DevCluster(cluster_dir)
+    old = load_state(dev.paths)
+    assert old is not None
+    kcm = next(p for p in old.processes if p.name == "kube-controller-manager")
+    os.kill(kcm.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while is_alive(kcm) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cli(cluster_dir, "status").returncode == 1
+
+    again = cli(cluster_dir, "up", "--gpu-nodes=1", "--cpu-nodes=0")
+    assert again.returncode == 0, again.stderr
+    assert "kube-controller-manager of the cluster" in again.stderr and "restarting it" in again.stderr
+    new = load_state(dev.paths)
+    assert new is not None
+    # The rest of the cluster (its etcd, so its objects) is the same.
+    kept = {p.name: p.pid for p in old.processes if p.name != "kube-controller-manager"}
+    assert {p.name: p.pid for p in new.processes if p.name != "kube-controller-manager"} == kept
+    restarted = next(p for p in new.processes if p.name == "kube-controller-manager")
+    assert restarted.pid != kcm.pid and is_alive(restarted)
+    assert cli(cluster_dir, "status").returncode == 0
+    assert dev.heal() == []
+
+
 def test_a_component_that_fails_to_start_is_reported_with_its_log(tmp_path: Path) -> None:
     real = locate_binaries()
     broken = tmp_path / "bin"

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from lightkube.resources.core_v1 import Pod
 from lightkube.resources.discovery_v1 import EndpointSlice
 
@@ -114,7 +116,7 @@ def test_a_burst_at_zero_replicas_is_held_answered_and_the_service_goes_back_to_
     activator: ActivatorProcess,
 ) -> None:
     ns, name = op_namespace, "digits"
-    activator_service(cluster, ns, ACTIVATOR_IP, activator.port)
+    activator_service(cluster, ns, ACTIVATOR_IP, activator.port, activator.grpc_port)
     spec = {
         "model": {"uri": f"file://{repository}/digits"},
         "repository": {"hostPath": {"path": str(repository)}},
@@ -158,3 +160,25 @@ def test_a_burst_at_zero_replicas_is_held_answered_and_the_service_goes_back_to_
     decided = datetime.fromisoformat(decision["time"].replace("Z", "+00:00"))
     assert (decided - answered_at).total_seconds() >= DELAY - 1, (decided, answered_at)
     wait_for(lambda: activator_slice(cluster, ns, name) is not None, 120, "the activator's slice again")
+    held = activator_slice(cluster, ns, name)
+    assert held is not None and {p["name"] for p in held["ports"]} == {"http", "grpc"}
+
+    # At zero again: a gRPC call (a channel made for the Service's DNS name) is held too.
+    began = time.monotonic()
+    client = triton.InferenceServerClient(
+        url=f"127.0.0.1:{activator.grpc_port}",
+        channel_args=[("grpc.default_authority", f"{name}.{ns}.svc.cluster.local:{naming.GRPC_PORT}")],
+    )
+    try:
+        x = np.full((1, 64), 0.5, dtype=np.float32)
+        tensor = triton.InferInput("input", [1, 64], "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer(name, [tensor], client_timeout=180)
+        assert result.as_numpy("logits").shape == (1, 10)
+        # The connection now leads to the pod: the next call is not held.
+        assert client.is_model_ready(name)
+    finally:
+        client.close()
+    print(f"gRPC call at zero answered in {time.monotonic() - began:.1f} s")
+    assert activator.metric("coxswain_activator_wakeups_total", ns, name) == 2
+    assert activator.metric("coxswain_activator_grpc_connections_total", ns, name) == 1

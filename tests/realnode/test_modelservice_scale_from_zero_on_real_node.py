@@ -158,7 +158,7 @@ def test_a_burst_at_zero_replicas_on_the_real_node_is_answered(
 ) -> None:
     activator = host_activator
     ns, name = real_op_namespace, "digits"
-    activator_service(real_cluster, ns, activator.host, activator.port)
+    activator_service(real_cluster, ns, activator.host, activator.port, activator.grpc_port)
     repository = tmp_path / "models"
     write_repository(repository)
     for path in (tmp_path, repository, *repository.rglob("*")):

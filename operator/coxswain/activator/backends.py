@@ -17,7 +17,10 @@ from typing import Any
 from coxswain.modelservice import naming
 
 Key = tuple[str, str]  # (namespace, ModelService name)
-Address = tuple[str, int]  # (pod IP, HTTP port)
+Address = tuple[str, int]  # (pod IP, port)
+# The server ports the activator proxies to, by their names on the Service and its slices.
+PORT_NAMES = ("http", "grpc")
+Endpoints = dict[str, list[Address]]  # port name -> ready addresses on that port
 
 CONTROLLER_MANAGER = "endpointslice-controller.k8s.io"
 
@@ -34,9 +37,14 @@ def slice_key(body: Mapping[str, Any]) -> Key | None:
     return (meta.get("namespace") or "", service)
 
 
-def ready_addresses(body: Mapping[str, Any]) -> list[Address]:
-    """Ready endpoints (a missing `ready` means ready) on the slice's `http` port."""
-    port = next((p.get("port") for p in body.get("ports") or [] if p.get("name") == "http"), None)
+def ready_endpoints(body: Mapping[str, Any]) -> Endpoints:
+    """Ready endpoints on each of the slice's ports the activator proxies to."""
+    return {name: ready_addresses(body, name) for name in PORT_NAMES}
+
+
+def ready_addresses(body: Mapping[str, Any], port_name: str = "http") -> list[Address]:
+    """Ready endpoints (a missing `ready` means ready) on the slice's port `port_name`."""
+    port = next((p.get("port") for p in body.get("ports") or [] if p.get("name") == port_name), None)
     if not isinstance(port, int):
         return []
     out: list[Address] = []
@@ -52,7 +60,7 @@ def ready_addresses(body: Mapping[str, Any]) -> list[Address]:
 class Backends:
     """Ready server addresses per ModelService, and events set when the first one appears."""
 
-    _slices: dict[Key, dict[str, list[Address]]] = field(default_factory=dict)
+    _slices: dict[Key, dict[str, Endpoints]] = field(default_factory=dict)
     _ready: dict[Key, asyncio.Event] = field(default_factory=dict)
     _turn: dict[Key, itertools.count[int]] = field(default_factory=dict)
 
@@ -65,7 +73,7 @@ class Backends:
         if deleted:
             slices.pop(name, None)
         else:
-            slices[name] = ready_addresses(body)
+            slices[name] = ready_endpoints(body)
         event = self._event(key)
         if self.addresses(key):
             event.set()
@@ -75,12 +83,12 @@ class Backends:
     def replace(self, namespace: str | None, bodies: Sequence[Mapping[str, Any]]) -> None:
         """A (re)listing of `namespace` (None: all of them) is the whole truth there: slices
         deleted while no watch ran go, and their addresses with them."""
-        fresh: dict[Key, dict[str, list[Address]]] = {}
+        fresh: dict[Key, dict[str, Endpoints]] = {}
         for body in bodies:
             key = slice_key(body)
             if key is not None:
                 name = (body.get("metadata") or {}).get("name") or ""
-                fresh.setdefault(key, {})[name] = ready_addresses(body)
+                fresh.setdefault(key, {})[name] = ready_endpoints(body)
         for key in [k for k in self._slices if namespace is None or k[0] == namespace]:
             del self._slices[key]
         self._slices.update(fresh)
@@ -99,12 +107,14 @@ class Backends:
         for event in self._ready.values():
             event.clear()
 
-    def addresses(self, key: Key) -> list[Address]:
-        return [a for addrs in self._slices.get(key, {}).values() for a in addrs]
+    def addresses(self, key: Key, port_name: str = "http") -> list[Address]:
+        """Ready addresses on `port_name`; readiness itself is told by the `http` port, which
+        every server pod has."""
+        return [a for ports in self._slices.get(key, {}).values() for a in ports.get(port_name, [])]
 
-    def pick(self, key: Key) -> Address | None:
-        """One ready address, round robin; None while there is none."""
-        found = self.addresses(key)
+    def pick(self, key: Key, port_name: str = "http") -> Address | None:
+        """One ready address on `port_name`, round robin; None while there is none."""
+        found = self.addresses(key, port_name)
         if not found:
             return None
         turn = next(self._turn.setdefault(key, itertools.count()))

@@ -1,5 +1,6 @@
-"""Run the activator: the proxy port, an admin port (/metrics, /healthz, /readyz), the
-EndpointSlice watch; SIGTERM stops taking connections and lets held requests finish."""
+"""Run the activator: the HTTP proxy port, the gRPC port, an admin port (/metrics, /healthz,
+/readyz), the EndpointSlice watch; SIGTERM stops taking connections and lets held HTTP
+requests finish (gRPC connections end with the process; their clients reconnect)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coxswain.activator.backends import Backends
+from coxswain.activator.grpc_hold import GrpcHolder
 from coxswain.activator.proxy import Activator, make_app, new_session
 from coxswain.activator.watch import Waker, watch_slices
 from coxswain.kube import make_client
@@ -39,7 +41,12 @@ def _admin_app(synced: asyncio.Event) -> web.Application:
 
 
 async def serve(
-    host: str, port: int, admin_port: int, hold_timeout: float, namespaces: list[str] | None = None
+    host: str,
+    port: int,
+    admin_port: int,
+    hold_timeout: float,
+    namespaces: list[str] | None = None,
+    grpc_port: int = 0,
 ) -> int:
     """Run until SIGTERM/SIGINT (0) or until the EndpointSlice watch ends (1: without it held
     requests would never learn of a ready pod, so the pod restarts instead)."""
@@ -47,22 +54,28 @@ async def serve(
     backends = Backends()
     synced = asyncio.Event()
     session = new_session()
-    activator = Activator(backends, Waker(client), session, hold_timeout)
+    waker = Waker(client)
+    activator = Activator(backends, waker, session, hold_timeout)
     runners = [web.AppRunner(make_app(activator)), web.AppRunner(_admin_app(synced))]
     for runner in runners:
         await runner.setup()
     await web.TCPSite(runners[0], host, port).start()
     if admin_port:
         await web.TCPSite(runners[1], host, admin_port).start()
+    grpc_server = None
+    if grpc_port:
+        holder = GrpcHolder(backends, waker, hold_timeout)
+        grpc_server = await asyncio.start_server(holder.handle, host, grpc_port)
     watcher = asyncio.create_task(watch_slices(client, backends, synced, namespaces))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info(
-        "activator listening on %s:%d (admin %d); holding requests up to %g s",
+        "activator listening on %s:%d (gRPC %s, admin %d); holding requests up to %g s",
         host,
         port,
+        grpc_port or "off",
         admin_port,
         hold_timeout,
     )
@@ -75,6 +88,8 @@ async def serve(
             "check the activator's RBAC (list/watch endpointslices) and the --namespace list",
             why or "no error",
         )
+    if grpc_server is not None:
+        grpc_server.close()
     # Held requests finish (answered or timed out) before the process goes.
     for runner in runners:
         await runner.cleanup()

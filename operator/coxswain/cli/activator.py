@@ -17,6 +17,13 @@ def register(sub: Any, name: str, help_text: str) -> None:
     run.add_argument(
         "--port", type=int, default=8080, help="the port Services route to (default %(default)s)"
     )
+    run.add_argument(
+        "--grpc-port",
+        type=int,
+        default=8081,
+        help="the port Services route gRPC to (0: off; gRPC then waits for a server pod) "
+        "(default %(default)s)",
+    )
     run.add_argument("--admin-port", type=int, default=8082, help="/metrics, /healthz, /readyz (0: off)")
     run.add_argument(
         "--hold-timeout",
@@ -43,7 +50,14 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--hold-timeout must be > 0 seconds, got {args.hold_timeout}")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     code = asyncio.run(
-        serve(args.host, args.port, args.admin_port, args.hold_timeout, args.namespace or None)
+        serve(
+            args.host,
+            args.port,
+            args.admin_port,
+            args.hold_timeout,
+            args.namespace or None,
+            grpc_port=args.grpc_port,
+        )
     )
     if code:
         print("coxswain activator: the EndpointSlice watch ended; see the log above", file=sys.stderr)

@@ -56,6 +56,9 @@ from coxswain.devcluster.state import (
 
 log = logging.getLogger("coxswain.devcluster")
 
+# Components whose state is all in the API server: `up` restarts them alone when they exited.
+RESTARTABLE = ("kube-controller-manager", "kube-scheduler", "kwok", "kueue")
+
 
 class ClusterStartError(RuntimeError):
     """A component did not start or did not become healthy; the message carries its log tail."""
@@ -174,6 +177,11 @@ class DevCluster:
                     )
                 else:
                     log.info("cluster already up in %s; reusing it", self.paths.root)
+                routes.hold(self.paths.root)
+                if kueue and state.kueue_bin_dir is None:
+                    self._start_kueue(state, time.monotonic() + timeout)
+                return state
+            if state is not None and state.ready and self._restart_exited(state, time.monotonic() + timeout):
                 routes.hold(self.paths.root)
                 if kueue and state.kueue_bin_dir is None:
                     self._start_kueue(state, time.monotonic() + timeout)
@@ -352,6 +360,43 @@ class DevCluster:
         while len(set(ports.values())) < len(components.PORT_NAMES):
             ports = {name: processes.free_port() for name in components.PORT_NAMES}
         return ports
+
+    def heal(self, timeout: float = 120.0) -> list[str]:
+        """Restart exited stateless components of a running cluster (see `_restart_exited`);
+        the names restarted. Nothing else is touched, whatever the cluster's state."""
+        with self.locked():
+            state = self.state()
+            if state is None or not state.ready:
+                return []
+            before = {r.name: r.pid for r in state.processes}
+            if not self._restart_exited(state, time.monotonic() + timeout):
+                return []
+            return [r.name for r in state.processes if before.get(r.name) != r.pid]
+
+    def _restart_exited(self, state: ClusterState, deadline: float) -> bool:
+        """Restart the components that keep no state of their own (the controller manager,
+        the scheduler, kwok, Kueue) when they alone have exited, as a kubelet restarts its
+        static pods: the cluster, its objects and everyone's kubeconfig stay. False when etcd
+        or the API server is down (the cluster is then replaced) or nothing could be done."""
+        alive = {r.name for r in state.processes if processes.is_alive(r)}
+        if not {"etcd", "kube-apiserver"} <= alive:
+            return False
+        specs = {c.name: c for c in self._components(state)}
+        exited = [name for name in RESTARTABLE if name in specs and name not in alive]
+        if not exited:
+            return False
+        for name in exited:
+            record = next((r for r in state.processes if r.name == name), None)
+            log.warning(
+                "%s of the cluster in %s had exited; restarting it (its last log lines: %s)",
+                name,
+                self.paths.root,
+                record.log if record else "none",
+            )
+            if record is not None:
+                state.processes.remove(record)
+            self._launch(state, specs[name], deadline)
+        return True
 
     def _components(self, state: ClusterState) -> list[components.Component]:
         """The component specs for a recorded state (used for their health URLs)."""

@@ -149,13 +149,15 @@ def build_service(ms: ModelService) -> dict[str, Any]:
     )
 
 
-def build_activator_slice(ms: ModelService, activator: list[tuple[str, int]]) -> dict[str, Any]:
+def build_activator_slice(
+    ms: ModelService, activator: list[tuple[str, int]], grpc_port: int | None = None
+) -> dict[str, Any]:
     """The Service's extra endpoints while no server pod is ready: the activator's pods.
 
     kube-proxy merges every EndpointSlice labelled with the Service's name, so the Service
     keeps its selector (the endpointslice controller's slice lists the server pods) and
-    routes to the activator only while that slice has no ready endpoint. HTTP only: the
-    activator holds and proxies HTTP; gRPC waits for a server pod.
+    routes to the activator only while that slice has no ready endpoint. The activator holds
+    HTTP requests and gRPC connections (`grpc_port`; without it gRPC waits for a server pod).
     """
     name = _name(ms)
     meta = _metadata(ms, naming.activator_slice_name(name))
@@ -178,7 +180,10 @@ def build_activator_slice(ms: ModelService, activator: list[tuple[str, int]]) ->
                 {"addresses": [ip], "conditions": {"ready": True}}
                 for ip in sorted({ip for ip, p in activator if p == port})
             ],
-            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": port, "protocol": "TCP"},
+                *([{"name": "grpc", "port": grpc_port, "protocol": "TCP"}] if grpc_port else []),
+            ],
         }
     )
 

@@ -22,7 +22,7 @@ from typing import Any, cast
 import kopf
 
 from coxswain import metrics, name_conflicts
-from coxswain.activator.backends import ready_addresses
+from coxswain.activator.backends import ready_endpoints
 from coxswain.api import GROUP, MODELSERVICE_PLURAL, VERSION
 from coxswain.api.common import ConditionStatus
 from coxswain.api.conditions import ModelServiceConditionType as C
@@ -142,14 +142,21 @@ async def modelservice_endpointslices(
 @kopf.index("discovery.k8s.io", "v1", "endpointslices", labels={naming.LABEL_ACTIVATOR: kopf.PRESENT})
 async def modelservice_activators(
     *, namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
-) -> dict[tuple[str, str], list[tuple[str, int]]]:
-    """The activator's pod addresses, from its Service's slices: every service that routes to it
-    is queued, so a new or moved activator pod is in their slices on the next pass."""
+) -> dict[tuple[str, str], list[tuple[str, str, int]]]:
+    """The activator's pod addresses (port name, IP, port), from its Service's slices: every
+    service that routes to it is queued, so a new or moved activator pod is in their slices on
+    the next pass."""
     controller = _controller(memo)
     for key, ms in list(controller.bodies.items()):
         if ((ms.get("spec") or {}).get("autoscaling") or {}).get("minReplicas") == 0:
             controller.wake(key)
-    return {(namespace or "", name): ready_addresses(body)}
+    return {
+        (namespace or "", name): [
+            (port, ip, number)
+            for port, addresses in ready_endpoints(body).items()
+            for ip, number in addresses
+        ]
+    }
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=LABELS)
@@ -246,7 +253,8 @@ class ModelServices:
             service=_first(index("modelservice_services"), key, "Service"),
             traffic=_first(index("modelservice_configmaps"), key, "ConfigMap"),
             hpa=_first(index("modelservice_hpas"), key, "HorizontalPodAutoscaler"),
-            activator_endpoints=self.activator_endpoints(),
+            activator_endpoints=self.activator_endpoints("http"),
+            activator_grpc_port=min((p for _, p in self.activator_endpoints("grpc")), default=None),
             activator_slice=activator_slice(index("modelservice_endpointslices"), key),
             pods=pods,
             trainingjob=trainingjob,
@@ -261,11 +269,11 @@ class ModelServices:
         )
         return Observation(observed, scraped_at)
 
-    def activator_endpoints(self) -> tuple[tuple[str, int], ...]:
+    def activator_endpoints(self, port_name: str) -> tuple[tuple[str, int], ...]:
         found: set[tuple[str, int]] = set()
         for ips in self.runtime.index("modelservice_activators").values():
             for some in ips:
-                found.update(some)
+                found.update((ip, port) for name, ip, port in some if name == port_name)
         return tuple(sorted(found))
 
     def plan(self, key: Key, ms: ModelService, observation: Observation) -> Plan:

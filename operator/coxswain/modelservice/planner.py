@@ -83,6 +83,8 @@ class Observed:
     # Ready (IP, port) of the activator's pods (scale from zero), and our EndpointSlice that
     # adds them to the Service while no server pod is ready.
     activator_endpoints: tuple[tuple[str, int], ...] = ()
+    # The activator's gRPC port (None: an activator that holds HTTP only).
+    activator_grpc_port: int | None = None
     activator_slice: dict[str, Any] | None = None
 
 
@@ -241,7 +243,7 @@ def _route_to_activator(
     ms: ModelService, obs: Observed, ready: int, servable: bool, actions: list[Action]
 ) -> None:
     if activator_routes(ms, obs, ready, servable):
-        wanted = builders.build_activator_slice(ms, list(obs.activator_endpoints))
+        wanted = builders.build_activator_slice(ms, list(obs.activator_endpoints), obs.activator_grpc_port)
         if _hash(obs.activator_slice) != _hash(wanted):
             actions.append(Action(ActionKind.ENSURE_ACTIVATOR_SLICE, wanted))
     elif obs.activator_slice is not None:

@@ -296,6 +296,18 @@ def test_min_zero_without_a_ready_pod_routes_the_service_to_the_activator() -> N
     assert ActionKind.ENSURE_ACTIVATOR_SLICE not in kinds(p)
 
 
+def test_an_activator_with_a_grpc_port_gets_the_services_grpc_port_too() -> None:
+    ms = make(replicas=0, autoscaling={"minReplicas": 0})
+    obs = observed(activator_endpoints=(("10.1.0.5", 8080),), activator_grpc_port=8081)
+    p = plan(ms, obs, Memory(), NOW, 0.0)
+    slice_ = next(a.obj for a in p.actions if a.kind == ActionKind.ENSURE_ACTIVATOR_SLICE)
+    assert slice_ is not None
+    assert slice_["ports"] == [
+        {"name": "http", "port": 8080, "protocol": "TCP"},
+        {"name": "grpc", "port": 8081, "protocol": "TCP"},
+    ]
+
+
 def test_no_activator_slice_for_min_one_or_without_an_activator() -> None:
     p = plan(make(replicas=1), observed(activator_endpoints=(("10.1.0.5", 8080),)), Memory(), NOW, 0.0)
     assert ActionKind.ENSURE_ACTIVATOR_SLICE not in kinds(p)
