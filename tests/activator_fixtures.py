@@ -19,7 +19,7 @@ from operator_fixtures import free_port
 class ActivatorProcess:
     """`coxswain activator run` as a host process, listening on `host`."""
 
-    def __init__(self, cluster: ClusterHandle, host: str = "127.0.0.1") -> None:
+    def __init__(self, cluster: ClusterHandle, host: str = "127.0.0.1", hold_timeout: float = 120) -> None:
         self.host = host
         self.port, self.grpc_port, self.admin_port = free_port(), free_port(), free_port()
         self.log_path = Path(tempfile.mkdtemp(prefix="coxswain-activator-")) / "activator.log"
@@ -40,7 +40,7 @@ class ActivatorProcess:
                     "--admin-port",
                     str(self.admin_port),
                     "--hold-timeout",
-                    "120",
+                    str(hold_timeout),
                 ],
                 env=cluster.env(),
                 stdout=log,

@@ -71,6 +71,7 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     assert sorted(o["kind"] for o in monitors) == [
         "PodMonitor",
         "PodMonitor",
+        "PodMonitor",
         "PrometheusRule",
         "ServiceMonitor",
     ]

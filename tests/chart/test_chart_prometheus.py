@@ -29,6 +29,7 @@ import yaml
 from chart_harness import REPO, RULES_FILE, alert_queries, concrete, dashboard_queries, delete_custom_objects
 from lightkube.resources.core_v1 import Pod
 
+from activator_fixtures import ActivatorProcess, activator_service
 from cluster_fixtures import ClusterHandle, wait_for
 from coxswain.devcluster.kwok_nodes import EXIT_CODE_ANNOTATION, KWOK_NODE_SELECTOR
 from coxswain.kube import MODELSERVICE_RESOURCE, TRAININGJOB_RESOURCE
@@ -234,6 +235,23 @@ def _send_requests(url: str, stop: threading.Event) -> None:
             stop.wait(0.5)
 
 
+def _held_at_zero(activator: ActivatorProcess, host: str) -> None:
+    """One HTTP request and one gRPC call through the activator for `host`'s service."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    response = httpx.get(
+        f"http://127.0.0.1:{activator.port}/v2/health/ready", headers={"Host": host}, timeout=60
+    )
+    assert response.status_code in (200, 502, 503), response.text
+    with grpc.insecure_channel(
+        f"127.0.0.1:{activator.grpc_port}", options=[("grpc.default_authority", f"{host}:8081")]
+    ) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with contextlib.suppress(grpc.RpcError):
+            stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=60)
+
+
 @pytest.fixture(scope="module")
 def scraped(
     cluster: ClusterHandle, operator: OperatorProcess, tmp_path_factory: pytest.TempPathFactory
@@ -249,6 +267,8 @@ def scraped(
     trainer_port, server_port = free_port(), free_port()
     trainer = _start_trainer(workdir, trainer_port)
     server = _start_server(workdir, server_port)
+    # Holds for 2 s only: its series exist once it has held a request and a gRPC connection.
+    activator = ActivatorProcess(cluster, hold_timeout=2)
     stop = threading.Event()
     prom: Prometheus | None = None
     try:
@@ -270,6 +290,11 @@ def scraped(
                             "labels": {"namespace": ns, "trainingjob": "live", "pod": "live-1-0"},
                         }
                     ],
+                },
+                {
+                    "job_name": "coxswain-activator",
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [f"127.0.0.1:{activator.admin_port}"]}],
                 },
                 {
                     "job_name": "coxswain-servers",
@@ -302,6 +327,23 @@ def scraped(
             ),
             namespace=ns,
         )
+
+        # At zero replicas with an activator known: a request and a gRPC call are held, wake it
+        # (0 -> 1) and, its kwok pod never answering, time out (503, UNAVAILABLE).
+        activator_service(cluster, ns, "192.0.2.10", activator.port, activator.grpc_port)
+        c.create(
+            MODELSERVICE_RESOURCE(
+                _ms(
+                    "sleepy",
+                    replicas=0,
+                    autoscaling={"minReplicas": 0, "maxReplicas": 1},
+                    nodeSelector=KWOK_NODE_SELECTOR,
+                )
+            ),
+            namespace=ns,
+        )
+        wait_for(activator.ready, 60, "the activator's EndpointSlice watch")
+        _held_at_zero(activator, f"sleepy.{ns}.svc.cluster.local")
 
         live = _running_pod(cluster, ns, "live", 1)
         assert live.metadata is not None and live.metadata.name is not None
@@ -339,6 +381,7 @@ def scraped(
         yield prom
     finally:
         stop.set()
+        activator.stop()
         for proc in (trainer, server):
             proc.send_signal(signal.SIGTERM)
             try:
@@ -378,4 +421,9 @@ def test_rollback_queries_are_the_only_ones_without_data(scraped: Prometheus) ->
     everything = dashboard_queries() + alert_queries()
     assert set(_no_data(scraped, everything)) == NEEDS_A_REAL_ROLLBACK
     up = {r["metric"]["job"]: r["value"][1] for r in scraped.query("up")}
-    assert up == {"coxswain-operator": "1", "coxswain-trainers": "1", "coxswain-servers": "1"}
+    assert up == {
+        "coxswain-operator": "1",
+        "coxswain-trainers": "1",
+        "coxswain-servers": "1",
+        "coxswain-activator": "1",
+    }

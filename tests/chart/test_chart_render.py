@@ -195,6 +195,15 @@ def test_prometheus_operator_objects_render_only_when_enabled(tmp_path: Path) ->
     trainers, servers = find(objs, "PodMonitor")
     assert trainers["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/job-completion-index"] == "0"
     assert servers["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    (activator,) = find(objs, "PodMonitor", activator=True)
+    endpoint = activator["spec"]["podMetricsEndpoints"][0]
+    assert (endpoint["port"], endpoint["honorLabels"]) == ("admin", True), (
+        "held services keep their namespace"
+    )
+    assert activator["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "activator"
+    assert not find(
+        render(tmp_path, {**MONITORS_ON, "activator": {"enabled": False}}), "PodMonitor", activator=True
+    )
     (rule,) = find(objs, "PrometheusRule")
     assert rule["spec"] == yaml.safe_load(RULES_FILE.read_text()), "the PrometheusRule embeds the rules file"
 

@@ -38,6 +38,21 @@ from serving_harness import BODY, INFER_PATH, write_repository
 
 pytestmark = pytest.mark.realnode
 
+# The gRPC client pod's script (the server image has tritonclient.grpc): one ModelInfer to the
+# Service's DNS name; prints the output's shape and the seconds it took.
+GRPC_CLIENT = """
+import sys, time
+import numpy as np
+import tritonclient.grpc as triton
+target, model = sys.argv[1], sys.argv[2]
+began = time.monotonic()
+client = triton.InferenceServerClient(target)
+x = triton.InferInput("input", [1, 64], "FP32")
+x.set_data_from_numpy(np.full((1, 64), 0.5, dtype=np.float32))
+shape = client.infer(model, [x], client_timeout=300).as_numpy("logits").shape
+print("GRPC", str(shape).replace(" ", ""), f"{time.monotonic() - began:.2f}s", flush=True)
+"""
+
 IMAGES_CACHE = Path.home() / ".cache" / "coxswain" / "images"
 BURST = 100
 DELAY = 10
@@ -182,7 +197,7 @@ def test_a_burst_at_zero_replicas_on_the_real_node_is_answered(
     real_cluster.client.create(MODELSERVICE_RESOURCE(body), namespace=ns)
     wait_for(lambda: activator_slice(real_cluster, ns, name) is not None, 60, "the activator's slice")
 
-    client_pod = {
+    client_pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "burst"},
@@ -207,8 +222,8 @@ def test_a_burst_at_zero_replicas_on_the_real_node_is_answered(
     }
     real_cluster.client.create(from_dict(client_pod), namespace=ns)
 
-    def finished() -> str | None:
-        phase = (real_cluster.client.get(Pod, "burst", namespace=ns).status or PodStatus()).phase
+    def finished(pod: str = "burst") -> str | None:
+        phase = (real_cluster.client.get(Pod, pod, namespace=ns).status or PodStatus()).phase
         return phase if phase in ("Succeeded", "Failed") else None
 
     assert wait_for(finished, 400, "the burst pod") == "Succeeded"
@@ -244,3 +259,28 @@ def test_a_burst_at_zero_replicas_on_the_real_node_is_answered(
     wait_for(lambda: activator_slice(real_cluster, ns, name) is None, 60, "the activator's slice removed")
     wait_for(lambda: replicas(real_cluster, ns, name) == 0, DELAY + 60, "scale to zero")
     wait_for(lambda: activator_slice(real_cluster, ns, name) is not None, 120, "the activator's slice again")
+
+    # At zero again: a gRPC call to the Service's DNS name (kube-proxy sends the grpc port to
+    # the activator's) is held, wakes the service and is answered by the pod.
+    grpc_pod = {
+        **client_pod,
+        "metadata": {"name": "grpc-call"},
+        "spec": {
+            **client_pod["spec"],
+            "containers": [
+                {
+                    **client_pod["spec"]["containers"][0],
+                    "name": "grpc-call",
+                    "command": ["python", "-c", GRPC_CLIENT],
+                    "args": [f"{name}.{ns}.svc.cluster.local:{naming.GRPC_PORT}", "digits"],
+                }
+            ],
+        },
+    }
+    real_cluster.client.create(from_dict(grpc_pod), namespace=ns)
+    assert wait_for(lambda: finished("grpc-call"), 400, "the gRPC client pod") == "Succeeded"
+    line = next(x for x in real_cluster.client.log("grpc-call", namespace=ns) if x.startswith("GRPC "))
+    print(f"real node, gRPC call at zero replicas: {line.strip()}")
+    assert line.split()[1] == "(1,10)"
+    assert activator.metric("coxswain_activator_wakeups_total", ns, name) == 2
+    assert activator.metric("coxswain_activator_grpc_connections_total", ns, name) == 1

@@ -153,7 +153,8 @@ class GrpcHolder:
                     async with asyncio.timeout(min(remaining, REASK_SECONDS)):
                         await self.backends.wait_ready(key)
         finally:
-            if held:
+            if held:  # it timed out (or the client left): the time it waited counts too
+                HOLD_SECONDS.labels(*key).observe(self.clock() - started)
                 HELD.labels(*key).dec()
 
 

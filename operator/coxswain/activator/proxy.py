@@ -66,7 +66,7 @@ REQUESTS = Counter(
 )
 HOLD_SECONDS = Histogram(
     "coxswain_activator_hold_seconds",
-    "How long a request waited for a ready server pod",
+    "How long a request (or gRPC connection) waited for a ready server pod, timed out ones included",
     ["namespace", "modelservice"],
     buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
 )
@@ -130,7 +130,8 @@ class Activator:
                     async with asyncio.timeout(min(remaining, REASK_SECONDS)):
                         await self.backends.wait_ready(key)
         finally:
-            if held:
+            if held:  # it timed out (or the client left): the time it waited counts too
+                HOLD_SECONDS.labels(*key).observe(self.clock() - started)
                 HELD.labels(*key).dec()
 
     async def _forward(self, address: Address, request: web.Request, body: bytes) -> web.Response:
