@@ -119,6 +119,26 @@ def plain_job(manifest: dict[str, Any], name: str, ns: str) -> dict[str, Any]:
     return job
 
 
+def wait_for_earlier_runs(client: Client, timeout: float = 300.0) -> None:
+    """A cluster reused from an earlier run may still be deleting its namespaces: an operator
+    started meanwhile would reconcile their terminating TrainingJobs during the burst."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        left = [
+            n.metadata.name
+            for n in client.list(Namespace)
+            if n.metadata and n.metadata.name and n.metadata.name.startswith("bench-")
+        ]
+        if not left:
+            break
+        time.sleep(2)
+    else:
+        print(f"warning: namespaces of an earlier run still terminating after {timeout:.0f} s: {left}")
+    waited = time.monotonic() - began
+    if waited > 1:
+        print(f"waited {waited:.0f} s for an earlier run's namespaces to go")
+
+
 def make_namespace(client: Client, prefix: str) -> str:
     name = f"{prefix}{uuid.uuid4().hex[:6]}"
     client.create(Namespace(metadata=ObjectMeta(name=name)))
@@ -248,6 +268,7 @@ def main() -> int:
     pool = NodePool(
         prefix="bench-gpu", count=args.nodes, pool=POOL, gpus=8, pods=250, address_prefix=GPU_NODE_PREFIX
     )
+    wait_for_earlier_runs(client)
     create_nodes(client, [pool])
     ready = 0
     deadline = time.monotonic() + 120

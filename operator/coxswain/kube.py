@@ -29,6 +29,13 @@ def is_not_found(exc: ApiError) -> bool:
     return exc.status.code == 404
 
 
+def is_namespace_terminating(exc: ApiError) -> bool:
+    """403 for a create in a namespace being deleted: retrying can only fail the same way."""
+    details = exc.status.details
+    causes = (details.causes if details else None) or []
+    return exc.status.code == 403 and any(c.reason == "NamespaceTerminating" for c in causes)
+
+
 def is_conflict(exc: ApiError) -> bool:
     """AlreadyExists (409): an earlier pass made it."""
     return exc.status.code == 409

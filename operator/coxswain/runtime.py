@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from coxswain import events, metrics
 from coxswain.clock import Clock, LoopClock
-from coxswain.kube import make_client
+from coxswain.kube import is_namespace_terminating, make_client
 from coxswain.leadership import Leadership
 from coxswain.own_writes import OwnWrites
 from coxswain.tenancy import TenancyPolicy
@@ -146,6 +146,10 @@ class Controller:
             )
             return None  # a change of the object queues it again
         except ApiError as exc:
+            if is_namespace_terminating(exc):
+                # Its objects go with the namespace; the deletion events end the story.
+                logger.info("namespace %s is being deleted: not recreating anything in it", key[0])
+                return None
             metrics.RECONCILE_ERRORS.labels(self.kind.name).inc()
             delay = self.queue.failed(key)
             logger.warning("reconcile failed, retrying in %.1f s: %s", delay, exc.status.message)

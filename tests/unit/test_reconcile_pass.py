@@ -185,6 +185,30 @@ async def test_api_and_connection_errors_back_off_per_key_and_a_success_resets()
     await runtime.close()
 
 
+async def test_a_namespace_being_deleted_is_not_retried() -> None:
+    client = FakeClient()
+    runtime, _ = runtime_with(client)
+    controller = runtime.controllers[KIND]
+    controller.bodies[KEY] = tj_body()
+    message = 'configmaps "tj-config" is forbidden: unable to create new content in namespace ns because it is being terminated'
+    client.fail_next = ApiError(
+        response=httpx.Response(
+            403,
+            json={
+                "message": message,
+                "reason": "Forbidden",
+                "code": 403,
+                "details": {"causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace"}]},
+            },
+        ),
+    )
+    assert await controller.process(KEY) is None
+    # Any other 403 (say, RBAC) is retried.
+    client.fail_next = ApiError(response=httpx.Response(403, json={"message": "forbidden", "code": 403}))
+    assert await controller.process(KEY) is not None
+    await runtime.close()
+
+
 async def test_the_finalizer_of_older_operators_is_removed_on_the_first_pass() -> None:
     client = FakeClient()
     runtime, _ = runtime_with(client)
