@@ -115,13 +115,16 @@ class Controller:
         self.log = logging.getLogger(f"coxswain.{kind.name.lower()}")
 
     def seen(self, key: Key, body: Mapping[str, Any]) -> None:
-        """A watch event of the object itself: keep its body and queue it."""
+        """A watch event of the object itself: keep its body and queue it; ahead of the
+        others when no pass has seen its spec yet (new, or changed by its user)."""
         self.bodies[key] = slim_object(body)
-        self.wake(key)
+        generation = (body.get("metadata") or {}).get("generation")
+        observed = (body.get("status") or {}).get("observedGeneration")
+        self.wake(key, urgent=generation is not None and generation != observed)
 
-    def wake(self, key: Key) -> None:
+    def wake(self, key: Key, urgent: bool = False) -> None:
         self.runtime.start_workers()
-        self.queue.add(key)
+        self.queue.add(key, urgent)
 
     def forget(self, key: Key) -> None:
         self.queue.forget(key)

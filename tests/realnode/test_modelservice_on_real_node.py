@@ -116,8 +116,11 @@ def test_serves_splits_scales_up_under_load_and_down_when_idle(
     try:
         wait_for(lambda: get(cluster, ns, "digits")["spec"].get("replicas") == 3, 60, "3 replicas wanted")
         wait_for(lambda: len(ready_pod_ips(cluster, ns, "digits")) == 3, 240, "3 server pods ready")
+        # In one step or two (a scrape that caught the load still ramping up asks for 2 first).
         decision = get(cluster, ns, "digits")["status"]["lastScaleDecision"]
-        assert decision["from"] == 1 and decision["to"] == 3 and "in-flight" in decision["reason"]
+        assert decision["from"] in (1, 2) and decision["to"] == 3 and "in-flight" in decision["reason"], (
+            decision
+        )
     finally:
         load.terminate()
         load.wait(10)
@@ -166,12 +169,14 @@ def canary_under_load(
             ) from exc
         mark = len(results)
         # The weights reach the server through the ConfigMap volume (the kubelet's sync period):
-        # wait until every answer comes from the version the analysis chose.
+        # wait until every answer comes from the version the analysis chose. A run of 150 (about
+        # a second of this load): a pod still sending 10% to the canary gives 30 in a row 4% of
+        # the time, 150 in a row once in seven million.
         final = canary if phase == "Promoted" else "v1"
 
         def settled() -> bool:
-            tail = results[-30:]
-            return len(results) >= mark + 30 and all(code == 200 and v == final for code, v in tail)
+            tail = results[-150:]
+            return len(results) >= mark + 150 and all(code == 200 and v == final for code, v in tail)
 
         wait_for(settled, 90, f"every request answered by {final}")
         settled_at = len(results)
