@@ -115,16 +115,13 @@ class Controller:
         self.log = logging.getLogger(f"coxswain.{kind.name.lower()}")
 
     def seen(self, key: Key, body: Mapping[str, Any]) -> None:
-        """A watch event of the object itself: keep its body and queue it; ahead of the
-        others when no pass has seen its spec yet (new, or changed by its user)."""
+        """A watch event of the object itself: keep its body and queue it."""
         self.bodies[key] = slim_object(body)
-        generation = (body.get("metadata") or {}).get("generation")
-        observed = (body.get("status") or {}).get("observedGeneration")
-        self.wake(key, urgent=generation is not None and generation != observed)
+        self.wake(key)
 
-    def wake(self, key: Key, urgent: bool = False) -> None:
+    def wake(self, key: Key) -> None:
         self.runtime.start_workers()
-        self.queue.add(key, urgent)
+        self.queue.add(key)
 
     def forget(self, key: Key) -> None:
         self.queue.forget(key)

@@ -10,9 +10,6 @@
   in a row, with jitter so that keys failing together (the API server was away) do not come
   back together; one pass that does not raise resets it.
 - Timers run on a `Clock` (coxswain.clock): tests step it instead of sleeping.
-- An `urgent` key (an object whose spec no pass has seen yet: new, or changed by its user)
-  is taken before the others: in a burst of new objects every first pass, the one that makes
-  the children, comes before the passes that only follow children's progress.
 
 A fixed number of worker tasks serve any number of keys: memory grows by a few small entries
 per key instead of a task, an event and kopf's daemon bookkeeping per object.
@@ -55,9 +52,7 @@ class WorkQueue(Generic[K]):
         self.clock: Clock = clock or LoopClock()
         self.backoff = backoff or Backoff()
         self._order: deque[K] = deque()  # may hold stale duplicates; `_queued` is the truth
-        self._urgent_order: deque[K] = deque()  # taken first; stale entries likewise
         self._queued: set[K] = set()
-        self._urgent: set[K] = set()  # queued (or dirty) keys that are urgent
         self._processing: set[K] = set()
         self._dirty: set[K] = set()
         self._timers: dict[K, Timer] = {}
@@ -74,19 +69,14 @@ class WorkQueue(Generic[K]):
     def pending_timers(self) -> int:
         return len(self._timers)
 
-    def add(self, key: K, urgent: bool = False) -> None:
-        if urgent and key not in self._urgent:
-            self._urgent.add(key)
-            if key in self._queued:
-                self._urgent_order.append(key)  # moves ahead; its plain entry goes stale
-                return
+    def add(self, key: K) -> None:
         if key in self._processing:
             self._dirty.add(key)
             return
         if key in self._queued:
             return
         self._queued.add(key)
-        (self._urgent_order if key in self._urgent else self._order).append(key)
+        self._order.append(key)
         self._notify()
 
     def add_after(self, key: K, seconds: float) -> None:
@@ -116,17 +106,22 @@ class WorkQueue(Generic[K]):
         if timer is not None:
             timer.cancel()
         self._dirty.discard(key)
-        self._urgent.discard(key)
         self._failures.pop(key, None)
         self._queued.discard(key)  # its stale entry in `_order` is skipped by `get`
 
     async def get(self) -> K:
         """Wait for a key and mark it as being processed; call `done` with it afterwards."""
         while True:
-            for order in (self._urgent_order, self._order):
-                key = self._take(order)
-                if key is not None:
-                    return key
+            while self._order:
+                key = self._order.popleft()
+                if key not in self._queued:
+                    continue  # forgotten, or a duplicate of one taken already
+                self._queued.discard(key)
+                self._processing.add(key)
+                timer = self._timers.pop(key, None)
+                if timer is not None:
+                    timer.cancel()
+                return key
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
@@ -135,20 +130,6 @@ class WorkQueue(Generic[K]):
                 if waiter.done() and not waiter.cancelled():
                     self._notify()  # pass the wake-up on: a key is waiting
                 raise
-
-    def _take(self, order: deque[K]) -> K | None:
-        while order:
-            key = order.popleft()
-            if key not in self._queued:
-                continue  # forgotten, or a duplicate of one taken already
-            self._queued.discard(key)
-            self._urgent.discard(key)
-            self._processing.add(key)
-            timer = self._timers.pop(key, None)
-            if timer is not None:
-                timer.cancel()
-            return key
-        return None
 
     def done(self, key: K) -> None:
         self._processing.discard(key)

@@ -58,26 +58,6 @@ async def test_a_key_added_while_processed_is_requeued_when_done_not_handed_out_
     assert await next_key(queue) is None
 
 
-async def test_urgent_keys_are_taken_first_and_once() -> None:
-    queue, _ = queue_with_clock()
-    C: Key = ("ns", "c")
-    queue.add(A)
-    queue.add(B)
-    queue.add(C, urgent=True)
-    queue.add(B, urgent=True)  # already queued: moves ahead, still handed out once
-    taken = [await next_key(queue) for _ in range(4)]
-    assert taken == [C, B, A, None]
-    for key in (C, B, A):
-        queue.done(key)
-    # Urgent while being processed: queued ahead of the rest when done.
-    queue.add(A)
-    assert await next_key(queue) == A
-    queue.add(B)
-    queue.add(A, urgent=True)
-    queue.done(A)
-    assert [await next_key(queue), await next_key(queue)] == [A, B]
-
-
 async def test_done_without_new_adds_does_not_requeue() -> None:
     queue, _ = queue_with_clock()
     queue.add(A)
