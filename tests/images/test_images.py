@@ -102,6 +102,9 @@ def test_entrypoints_work(image: tuple[str, Container]) -> None:
     if ref == OPERATOR_IMAGE:
         assert "--namespace" in container.run("coxswain", "operator", "run", "--help").stdout
         container.python("import coxswain.handlers")
+        # The chart's activator Deployment runs the same image.
+        assert "--grpc-port" in container.run("coxswain", "activator", "run", "--help").stdout
+        container.python("import coxswain.activator.main")
         assert container.python("import importlib.util as u; print(u.find_spec('torch'))") == "None"
         refused = container.run("coxswain", "dev", "cluster", "up", check=False)
         assert refused.returncode == 2 and "invalid choice: 'dev'" in refused.stderr

@@ -71,6 +71,14 @@ def test_install_upgrade_uninstall_with_the_operator_image(
             )
         )
 
+        # The activator runs from the same image: Ready once its EndpointSlice watch has listed.
+        def activators_ready() -> bool:
+            labels = {"app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/component": "activator"}
+            pods = list(cluster.client.list(Pod, namespace=ns, labels=labels))
+            return bool(pods) and all(running_ready(p) for p in pods)
+
+        wait_for(activators_ready, 180, "the activator's pods Ready")
+
         values["logLevel"] = "DEBUG"
         helm_upgrade_install(cluster.bin_dir, cluster.kubeconfig, RELEASE, ns, values, tmp_path / "v2.yaml")
 
