@@ -134,7 +134,8 @@ weights_documents = (
     | json_values
 )
 version_names = st.sampled_from(["v1", "v2", "v3", "v9", "..", ".", "v1.", "-x"]) | st.text(
-    st.characters(min_codepoint=0x20, blacklist_categories=["Cs"], blacklist_characters="/?#%\\"),
+    # No control characters (DEL included): no HTTP client can put them in a URL path.
+    st.characters(min_codepoint=0x20, blacklist_categories=["Cs", "Cc"], blacklist_characters="/?#%\\"),
     min_size=1,
     max_size=70,
 )
