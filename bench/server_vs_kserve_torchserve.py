@@ -340,45 +340,35 @@ def main() -> int:
         bench = Bench(tmp, baselines)
         only = set(filter(None, args.only.split(",")))
         targets = [t for t in bench.targets() if not only or t.name in only]
-        for model in args.models.split(","):
+
+        def sweep(
+            model: str, what: str, run: Callable[..., Load], into: dict[tuple[str, str], Load], digits: int
+        ) -> None:
+            """Every target under `run`, kept in `into` and printed as a `raw` line."""
             for target in targets:
-                result = measure(bench, target, model, tmp, partial(run_wrk, seconds=args.duration))
+                result = measure(bench, target, model, tmp, run)
                 if result is not None:
-                    saturated[(target.name, model)] = result
+                    into[(target.name, model)] = result
                     print(
-                        f"raw {target.name} {model} saturation c={CONNECTIONS} rps={result.rps:.0f} "
-                        f"p50_ms={result.p50_ms:.2f} p99_ms={result.p99_ms:.2f} requests={result.requests} bad={result.bad}",
+                        f"raw {target.name} {model} {what} rps={result.rps:.0f} "
+                        f"p50_ms={result.p50_ms:.{digits}f} p99_ms={result.p99_ms:.{digits}f} "
+                        f"requests={result.requests} bad={result.bad}",
                         flush=True,
                     )
+
+        for model in args.models.split(","):
+            sweep(model, f"saturation c={CONNECTIONS}", partial(run_wrk, seconds=args.duration), saturated, 2)
             measured = [saturated[(t.name, model)].rps for t in targets if (t.name, model) in saturated]
             rate = args.rate or (0.5 * min(measured) if measured else 100.0)
             rates[model] = rate
-            for target in targets:
-                result = measure(
-                    bench,
-                    target,
-                    model,
-                    tmp,
-                    partial(run_wrk, seconds=args.duration, rate=rate),
-                )
-                if result is not None:
-                    fixed[(target.name, model)] = result
-                    print(
-                        f"raw {target.name} {model} fixed_rate target={rate:.0f} rps={result.rps:.0f} "
-                        f"p50_ms={result.p50_ms:.2f} p99_ms={result.p99_ms:.2f} requests={result.requests} bad={result.bad}",
-                        flush=True,
-                    )
-            for target in targets:
-                result = measure(
-                    bench, target, model, tmp, partial(run_wrk, seconds=args.duration, connections=1)
-                )
-                if result is not None:
-                    alone[(target.name, model)] = result
-                    print(
-                        f"raw {target.name} {model} one_connection rps={result.rps:.0f} "
-                        f"p50_ms={result.p50_ms:.3f} p99_ms={result.p99_ms:.3f} requests={result.requests} bad={result.bad}",
-                        flush=True,
-                    )
+            sweep(
+                model,
+                f"fixed_rate target={rate:.0f}",
+                partial(run_wrk, seconds=args.duration, rate=rate),
+                fixed,
+                2,
+            )
+            sweep(model, "one_connection", partial(run_wrk, seconds=args.duration, connections=1), alone, 3)
     print()
     print(f"{'server':<13} {'model':<5} {'req/s c=32':>10} {'p50 ms':>7} {'p99 ms':>7} | "
           f"{'fixed rate':>10} {'p50 ms':>7} {'p99 ms':>7}")  # fmt: skip

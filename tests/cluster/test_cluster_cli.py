@@ -17,7 +17,7 @@ import pytest
 from coxswain.devcluster import DevCluster
 from coxswain.devcluster.binaries import locate_binaries
 from coxswain.devcluster.processes import is_alive, marked_processes, port_in_use
-from coxswain.devcluster.state import ClusterState, load_state
+from coxswain.devcluster.state import ClusterState, ProcessRecord, load_state
 
 pytestmark = pytest.mark.cluster
 
@@ -71,6 +71,16 @@ def assert_nothing_left(cluster_dir: Path, state: ClusterState) -> None:
     assert not busy, f"ports still listening: {busy}"
     assert not state.data_dir.exists(), "etcd's data directory was not removed"
     assert not DevCluster(cluster_dir).paths.state_file.exists()
+
+
+def kill_component(state: ClusterState, name: str) -> ProcessRecord:
+    """SIGKILL one component (a crash) and wait until it is gone."""
+    record = next(p for p in state.processes if p.name == name)
+    os.kill(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while is_alive(record) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return record
 
 
 @pytest.fixture
@@ -165,11 +175,7 @@ def test_up_replaces_a_crashed_cluster(cluster_dir: Path) -> None:
     assert cli(cluster_dir, "up", "--gpu-nodes=1", "--cpu-nodes=0").returncode == 0
     old = load_state(DevCluster(cluster_dir).paths)
     assert old is not None
-    apiserver = next(p for p in old.processes if p.name == "kube-apiserver")
-    os.kill(apiserver.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while is_alive(apiserver) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    kill_component(old, "kube-apiserver")
     status = cli(cluster_dir, "status")
     assert status.returncode == 1
     assert "not running" in status.stdout
@@ -186,11 +192,7 @@ def test_up_restarts_an_exited_controller_manager_alone(cluster_dir: Path) -> No
     dev = DevCluster(cluster_dir)
     old = load_state(dev.paths)
     assert old is not None
-    kcm = next(p for p in old.processes if p.name == "kube-controller-manager")
-    os.kill(kcm.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while is_alive(kcm) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    kcm = kill_component(old, "kube-controller-manager")
     assert cli(cluster_dir, "status").returncode == 1
 
     again = cli(cluster_dir, "up", "--gpu-nodes=1", "--cpu-nodes=0")

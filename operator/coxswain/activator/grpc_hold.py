@@ -32,7 +32,8 @@ from coxswain.activator.h2frames import (
     first_request,
     grpc_error,
 )
-from coxswain.activator.proxy import HELD, HOLD_SECONDS, REASK_SECONDS, REFUSED_PAUSE_SECONDS
+from coxswain.activator.hold import Hold
+from coxswain.activator.proxy import REFUSED_PAUSE_SECONDS
 from coxswain.activator.routing import UnknownHost, modelservice_of
 from coxswain.activator.watch import Waker
 
@@ -123,39 +124,22 @@ class GrpcHolder:
                 await up_writer.wait_closed()
 
     async def _connect_when_ready(self, key: Key) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        started = self.clock()
-        deadline = started + self.hold_timeout
-        held = False
+        deadline = self.clock() + self.hold_timeout
+        hold = Hold(self.backends, self.waker, key, deadline, self.clock)
         try:
             while True:
-                address = self.backends.pick(key, "grpc")
-                if address is not None:
-                    if held:
-                        HOLD_SECONDS.labels(*key).observe(self.clock() - started)
-                        held = False
-                        HELD.labels(*key).dec()
-                    connection = await _open(address)
-                    if connection is not None:
-                        return connection
-                    log.info("[%s/%s] pod %s:%d refused a gRPC connection; trying again", *key, *address)
-                    if self.clock() >= deadline:
-                        return None
-                    await asyncio.sleep(REFUSED_PAUSE_SECONDS)
-                    continue
-                remaining = deadline - self.clock()
-                if remaining <= 0:
+                address = await hold.address("grpc")
+                if address is None:
                     return None
-                if not held:
-                    held = True
-                    HELD.labels(*key).inc()
-                self.waker.wake(key)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, REASK_SECONDS)):
-                        await self.backends.wait_ready(key)
+                connection = await _open(address)
+                if connection is not None:
+                    return connection
+                log.info("[%s/%s] pod %s:%d refused a gRPC connection; trying again", *key, *address)
+                if self.clock() >= deadline:
+                    return None
+                await asyncio.sleep(REFUSED_PAUSE_SECONDS)
         finally:
-            if held:  # it timed out (or the client left): the time it waited counts too
-                HOLD_SECONDS.labels(*key).observe(self.clock() - started)
-                HELD.labels(*key).dec()
+            hold.end()
 
 
 async def _open(address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:

@@ -9,7 +9,6 @@ are proxied at once. Bodies are read whole: the server caps them at 8 MiB anyway
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -18,17 +17,15 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter
 
 from coxswain.activator.backends import Address, Backends, Key
+from coxswain.activator.hold import Hold
 from coxswain.activator.routing import UnknownHost, modelservice_of
 from coxswain.activator.watch import Waker
 
 log = logging.getLogger("coxswain.activator")
 
-# While a request waits, the wake-up is asked for again this often: the autoscaler may have
-# written replicas 0 between the first ask and the pod's start.
-REASK_SECONDS = 5.0
 # A pod listed as ready that refuses the connection (it just stopped), or a just-woken pod
 # whose queue is full (429: it took nothing on): try again after this, within the hold time.
 REFUSED_PAUSE_SECONDS = 0.2
@@ -54,21 +51,10 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-HELD = Gauge(
-    "coxswain_activator_held_requests",
-    "Requests waiting for a ready server pod",
-    ["namespace", "modelservice"],
-)
 REQUESTS = Counter(
     "coxswain_activator_requests",
     "Requests the activator answered, by the code it answered with",
     ["namespace", "modelservice", "code"],
-)
-HOLD_SECONDS = Histogram(
-    "coxswain_activator_hold_seconds",
-    "How long a request (or gRPC connection) waited for a ready server pod, timed out ones included",
-    ["namespace", "modelservice"],
-    buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
 )
 
 
@@ -91,48 +77,30 @@ class Activator:
         return response
 
     async def _hold_and_forward(self, key: Key, request: web.Request, body: bytes) -> web.StreamResponse:
-        started = self.clock()
-        deadline = started + self.hold_timeout
-        held = False
+        deadline = self.clock() + self.hold_timeout
+        hold = Hold(self.backends, self.waker, key, deadline, self.clock)
         try:
             while True:
-                address = self.backends.pick(key)
-                if address is not None:
-                    if held:
-                        HOLD_SECONDS.labels(*key).observe(self.clock() - started)
-                        held = False
-                        HELD.labels(*key).dec()
-                    try:
-                        response = await self._forward(address, request, body)
-                        # A burst held at zero lands on one cold pod at once: what its queue
-                        # cannot take waits here instead of failing.
-                        if response.status not in RETRY_CODES or self.clock() >= deadline:
-                            return response
-                        await asyncio.sleep(OVERLOADED_PAUSE_SECONDS)
-                        continue
-                    except NOT_SENT as exc:
-                        log.info("[%s/%s] pod %s:%d refused (%s); trying again", *key, *address, exc)
-                        if self.clock() >= deadline:
-                            return _unavailable(key, self.hold_timeout)
-                        await asyncio.sleep(REFUSED_PAUSE_SECONDS)
-                        continue
-                    except aiohttp.ClientConnectionError as exc:
-                        log.warning("[%s/%s] pod %s:%d broke the connection (%s)", *key, *address, exc)
-                        return _broken(key, address)
-                remaining = deadline - self.clock()
-                if remaining <= 0:
+                address = await hold.address("http")
+                if address is None:
                     return _unavailable(key, self.hold_timeout)
-                if not held:
-                    held = True
-                    HELD.labels(*key).inc()
-                self.waker.wake(key)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, REASK_SECONDS)):
-                        await self.backends.wait_ready(key)
+                try:
+                    response = await self._forward(address, request, body)
+                    # A burst held at zero lands on one cold pod at once: what its queue
+                    # cannot take waits here instead of failing.
+                    if response.status not in RETRY_CODES or self.clock() >= deadline:
+                        return response
+                    await asyncio.sleep(OVERLOADED_PAUSE_SECONDS)
+                except NOT_SENT as exc:
+                    log.info("[%s/%s] pod %s:%d refused (%s); trying again", *key, *address, exc)
+                    if self.clock() >= deadline:
+                        return _unavailable(key, self.hold_timeout)
+                    await asyncio.sleep(REFUSED_PAUSE_SECONDS)
+                except aiohttp.ClientConnectionError as exc:
+                    log.warning("[%s/%s] pod %s:%d broke the connection (%s)", *key, *address, exc)
+                    return _broken(key, address)
         finally:
-            if held:  # it timed out (or the client left): the time it waited counts too
-                HOLD_SECONDS.labels(*key).observe(self.clock() - started)
-                HELD.labels(*key).dec()
+            hold.end()
 
     async def _forward(self, address: Address, request: web.Request, body: bytes) -> web.Response:
         ip, port = address

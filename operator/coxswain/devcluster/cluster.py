@@ -368,23 +368,18 @@ class DevCluster:
             state = self.state()
             if state is None or not state.ready:
                 return []
-            before = {r.name: r.pid for r in state.processes}
-            if not self._restart_exited(state, time.monotonic() + timeout):
-                return []
-            return [r.name for r in state.processes if before.get(r.name) != r.pid]
+            return self._restart_exited(state, time.monotonic() + timeout)
 
-    def _restart_exited(self, state: ClusterState, deadline: float) -> bool:
+    def _restart_exited(self, state: ClusterState, deadline: float) -> list[str]:
         """Restart the components that keep no state of their own (the controller manager,
         the scheduler, kwok, Kueue) when they alone have exited, as a kubelet restarts its
-        static pods: the cluster, its objects and everyone's kubeconfig stay. False when etcd
-        or the API server is down (the cluster is then replaced) or nothing could be done."""
+        static pods: the cluster, its objects and everyone's kubeconfig stay. Returns the names
+        restarted: none when etcd or the API server is down (the cluster is then replaced)."""
         alive = {r.name for r in state.processes if processes.is_alive(r)}
         if not {"etcd", "kube-apiserver"} <= alive:
-            return False
+            return []
         specs = {c.name: c for c in self._components(state)}
         exited = [name for name in RESTARTABLE if name in specs and name not in alive]
-        if not exited:
-            return False
         for name in exited:
             record = next((r for r in state.processes if r.name == name), None)
             log.warning(
@@ -396,7 +391,7 @@ class DevCluster:
             if record is not None:
                 state.processes.remove(record)
             self._launch(state, specs[name], deadline)
-        return True
+        return exited
 
     def _components(self, state: ClusterState) -> list[components.Component]:
         """The component specs for a recorded state (used for their health URLs)."""

@@ -243,6 +243,7 @@ class ModelServices:
         ref = ms.spec.model.training_job_ref
         trainingjobs = self.runtime.controllers.get("TrainingJob")
         trainingjob = trainingjobs.bodies.get((key[0], ref.name)) if ref and trainingjobs else None
+        activator = self.activator_endpoints()
         targets = scrape_targets(pods)
         scraped_at = time.monotonic()
         samples = await scrape(self.runtime.http, targets) if targets else {}
@@ -253,8 +254,8 @@ class ModelServices:
             service=_first(index("modelservice_services"), key, "Service"),
             traffic=_first(index("modelservice_configmaps"), key, "ConfigMap"),
             hpa=_first(index("modelservice_hpas"), key, "HorizontalPodAutoscaler"),
-            activator_endpoints=self.activator_endpoints("http"),
-            activator_grpc_port=min((p for _, p in self.activator_endpoints("grpc")), default=None),
+            activator_endpoints=activator.get("http", ()),
+            activator_grpc_port=min((p for _, p in activator.get("grpc", ())), default=None),
             activator_slice=activator_slice(index("modelservice_endpointslices"), key),
             pods=pods,
             trainingjob=trainingjob,
@@ -269,12 +270,14 @@ class ModelServices:
         )
         return Observation(observed, scraped_at)
 
-    def activator_endpoints(self, port_name: str) -> tuple[tuple[str, int], ...]:
-        found: set[tuple[str, int]] = set()
+    def activator_endpoints(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """The activator pods' (IP, port) by port name, from every slice of its Service."""
+        found: dict[str, set[tuple[str, int]]] = {}
         for ips in self.runtime.index("modelservice_activators").values():
             for some in ips:
-                found.update((ip, port) for name, ip, port in some if name == port_name)
-        return tuple(sorted(found))
+                for name, ip, port in some:
+                    found.setdefault(name, set()).add((ip, port))
+        return {name: tuple(sorted(addresses)) for name, addresses in found.items()}
 
     def plan(self, key: Key, ms: ModelService, observation: Observation) -> Plan:
         memory = self.memory.get(key) or Memory()

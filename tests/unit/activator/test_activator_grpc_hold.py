@@ -11,24 +11,15 @@ from typing import Any
 
 import grpc
 import pytest
+from activator_doubles import RecordingWaker, ready_slice
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from coxswain.activator.backends import Backends, Key
+from coxswain.activator.backends import Backends
 from coxswain.activator.grpc_hold import GrpcHolder
 
 pytestmark = pytest.mark.unit
 
 AUTHORITY = "digits.ml.svc.cluster.local:8081"
-
-
-class RecordingWaker:
-    def __init__(self) -> None:
-        self.keys: list[Key] = []
-        self.asked = asyncio.Event()
-
-    def wake(self, key: Key) -> Any:
-        self.keys.append(key)
-        self.asked.set()
 
 
 class Live(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -51,22 +42,6 @@ async def pod() -> AsyncIterator[tuple[int, Live]]:
     await server.stop(None)
 
 
-def ready_slice(grpc_port: int) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "name": "digits-abc",
-            "namespace": "ml",
-            "labels": {
-                "kubernetes.io/service-name": "digits",
-                "coxswain.dev/modelservice": "digits",
-                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-            },
-        },
-        "ports": [{"name": "http", "port": 1}, {"name": "grpc", "port": grpc_port}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
-    }
-
-
 async def serve(holder: GrpcHolder) -> tuple[asyncio.Server, int]:
     server = await asyncio.start_server(holder.handle, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
@@ -86,7 +61,7 @@ async def test_a_held_call_is_answered_by_the_pod_once_it_is_ready(pod: tuple[in
             call = asyncio.ensure_future(stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=20))
             await asyncio.wait_for(waker.asked.wait(), 10)
             assert waker.keys[0] == ("ml", "digits") and not call.done()
-            backends.update(ready_slice(pod_port))
+            backends.update(ready_slice(http=1, grpc=pod_port))
             assert (await asyncio.wait_for(call, 10)).live
             # The connection is the pod's now: the next call goes there without a hold.
             assert (await stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=5)).live

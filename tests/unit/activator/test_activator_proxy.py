@@ -9,13 +9,13 @@ import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
+from activator_doubles import RecordingWaker, ready_slice
 from aiohttp import web
 
-from coxswain.activator.backends import Backends, Key
+from coxswain.activator.backends import Backends
 from coxswain.activator.proxy import Activator, make_app, new_session
 
 pytestmark = pytest.mark.unit
@@ -27,32 +27,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class RecordingWaker:
-    def __init__(self) -> None:
-        self.keys: list[Key] = []
-        self.asked = asyncio.Event()
-
-    def wake(self, key: Key) -> Any:
-        self.keys.append(key)
-        self.asked.set()
-
-
-def ready_slice(port: int) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "name": "digits-abc",
-            "namespace": "ml",
-            "labels": {
-                "kubernetes.io/service-name": "digits",
-                "coxswain.dev/modelservice": "digits",
-                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-            },
-        },
-        "ports": [{"name": "http", "port": port}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
-    }
 
 
 @pytest.fixture
@@ -99,7 +73,7 @@ async def test_a_held_request_is_answered_once_a_pod_is_ready(upstream: tuple[in
             )
             await asyncio.wait_for(waker.asked.wait(), 10)
             assert waker.keys[0] == ("ml", "digits") and not call.done()
-            backends.update(ready_slice(port))
+            backends.update(ready_slice(http=port))
             response = await asyncio.wait_for(call, 10)
             assert response.status == 200 and await response.read() == b"x" * 10
             assert response.headers["X-Host"] == HOST
@@ -129,7 +103,7 @@ async def test_a_refused_connection_is_tried_again_until_a_pod_answers(
 ) -> None:
     port, answers = upstream
     backends = Backends()
-    backends.update(ready_slice(free_port()))  # listed as ready, nothing listening: refused
+    backends.update(ready_slice(http=free_port()))  # listed as ready, nothing listening: refused
     session = new_session()
     runner, own = await serve(Activator(backends, RecordingWaker(), session, hold_timeout=30))  # type: ignore[arg-type]
     refused = asyncio.Event()
@@ -151,7 +125,7 @@ async def test_a_refused_connection_is_tried_again_until_a_pod_answers(
                 )
             )
             await asyncio.wait_for(refused.wait(), 10)
-            backends.update(ready_slice(port))  # the same slice, now on a listening pod
+            backends.update(ready_slice(http=port))  # the same slice, now on a listening pod
             response = await asyncio.wait_for(call, 10)
             assert response.status == 200 and await response.read() == b"y"
             assert answers == [429, 200]
@@ -171,7 +145,7 @@ async def test_a_connection_broken_after_sending_is_502_and_not_sent_again() -> 
 
     pod = await asyncio.start_server(hang_up, "127.0.0.1", 0)
     backends = Backends()
-    backends.update(ready_slice(pod.sockets[0].getsockname()[1]))
+    backends.update(ready_slice(http=pod.sockets[0].getsockname()[1]))
     session = new_session()
     runner, own = await serve(Activator(backends, RecordingWaker(), session, hold_timeout=30))  # type: ignore[arg-type]
     try:
