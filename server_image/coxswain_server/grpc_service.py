@@ -1,8 +1,9 @@
-"""The gRPC transport: `inference.GRPCInferenceService` on its own port, on the same event
-loop, versions, traffic split, batchers, auth token, metrics and drain as the HTTP side.
+"""The gRPC side: `inference.GRPCInferenceService` on its own port, on the same event loop,
+versions, traffic split, batchers, auth token, metrics and drain as the HTTP side, over the
+HTTP/2 transport in `h2_unary.py` (every method of the service is unary).
 
 Handlers take the request's wire bytes and parse them here, so a message that does not
-decode is INVALID_ARGUMENT (grpcio's own deserializer would answer INTERNAL). ServerError
+decode is INVALID_ARGUMENT naming the message. ServerError
 subclasses map to the status codes below by their HTTP status; the call is counted in the
 metrics under that HTTP status with protocol="grpc". Triton's extensions other than
 ModelConfig (statistics, repository, shared memory, trace, logging) answer UNIMPLEMENTED.
@@ -16,11 +17,21 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import grpc
 from tritonclient.grpc import service_pb2 as pb
 
 from coxswain_server import protocol_grpc
 from coxswain_server.errors import NotFound, ServerError, Unauthorized
+from coxswain_server.h2_unary import (
+    DEADLINE_EXCEEDED,
+    INTERNAL,
+    INVALID_ARGUMENT,
+    RESOURCE_EXHAUSTED,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+    Call,
+    GrpcAbort,
+    UnaryServer,
+)
 from coxswain_server.versions import ServedVersion
 
 if TYPE_CHECKING:
@@ -30,31 +41,43 @@ log = logging.getLogger("coxswain_server.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
 
+UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION = 16, 7, 5, 9
+
 # HTTP status of a ServerError -> the gRPC status with the same meaning
-STATUS_CODES: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    405: grpc.StatusCode.UNIMPLEMENTED,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED,
-    409: grpc.StatusCode.FAILED_PRECONDITION,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,
+STATUS_CODES: dict[int, int] = {
+    400: INVALID_ARGUMENT,
+    401: UNAUTHENTICATED,
+    403: PERMISSION_DENIED,
+    404: NOT_FOUND,
+    405: UNIMPLEMENTED,
+    408: DEADLINE_EXCEEDED,
+    409: FAILED_PRECONDITION,
+    413: RESOURCE_EXHAUSTED,
+    415: INVALID_ARGUMENT,
+    429: RESOURCE_EXHAUSTED,
+    503: UNAVAILABLE,
 }
+# gRPC status of a call the transport refused -> the HTTP status it is counted under
+REFUSAL_STATUS = {RESOURCE_EXHAUSTED: 413, UNIMPLEMENTED: 501, DEADLINE_EXCEEDED: 408}
 CLIENT_GONE = 499  # counted like HTTP's "client closed request"
 
 
-def status_code(http_status: int) -> grpc.StatusCode:
+def status_code(http_status: int) -> int:
     code = STATUS_CODES.get(http_status)
     if code is not None:
         return code
-    return grpc.StatusCode.INVALID_ARGUMENT if http_status < 500 else grpc.StatusCode.INTERNAL
+    return INVALID_ARGUMENT if http_status < 500 else INTERNAL
 
 
-Handler = Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+def abort(exc: ServerError) -> GrpcAbort:
+    trailing: tuple[tuple[str, str], ...] = ()
+    retry_after = getattr(exc, "retry_after", None)
+    if exc.status in (429, 503):
+        trailing = (("retry-after", str(retry_after or 1)),)
+    return GrpcAbort(status_code(exc.status), exc.message, trailing)
+
+
+Handler = Callable[[bytes, Call], Awaitable[bytes]]
 
 
 class GrpcEndpoint:
@@ -62,41 +85,32 @@ class GrpcEndpoint:
 
     def __init__(self, app: InferenceApp, host: str, port: int) -> None:
         self.app = app
+        self.host, self.port = host, port
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        settings = app.settings
-        self._model = settings.model
-        self._server: grpc.aio.Server | None = None
+        self._model = app.settings.model
+        self._server: UnaryServer | None = None
         self._stopping: asyncio.Future[None] | None = None
-        self._options = [
-            # the same body limit as HTTP; grpcio answers RESOURCE_EXHAUSTED naming both sizes
-            ("grpc.max_receive_message_length", settings.max_body_bytes),
-            ("grpc.max_send_message_length", -1),
-            # grpcio sets SO_REUSEPORT by default: a second server on a taken port would then
-            # start fine and silently share the traffic; fail to bind instead
-            ("grpc.so_reuseport", 0),
-        ]
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=self._options)
-        handlers: dict[str, grpc.RpcMethodHandler] = {}
-        methods: dict[str, tuple[Handler, Callable[[Any], bytes]]] = {
-            "ServerLive": (self.server_live, pb.ServerLiveResponse.SerializeToString),
-            "ServerReady": (self.server_ready, pb.ServerReadyResponse.SerializeToString),
-            "ModelReady": (self.model_ready, pb.ModelReadyResponse.SerializeToString),
-            "ServerMetadata": (self.server_metadata, pb.ServerMetadataResponse.SerializeToString),
-            "ModelMetadata": (self.model_metadata, pb.ModelMetadataResponse.SerializeToString),
-            "ModelConfig": (self.model_config, pb.ModelConfigResponse.SerializeToString),
-            "ModelInfer": (self.model_infer, pb.ModelInferResponse.SerializeToString),
+        methods: dict[str, Handler] = {
+            "ServerLive": self.server_live,
+            "ServerReady": self.server_ready,
+            "ModelReady": self.model_ready,
+            "ServerMetadata": self.server_metadata,
+            "ModelMetadata": self.model_metadata,
+            "ModelConfig": self.model_config,
+            "ModelInfer": self.model_infer,
         }
-        for name, (handler, serialize) in methods.items():
-            # no request_deserializer: the handler gets bytes and parses them (see the module doc)
-            handlers[name] = grpc.unary_unary_rpc_method_handler(handler, response_serializer=serialize)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        server = UnaryServer(
+            {f"/{SERVICE}/{name}": handler for name, handler in methods.items()},
+            # the same body limit as HTTP; a bigger message is RESOURCE_EXHAUSTED naming both sizes
+            max_message=self.app.settings.max_body_bytes,
+            on_refused=self._refused,
+        )
         try:
-            server.add_insecure_port(self.address)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen for gRPC on {self.address}: {exc}") from None
-        await server.start()
+            await server.start(self.host, self.port)
+        except OSError as exc:
+            raise OSError(f"cannot listen for gRPC on {self.address}: {exc.strerror or exc}") from None
         self._server = server
         log.info("gRPC (%s) listening on %s", SERVICE, self.address)
 
@@ -111,15 +125,15 @@ class GrpcEndpoint:
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _check_auth(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def _refused(self, method: str, code: int) -> None:
+        if method.endswith("/ModelInfer"):
+            self.app.observe_unrouted(REFUSAL_STATUS.get(code, 400), 0.0, "grpc")
+
+    def _check_auth(self, call: Call) -> None:
         credentials = self.app.credentials
         if not credentials.inference_required:
             return
-        given: bytes | None = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-                break
+        given = call.header(b"authorization")
         try:
             credentials.check_inference(given)
         except Unauthorized as exc:
@@ -131,51 +145,46 @@ class GrpcEndpoint:
         if name != self._model:
             raise NotFound(f"this server serves model {self._model!r} only, not {name!r}")
 
-    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], exc: ServerError) -> None:
-        trailing: tuple[tuple[str, str], ...] = ()
-        retry_after = getattr(exc, "retry_after", None)
-        if exc.status in (429, 503):
-            trailing = (("retry-after", str(retry_after or 1)),)
-        await context.abort(status_code(exc.status), exc.message, trailing)
-
     # --- health and metadata ------------------------------------------------------------
 
-    async def server_live(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return pb.ServerLiveResponse(live=True)
+    async def server_live(self, data: bytes, call: Call) -> bytes:
+        return LIVE
 
-    async def server_ready(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return pb.ServerReadyResponse(ready=self.app.ready)
+    async def server_ready(self, data: bytes, call: Call) -> bytes:
+        return READY if self.app.ready else NOT_READY
 
-    async def model_ready(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def model_ready(self, data: bytes, call: Call) -> bytes:
         try:
-            self._check_auth(context)
+            self._check_auth(call)
             request = protocol_grpc.parse(pb.ModelReadyRequest, data)
             self._check_model(request.name)
             versions = self.app.versions
             if not request.version:
-                return pb.ModelReadyResponse(ready=self.app.ready)
-            if request.version in versions.served:
-                return pb.ModelReadyResponse(ready=True)
-            if request.version not in {v["version"] for v in versions.versions_state()}:
+                ready = self.app.ready
+            elif request.version in versions.served:
+                ready = True
+            elif request.version not in {v["version"] for v in versions.versions_state()}:
                 raise NotFound(f"model {self._model} has no version {request.version}")
-            return pb.ModelReadyResponse(ready=False)
+            else:
+                ready = False
+            return pb.ModelReadyResponse(ready=ready).SerializeToString()
         except ServerError as exc:
-            await self._abort(context, exc)
+            raise abort(exc) from None
 
-    async def server_metadata(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def server_metadata(self, data: bytes, call: Call) -> bytes:
         from coxswain_server.app import SERVER_VERSION
 
         try:
-            self._check_auth(context)
+            self._check_auth(call)
         except ServerError as exc:
-            await self._abort(context, exc)
+            raise abort(exc) from None
         return pb.ServerMetadataResponse(
             name="coxswain-server", version=SERVER_VERSION, extensions=["model_configuration"]
-        )
+        ).SerializeToString()
 
-    async def model_metadata(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def model_metadata(self, data: bytes, call: Call) -> bytes:
         try:
-            self._check_auth(context)
+            self._check_auth(call)
             request = protocol_grpc.parse(pb.ModelMetadataRequest, data)
             self._check_model(request.name)
             version = request.version or None
@@ -183,25 +192,25 @@ class GrpcEndpoint:
             versions = [version] if version is not None else list(self.app.versions.served)
             return protocol_grpc.model_metadata(
                 self._model, versions, served.model.platform, served.model.signature
-            )
+            ).SerializeToString()
         except ServerError as exc:
-            await self._abort(context, exc)
+            raise abort(exc) from None
 
-    async def model_config(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def model_config(self, data: bytes, call: Call) -> bytes:
         try:
-            self._check_auth(context)
+            self._check_auth(call)
             request = protocol_grpc.parse(pb.ModelConfigRequest, data)
             self._check_model(request.name)
             served = self.app.stable(request.version or None)
             return protocol_grpc.model_config(
                 self._model, served.model.platform, self.app.settings.max_batch_size, served.model.signature
-            )
+            ).SerializeToString()
         except ServerError as exc:
-            await self._abort(context, exc)
+            raise abort(exc) from None
 
     # --- inference ----------------------------------------------------------------------
 
-    async def model_infer(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def model_infer(self, data: bytes, call: Call) -> bytes:
         # the same steps and limits as HTTP's _infer (app.py): token, the request gate, the
         # row cap, the version's queue; counted in flight once routed
         app = self.app
@@ -210,7 +219,7 @@ class GrpcEndpoint:
         entered = counted = False
         code = 500
         try:
-            self._check_auth(context)
+            self._check_auth(call)
             app.gate.enter()
             entered = True
             message = protocol_grpc.parse(pb.ModelInferRequest, data)
@@ -224,16 +233,16 @@ class GrpcEndpoint:
             outputs = await served.batcher.submit(request.arrays, request.rows)
             response = protocol_grpc.encode_response(self._model, served.version, request, outputs, signature)
             code = 200
-            return response
+            return response.SerializeToString()
         except ServerError as exc:
             code = exc.status
-            await self._abort(context, exc)
+            raise abort(exc) from None
         except asyncio.CancelledError:
             code = CLIENT_GONE  # the client cancelled or its deadline passed: nothing to send
             raise
         except Exception:
             log.exception("unexpected error serving a gRPC inference call")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            raise GrpcAbort(INTERNAL, "internal error; see the server log") from None
         finally:
             elapsed = time.perf_counter() - started
             if entered:
@@ -245,3 +254,8 @@ class GrpcEndpoint:
                 served.metrics.observe(code, elapsed, "grpc")
             else:
                 app.observe_unrouted(code, elapsed, "grpc")
+
+
+LIVE = pb.ServerLiveResponse(live=True).SerializeToString()
+READY = pb.ServerReadyResponse(ready=True).SerializeToString()
+NOT_READY = pb.ServerReadyResponse(ready=False).SerializeToString()
