@@ -23,8 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
-from hpack import Decoder
-from hpack.exceptions import HPACKError
+from coxswain_server.hpack_decode import HeaderDecoder, HpackError
 
 log = logging.getLogger("coxswain_server.grpc")
 
@@ -129,10 +128,12 @@ def error_block(code: int, message: str, trailing: Iterable[tuple[str, str]] = (
     return block
 
 
+TIMEOUT_UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9}
+
+
 def parse_timeout(value: bytes) -> float | None:
     """grpc-timeout (`<digits><unit>`) in seconds; None when it does not parse."""
-    units = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
-    unit = units.get(value[-1:])
+    unit = TIMEOUT_UNITS.get(value[-1]) if value else None
     digits = value[:-1]
     if unit is None or not digits.isdigit() or len(digits) > 8:
         return None
@@ -173,8 +174,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.preface = False
-        self.decoder = Decoder()
-        self.decoder.max_header_list_size = MAX_HEADER_LIST
+        self.decoder = HeaderDecoder(max_list_size=MAX_HEADER_LIST)
         self.streams: dict[int, _Stream] = {}
         self.last_stream = 0
         self.headers_for = 0  # a header block continues on this stream (CONTINUATION)
@@ -272,6 +272,8 @@ class Connection(asyncio.Protocol):
                 payload = _unpad(payload)
             if flags & PRIORITY_FLAG:
                 payload = payload[5:]
+            if len(payload) > MAX_HEADER_LIST:
+                raise ConnectionError_(PROTOCOL_ERROR, f"a header block over {MAX_HEADER_LIST} bytes")
             self.header_block = bytearray(payload)
             self.header_flags = flags
             if flags & END_HEADERS:
@@ -282,7 +284,7 @@ class Connection(asyncio.Protocol):
             if sid != self.headers_for or not sid:
                 raise ConnectionError_(PROTOCOL_ERROR, "CONTINUATION without a header block")
             self.header_block += payload
-            if len(self.header_block) > MAX_HEADER_LIST * 2:
+            if len(self.header_block) > MAX_HEADER_LIST:
                 raise ConnectionError_(PROTOCOL_ERROR, "a header block too large")
             if flags & END_HEADERS:
                 self.headers_for = 0
@@ -320,8 +322,8 @@ class Connection(asyncio.Protocol):
         try:
             # every block must be decoded, even one for a stream refused below: HPACK's
             # dynamic table is shared by the whole connection
-            headers = self.decoder.decode(block, raw=True)
-        except HPACKError as exc:
+            headers = self.decoder.decode(block)
+        except HpackError as exc:
             raise ConnectionError_(COMPRESSION_ERROR, f"request headers cannot be decoded: {exc}") from None
         if sid in self.streams:
             # trailers from the client: a unary request has none we read, but they may end it
@@ -337,25 +339,21 @@ class Connection(asyncio.Protocol):
         if len(self.streams) >= self.server.max_streams:
             out.append(frame(RST_STREAM, 0, sid, REFUSED_STREAM.to_bytes(4, "big")))
             return
-        metadata = [(bytes(k), bytes(v)) for k, v in headers]
+        metadata = headers
         path = b""
+        timeout = None
         for key, value in metadata:
             if key == b":path":
                 path = value
-                break
+            elif key == b"grpc-timeout":
+                timeout = parse_timeout(value)
         method = path.decode("latin-1")
         handler = self.server.handlers.get(path)
         stream = _Stream(sid, Call(method, metadata), handler, self.peer_window)
         self.streams[sid] = stream
-        self.server.changed()
         if handler is None:
             self._error(stream, UNIMPLEMENTED, f"method {method} is not implemented by this server", out, refused=True)
             return
-        timeout = None
-        for key, value in metadata:
-            if key == b"grpc-timeout":
-                timeout = parse_timeout(value)
-                break
         if timeout is not None:
             stream.timer = asyncio.get_running_loop().call_later(timeout, self._deadline, stream)
         if self.header_flags & END_STREAM:
@@ -558,7 +556,7 @@ class Connection(asyncio.Protocol):
         self._forget(stream)
 
     def _forget(self, stream: _Stream) -> None:
-        if self.streams.pop(stream.id, None) is not None:
+        if self.streams.pop(stream.id, None) is not None and self.server.stopping:
             self.server.changed()
         self._close_if_idle()
 
@@ -638,7 +636,7 @@ class UnaryServer:
         self._server = await loop.create_server(lambda: Connection(self), host, port, reuse_port=False)
 
     def changed(self) -> None:
-        if self.stopping and not any(c.streams for c in self.connections):
+        if self.stopping and not any(c.streams for c in self.connections):  # only while draining
             self._idle.set()
 
     async def stop(self, grace_seconds: float) -> None:
