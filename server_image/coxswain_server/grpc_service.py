@@ -69,6 +69,12 @@ def status_code(http_status: int) -> int:
     return INVALID_ARGUMENT if http_status < 500 else INTERNAL
 
 
+def wire(message: Any) -> bytes:
+    """A protobuf message's bytes (the stubs are untyped)."""
+    data: bytes = message.SerializeToString()
+    return data
+
+
 def abort(exc: ServerError) -> GrpcAbort:
     trailing: tuple[tuple[str, str], ...] = ()
     retry_after = getattr(exc, "retry_after", None)
@@ -167,7 +173,7 @@ class GrpcEndpoint:
                 raise NotFound(f"model {self._model} has no version {request.version}")
             else:
                 ready = False
-            return pb.ModelReadyResponse(ready=ready).SerializeToString()
+            return wire(pb.ModelReadyResponse(ready=ready))
         except ServerError as exc:
             raise abort(exc) from None
 
@@ -178,9 +184,11 @@ class GrpcEndpoint:
             self._check_auth(call)
         except ServerError as exc:
             raise abort(exc) from None
-        return pb.ServerMetadataResponse(
-            name="coxswain-server", version=SERVER_VERSION, extensions=["model_configuration"]
-        ).SerializeToString()
+        return wire(
+            pb.ServerMetadataResponse(
+                name="coxswain-server", version=SERVER_VERSION, extensions=["model_configuration"]
+            )
+        )
 
     async def model_metadata(self, data: bytes, call: Call) -> bytes:
         try:
@@ -190,9 +198,11 @@ class GrpcEndpoint:
             version = request.version or None
             served = self.app.stable(version)
             versions = [version] if version is not None else list(self.app.versions.served)
-            return protocol_grpc.model_metadata(
-                self._model, versions, served.model.platform, served.model.signature
-            ).SerializeToString()
+            return wire(
+                protocol_grpc.model_metadata(
+                    self._model, versions, served.model.platform, served.model.signature
+                )
+            )
         except ServerError as exc:
             raise abort(exc) from None
 
@@ -202,9 +212,14 @@ class GrpcEndpoint:
             request = protocol_grpc.parse(pb.ModelConfigRequest, data)
             self._check_model(request.name)
             served = self.app.stable(request.version or None)
-            return protocol_grpc.model_config(
-                self._model, served.model.platform, self.app.settings.max_batch_size, served.model.signature
-            ).SerializeToString()
+            return wire(
+                protocol_grpc.model_config(
+                    self._model,
+                    served.model.platform,
+                    self.app.settings.max_batch_size,
+                    served.model.signature,
+                )
+            )
         except ServerError as exc:
             raise abort(exc) from None
 
@@ -233,7 +248,7 @@ class GrpcEndpoint:
             outputs = await served.batcher.submit(request.arrays, request.rows)
             response = protocol_grpc.encode_response(self._model, served.version, request, outputs, signature)
             code = 200
-            return response.SerializeToString()
+            return wire(response)
         except ServerError as exc:
             code = exc.status
             raise abort(exc) from None
@@ -256,6 +271,6 @@ class GrpcEndpoint:
                 app.observe_unrouted(code, elapsed, "grpc")
 
 
-LIVE = pb.ServerLiveResponse(live=True).SerializeToString()
-READY = pb.ServerReadyResponse(ready=True).SerializeToString()
-NOT_READY = pb.ServerReadyResponse(ready=False).SerializeToString()
+LIVE = wire(pb.ServerLiveResponse(live=True))
+READY = wire(pb.ServerReadyResponse(ready=True))
+NOT_READY = wire(pb.ServerReadyResponse(ready=False))

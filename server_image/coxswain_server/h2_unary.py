@@ -30,18 +30,52 @@ log = logging.getLogger("coxswain_server.grpc")
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_HEADER = 9
 
-DATA, HEADERS, PRIORITY_FRAME, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+(
+    DATA,
+    HEADERS,
+    PRIORITY_FRAME,
+    RST_STREAM,
+    SETTINGS,
+    PUSH_PROMISE,
+    PING,
+    GOAWAY,
+    WINDOW_UPDATE,
+    CONTINUATION,
+) = range(10)
 END_STREAM = ACK = 0x1
 END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
 
 # SETTINGS identifiers
-HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = range(1, 7)
+(
+    HEADER_TABLE_SIZE,
+    ENABLE_PUSH,
+    MAX_CONCURRENT_STREAMS,
+    INITIAL_WINDOW_SIZE,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE,
+) = range(1, 7)
 
 # error codes (RFC 9113 section 7)
-NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0, 1, 3, 6, 7, 8, 9
+NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = (
+    0,
+    1,
+    3,
+    6,
+    7,
+    8,
+    9,
+)
 
 # gRPC status codes (grpc/doc/statuscodes.md)
-OK, CANCELLED, INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL = 0, 1, 3, 4, 8, 12, 13
+OK, CANCELLED, INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL = (
+    0,
+    1,
+    3,
+    4,
+    8,
+    12,
+    13,
+)
 UNAVAILABLE = 14
 
 MAX_WINDOW = 2**31 - 1
@@ -122,13 +156,24 @@ OK_TRAILERS = literal(b"grpc-status", b"0")
 
 def error_block(code: int, message: str, trailing: Iterable[tuple[str, str]] = ()) -> bytes:
     message = message if len(message) <= 2048 else message[:2045] + "..."  # one frame, always
-    block = RESPONSE_HEADERS + literal(b"grpc-status", str(code).encode()) + literal(b"grpc-message", percent_encode(message))
+    block = (
+        RESPONSE_HEADERS
+        + literal(b"grpc-status", str(code).encode())
+        + literal(b"grpc-message", percent_encode(message))
+    )
     for name, value in trailing:
         block += literal(name.encode("latin-1"), value.encode("latin-1"))
     return block
 
 
-TIMEOUT_UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9}
+TIMEOUT_UNITS = {
+    ord("H"): 3600.0,
+    ord("M"): 60.0,
+    ord("S"): 1.0,
+    ord("m"): 1e-3,
+    ord("u"): 1e-6,
+    ord("n"): 1e-9,
+}
 
 
 def parse_timeout(value: bytes) -> float | None:
@@ -141,8 +186,19 @@ def parse_timeout(value: bytes) -> float | None:
 
 
 class _Stream:
-    __slots__ = ("id", "call", "handler", "body", "expected", "send_window", "task", "timer", "pending", "answered",
-                 "done_receiving")  # fmt: skip
+    __slots__ = (
+        "answered",
+        "body",
+        "call",
+        "done_receiving",
+        "expected",
+        "handler",
+        "id",
+        "pending",
+        "send_window",
+        "task",
+        "timer",
+    )  # fmt: skip
 
     def __init__(self, sid: int, call: Call, handler: Handler | None, send_window: int) -> None:
         self.id = sid
@@ -202,7 +258,8 @@ class Connection(asyncio.Protocol):
             + ENABLE_PUSH.to_bytes(2, "big") + (0).to_bytes(4, "big")
         )  # fmt: skip
         self.transport.write(
-            frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, (MAX_WINDOW - DEFAULT_WINDOW).to_bytes(4, "big"))
+            frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, (MAX_WINDOW - DEFAULT_WINDOW).to_bytes(4, "big"))
         )
         if self.server.stopping:
             self.goaway(NO_ERROR)
@@ -235,7 +292,9 @@ class Connection(asyncio.Protocol):
             while n - pos >= FRAME_HEADER:
                 length = int.from_bytes(buf[pos : pos + 3], "big")
                 if length > OUR_MAX_FRAME:
-                    raise ConnectionError_(FRAME_SIZE_ERROR, f"a frame of {length} bytes (max {OUR_MAX_FRAME})")
+                    raise ConnectionError_(
+                        FRAME_SIZE_ERROR, f"a frame of {length} bytes (max {OUR_MAX_FRAME})"
+                    )
                 end = pos + FRAME_HEADER + length
                 if n < end:
                     break
@@ -352,7 +411,9 @@ class Connection(asyncio.Protocol):
         stream = _Stream(sid, Call(method, metadata), handler, self.peer_window)
         self.streams[sid] = stream
         if handler is None:
-            self._error(stream, UNIMPLEMENTED, f"method {method} is not implemented by this server", out, refused=True)
+            self._error(
+                stream, UNIMPLEMENTED, f"method {method} is not implemented by this server", out, refused=True
+            )
             return
         if timeout is not None:
             stream.timer = asyncio.get_running_loop().call_later(timeout, self._deadline, stream)
@@ -390,7 +451,9 @@ class Connection(asyncio.Protocol):
                             refused=True,
                         )
             if not stream.answered and stream.expected >= 0 and len(body) > stream.expected + 5:
-                self._error(stream, INVALID_ARGUMENT, "a unary call carries exactly one message", out, refused=True)
+                self._error(
+                    stream, INVALID_ARGUMENT, "a unary call carries exactly one message", out, refused=True
+                )
         if flags & END_STREAM:
             stream.done_receiving = True
             if not stream.answered:
@@ -546,7 +609,9 @@ class Connection(asyncio.Protocol):
         if stream.task is not None:
             stream.task.cancel()  # the handler counts its own cancelled call
         out: list[bytes] = []
-        self._error(stream, DEADLINE_EXCEEDED, "the call's deadline (grpc-timeout) passed", out, refused=not running)
+        self._error(
+            stream, DEADLINE_EXCEEDED, "the call's deadline (grpc-timeout) passed", out, refused=not running
+        )
         self._write(out)
 
     def _finish(self, stream: _Stream) -> None:
@@ -634,6 +699,12 @@ class UnaryServer:
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: Connection(self), host, port, reuse_port=False)
+
+    @property
+    def port(self) -> int:
+        """The port listened on (what port 0 was given)."""
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
 
     def changed(self) -> None:
         if self.stopping and not any(c.streams for c in self.connections):  # only while draining

@@ -117,7 +117,7 @@ def test_entrypoints_work(image: tuple[str, Container]) -> None:
         assert owner == [str(RUN_AS_USER)] * 2
     else:
         assert "--repository" in container.run("coxswain-server", "--help").stdout
-        container.python("import coxswain_server.app")
+        container.python("import coxswain_server.app, coxswain_server.grpc_service")
         assert (
             container.python("import importlib.util as u; print(u.find_spec('coxswain_trainer'))") == "None"
         )
