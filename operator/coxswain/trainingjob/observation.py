@@ -78,10 +78,12 @@ def rank0_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((p for p in pods if rank(p) == 0), None)
 
 
-def pending_reason(pods: list[dict[str, Any]], expected: int) -> str:
-    """Why the gang is not all running yet, in the scheduler's and kubelet's words."""
+def pending_reason(pods: list[dict[str, Any]], expected: int) -> str | None:
+    """What holds the gang back, in the scheduler's and kubelet's words; None while its pods are
+    only on their way (created, scheduled, pulling, starting). Counts of pods on their way are
+    left out on purpose: each would be a status write (and a watch event, and a pass) per pod
+    step, most of the operator's work in a burst of new jobs; `kubectl get pods` shows them."""
     running = sum(1 for p in pods if p.get("status", {}).get("phase") == "Running")
-    parts = [f"{running}/{expected} pods running"]
     for pod in sorted(pods, key=rank):
         status = pod.get("status", {})
         if status.get("phase") != "Pending":
@@ -89,19 +91,15 @@ def pending_reason(pods: list[dict[str, Any]], expected: int) -> str:
         for cond in status.get("conditions", []) or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
                 msg = (cond.get("message") or cond.get("reason") or "").strip()
-                parts.append(f"pod {pod['metadata']['name']} cannot be scheduled: {msg}")
-                return "; ".join(parts)
+                return f"{running}/{expected} pods running; pod {pod['metadata']['name']} cannot be scheduled: {msg}"
         for cs in status.get("containerStatuses", []) or []:
             waiting = (cs.get("state") or {}).get("waiting")
             if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
-                parts.append(
-                    f"pod {pod['metadata']['name']} is waiting: {waiting.get('reason')} {waiting.get('message', '')}".strip()
+                detail = f"{waiting.get('reason')} {waiting.get('message', '')}".strip()
+                return (
+                    f"{running}/{expected} pods running; pod {pod['metadata']['name']} is waiting: {detail}"
                 )
-                return "; ".join(parts)
-    missing = expected - len(pods)
-    if missing > 0:
-        parts.append(f"{missing} pods not created yet")
-    return "; ".join(parts)
+    return None
 
 
 def termination_record(pods: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -368,11 +368,12 @@ class Planner:
             )
         self.set_phase(Phase.PENDING)
         self.cond(C.CREATED, True, R.JOB_CREATED, f"Job {job_name} created for attempt {self.attempt}")
-        self.cond(
-            C.RUNNING, False, R.PODS_STARTING, f"waiting for {self.spec.nodes} pods of attempt {self.attempt}"
-        )
+        self.cond(C.RUNNING, False, R.PODS_STARTING, self._starting_message())
         if get_condition(self.status.conditions, C.RESTARTING.value) is not None:
             self.cond(C.RESTARTING, False, R.GANG_RESTARTING, f"attempt {self.attempt} started")
+
+    def _starting_message(self) -> str:
+        return f"waiting for {self.spec.nodes} pods of attempt {self.attempt}"
 
     def create_queued(self, job_name: str) -> None:
         """The attempt's Job goes to Kueue suspended: Queued until Kueue admits the gang."""
@@ -517,7 +518,8 @@ class Planner:
             self.check_stall()
         else:
             self.set_phase(Phase.PENDING)
-            self.cond(C.RUNNING, False, R.PODS_STARTING, pending_reason(pods, self.spec.nodes))
+            problem = pending_reason(pods, self.spec.nodes)
+            self.cond(C.RUNNING, False, R.PODS_STARTING, problem or self._starting_message())
 
     def check_stall(self) -> None:
         progress = self.status.progress

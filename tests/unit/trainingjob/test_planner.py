@@ -119,6 +119,31 @@ def test_pending_reason_quotes_the_scheduler() -> None:
     assert "1/2 pods running" in message and "Insufficient nvidia.com/gpu" in message
 
 
+def test_pods_on_their_way_leave_the_status_as_it_was() -> None:
+    # each pod step (created, scheduled, running) would otherwise be a status write, a watch
+    # event back and another pass: most of the operator's work in a burst of new jobs
+    created = plan_reconcile(make(), Observed(jobs=[], pods=[]), NOW)
+    tj = make(status=created.status.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    starting = [
+        [],
+        [pod(1, 0, phase="Pending")],
+        [pod(1, 0, phase="Pending"), pod(1, 1, phase="Pending")],
+        [
+            pod(1, 0),
+            pod(
+                1,
+                1,
+                phase="Pending",
+                containerStatuses=[{"state": {"waiting": {"reason": "ContainerCreating"}}}],
+            ),
+        ],
+    ]
+    for pods in starting:
+        plan = plan_reconcile(tj, Observed(jobs=[job(1)], pods=pods), NOW)
+        assert plan.status == created.status, pods
+    assert cond(created, "Running").message == "waiting for 2 pods of attempt 1"
+
+
 def test_failure_records_next_attempt_then_tears_down_and_backs_off() -> None:
     tj = make(status={"attempt": 1, "phase": "Running", "restarts": 0, "observedGeneration": 1})
     plan = plan_reconcile(
