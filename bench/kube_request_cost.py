@@ -48,6 +48,7 @@ async def measure(kubeconfig: Path, requests: int) -> dict[str, float]:
     await client.create(Namespace(metadata=ObjectMeta(name=ns)))
     data = {"config.json": json.dumps({"model": {"kind": "mlp", "hidden": [128, 128]}, "x": "y" * 1500})}
     results: dict[str, float] = {}
+    patch = {"metadata": {"annotations": {"phase": "Running", "step": "120", "loss": "0.31"}}}
     try:
         for concurrency in (1, 20):
             tag = f"c{concurrency}"
@@ -56,7 +57,6 @@ async def measure(kubeconfig: Path, requests: int) -> dict[str, float]:
                 [lambda n=n: client.create(ConfigMap(metadata=ObjectMeta(name=n, namespace=ns), data=data)) for n in names],
                 concurrency,
             )  # fmt: skip
-            patch = {"metadata": {"annotations": {"phase": "Running", "step": "120", "loss": "0.31"}}}
             results[f"patch_{tag}"] = await cpu_per_call(
                 [lambda n=n: client.patch(ConfigMap, n, patch, namespace=ns) for n in names], concurrency
             )
@@ -74,7 +74,7 @@ async def measure(kubeconfig: Path, requests: int) -> dict[str, float]:
                             }
                         ]
                     },
-                }  # fmt: skip
+                }
             )
         )
         line = json.dumps({"type": "MODIFIED", "object": pod}).encode()
