@@ -88,9 +88,30 @@ class _DropHandlerSuccess(logging.Filter):
 FOREIGN_CLIENTS = ("kubernetes", "kubernetes_asyncio", "pykube")
 
 
+def use_orjson_for_plain_json_loads() -> None:
+    """Every watch event reaches the operator through kopf's `json.loads(line)`: in a burst of
+    new TrainingJobs that decoding was 14% of the operator's CPU (py-spy), pods and Jobs being
+    10-15 KB of JSON each. orjson decodes the same documents 3-4x faster. Only calls without
+    options (kopf's; httpx's `response.json()`) take it; any call passing options keeps the
+    standard decoder, and orjson's errors are `json.JSONDecodeError`s too."""
+    import json
+
+    import orjson
+
+    standard = json.loads
+
+    def loads(s: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:
+            return standard(s, *args, **kwargs)
+        return orjson.loads(s)
+
+    json.loads = loads
+
+
 def _run(args: argparse.Namespace) -> int:
     for name in FOREIGN_CLIENTS:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "not installed"
+    use_orjson_for_plain_json_loads()
     import kopf
     from prometheus_client import start_http_server
 
