@@ -267,8 +267,8 @@ def main() -> int:
     parser.add_argument(
         "--report-suspended",
         action="store_true",
-        help="the TrainingJobs beyond --many are made suspended (no Job, no pod): a 2-core machine "
-        "takes about 14 min per 1000 running ones, most of it the control plane",
+        help="the TrainingJobs beyond --many are made suspended (no Job, no pod), so that the control "
+        "plane of a small machine does not have to run thousands more pods",
     )
     parser.add_argument("--profile", type=Path, default=None, help="cProfile the operator into this file")
     args = parser.parse_args()
