@@ -111,6 +111,7 @@ class GrpcEndpoint:
             {f"/{SERVICE}/{name}": handler for name, handler in methods.items()},
             # the same body limit as HTTP; a bigger message is RESOURCE_EXHAUSTED naming both sizes
             max_message=self.app.settings.max_body_bytes,
+            read_timeout=self.app.settings.request_read_timeout_seconds,
             on_refused=self._refused,
         )
         try:

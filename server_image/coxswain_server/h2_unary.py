@@ -195,6 +195,7 @@ class _Stream:
         "handler",
         "id",
         "pending",
+        "read_timer",
         "send_window",
         "task",
         "timer",
@@ -208,7 +209,8 @@ class _Stream:
         self.expected = -1  # the message's length once its 5-byte prefix has arrived
         self.send_window = send_window
         self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # grpc-timeout
+        self.read_timer: asyncio.TimerHandle | None = None  # the whole message must arrive in time
         self.pending = b""  # answer DATA not yet sent for want of flow-control window
         self.answered = False  # the header block of an answer (or an error) went out
         self.done_receiving = False
@@ -390,7 +392,7 @@ class Connection(asyncio.Protocol):
                 self._data(END_STREAM, sid, b"", out)
             return
         if sid <= self.last_stream:
-            raise ConnectionError_(PROTOCOL_ERROR, "a new stream with a lower id than an earlier one")
+            return  # a stream already answered (or refused) and closed: its late frames are dropped
         self.last_stream = sid
         if self.going_away or self.server.stopping:
             out.append(frame(RST_STREAM, 0, sid, REFUSED_STREAM.to_bytes(4, "big")))
@@ -415,11 +417,14 @@ class Connection(asyncio.Protocol):
                 stream, UNIMPLEMENTED, f"method {method} is not implemented by this server", out, refused=True
             )
             return
+        loop = asyncio.get_running_loop()
         if timeout is not None:
-            stream.timer = asyncio.get_running_loop().call_later(timeout, self._deadline, stream)
+            stream.timer = loop.call_later(timeout, self._deadline, stream)
         if self.header_flags & END_STREAM:
             stream.done_receiving = True
             self._dispatch(stream, out)
+        else:
+            stream.read_timer = loop.call_later(self.server.read_timeout, self._read_deadline, stream)
 
     def _data(self, flags: int, sid: int, payload: bytes, out: list[bytes]) -> None:
         self.received += len(payload)
@@ -456,6 +461,9 @@ class Connection(asyncio.Protocol):
                 )
         if flags & END_STREAM:
             stream.done_receiving = True
+            if stream.read_timer is not None:
+                stream.read_timer.cancel()
+                stream.read_timer = None
             if not stream.answered:
                 self._dispatch(stream, out)
 
@@ -614,10 +622,24 @@ class Connection(asyncio.Protocol):
         )
         self._write(out)
 
+    def _read_deadline(self, stream: _Stream) -> None:
+        """A message that trickles in holds a stream and its buffer: as over HTTP (408), the
+        whole of it must arrive within the read timeout."""
+        stream.read_timer = None
+        if stream.id not in self.streams or stream.answered or stream.done_receiving:
+            return
+        out: list[bytes] = []
+        message = f"the request message did not arrive within {self.server.read_timeout:g}s"
+        self._error(stream, DEADLINE_EXCEEDED, message, out, refused=True)
+        self._write(out)
+
     def _finish(self, stream: _Stream) -> None:
         if stream.timer is not None:
             stream.timer.cancel()
             stream.timer = None
+        if stream.read_timer is not None:
+            stream.read_timer.cancel()
+            stream.read_timer = None
         self._forget(stream)
 
     def _forget(self, stream: _Stream) -> None:
@@ -626,6 +648,8 @@ class Connection(asyncio.Protocol):
         self._close_if_idle()
 
     def _cancel(self, stream: _Stream) -> None:
+        if stream.read_timer is not None:
+            stream.read_timer.cancel()
         if stream.timer is not None:
             stream.timer.cancel()
         if stream.task is not None:
@@ -682,11 +706,13 @@ class UnaryServer:
         *,
         max_message: int,
         max_streams: int = 1000,
+        read_timeout: float = 30.0,
         on_refused: RefusalHook | None = None,
     ) -> None:
         self.handlers = {path.encode("latin-1"): handler for path, handler in handlers.items()}
         self.max_message = max_message
         self.max_streams = max_streams
+        self.read_timeout = read_timeout
         # a stream's window holds one whole message: no per-stream WINDOW_UPDATE is ever needed,
         # and a client cannot send more before it is answered RESOURCE_EXHAUSTED
         self.stream_window = min(MAX_WINDOW, max_message + 5 + DEFAULT_FRAME)

@@ -60,8 +60,10 @@ def test_hpack_decoder_refuses_an_index_outside_the_table_and_a_blown_up_header_
 async def serve() -> AsyncIterator[Callable[..., Awaitable[UnaryServer]]]:
     servers: list[UnaryServer] = []
 
-    async def start(handlers: dict[str, Any], max_message: int = 1 << 20) -> UnaryServer:
-        server = UnaryServer(handlers, max_message=max_message)
+    async def start(
+        handlers: dict[str, Any], max_message: int = 1 << 20, read_timeout: float = 30
+    ) -> UnaryServer:
+        server = UnaryServer(handlers, max_message=max_message, read_timeout=read_timeout)
         await server.start("127.0.0.1", 0)
         servers.append(server)
         return server
@@ -234,6 +236,20 @@ async def test_a_stream_that_sends_more_than_the_limit_is_stopped_early(serve: A
     sid = client.request(ECHO, b"after")  # the connection goes on
     await client.until(lambda e: isinstance(e, StreamEnded) and e.stream_id == sid)
     assert client.body(sid).endswith(b"retfa")
+
+
+async def test_a_message_that_never_ends_gets_deadline_exceeded_and_the_connection_goes_on(
+    serve: Any,
+) -> None:
+    server = await serve({ECHO: echo}, read_timeout=0.2)
+    client = await H2Client.connect(server.port)
+    sid = client.request(ECHO, b"no end", end=False)  # the stream is never ended
+    await client.until(lambda e: isinstance(e, StreamReset) and e.stream_id == sid)
+    trailers = client.trailers(sid)
+    assert trailers[b"grpc-status"] == b"4" and b"did not arrive within 0.2s" in trailers[b"grpc-message"]
+    sid = client.request(ECHO, b"ok")
+    await client.until(lambda e: isinstance(e, StreamEnded) and e.stream_id == sid)
+    assert client.body(sid).endswith(b"ko")
 
 
 async def test_a_client_that_does_not_speak_http2_is_told_so_and_closed(serve: Any) -> None:
