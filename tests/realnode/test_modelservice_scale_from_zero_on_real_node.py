@@ -10,6 +10,7 @@ The figure: first answer against the server pod's own start and readiness, i.e. 
 
 from __future__ import annotations
 
+import collections
 import json
 import shutil
 import sys
@@ -58,13 +59,27 @@ BURST = 100
 DELAY = 10
 
 # The client pod's script (the server image's Python, standard library only): 100 requests
-# at once to the Service's DNS name; prints when it sent them and each code and duration.
+# at once to the Service; prints when it sent them and each code and duration. The Service's
+# DNS name is resolved once, before the burst, as a client with a resolver cache does: in one
+# CI run 2 of 100 requests never reached the activator (its log shows 98 answered), and 100
+# parallel lookups of one name through kube-proxy to CoreDNS are the likely loss (UDP conntrack
+# races under DNAT are a known kube-proxy problem); the activator is what this test is about.
 CLIENT = """
-import json, sys, time, urllib.error, urllib.request
+import json, socket, sys, time, urllib.error, urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 url, n, body = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+parts = urlsplit(url)
+for attempt in range(30):
+    try:
+        ip = socket.getaddrinfo(parts.hostname, parts.port or 80, type=socket.SOCK_STREAM)[0][4][0]
+        break
+    except OSError:
+        time.sleep(1)
+target = url.replace(parts.netloc, f"{ip}:{parts.port or 80}", 1)
 def one(_):
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", "Host": parts.netloc}
+    request = urllib.request.Request(target, data=body, headers=headers)
     began = time.monotonic()
     try:
         with urllib.request.urlopen(request, timeout=300) as r:
@@ -232,7 +247,7 @@ def test_a_burst_at_zero_replicas_on_the_real_node_is_answered(
     sent = datetime.fromtimestamp(outcome["sent"], UTC)
     codes = [c for c, _ in outcome["results"]]
     times = [t for _, t in outcome["results"]]
-    assert codes == [200] * BURST, sorted(set(codes))
+    assert codes == [200] * BURST, collections.Counter(map(str, codes))
     assert activator.metric("coxswain_activator_wakeups_total", ns, name) == 1
 
     (pod,) = real_cluster.client.list(Pod, namespace=ns, labels={naming.LABEL_MODELSERVICE: name})

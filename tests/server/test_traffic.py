@@ -16,11 +16,14 @@ BODY = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data
 
 
 class SteadyLoad:
-    """Threads sending unversioned requests until stopped; records (code, version) per response."""
+    """Threads sending unversioned requests until stopped; records (code, version, sent at) per
+    response. A response can be recorded after a mark although its request was sent (and
+    routed) before it: `versions_since` leaves those out."""
 
     def __init__(self, url: str, threads: int = 4) -> None:
         self.url = url
-        self.results: list[tuple[int, str]] = []
+        self.results: list[tuple[int, str, float]] = []
+        self._marked: dict[int, float] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
@@ -28,11 +31,12 @@ class SteadyLoad:
     def _run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as client:
             while not self._stop.is_set():
+                sent = time.monotonic()
                 try:
                     r = client.post("/v2/models/digits/infer", json=BODY)
-                    item = (r.status_code, r.headers.get("x-coxswain-version", ""))
+                    item = (r.status_code, r.headers.get("x-coxswain-version", ""), sent)
                 except httpx.HTTPError as exc:
-                    item = (0, type(exc).__name__)
+                    item = (0, type(exc).__name__, sent)
                 with self._lock:
                     self.results.append(item)
 
@@ -48,11 +52,15 @@ class SteadyLoad:
 
     def mark(self) -> int:
         with self._lock:
-            return len(self.results)
+            count = len(self.results)
+            self._marked[count] = time.monotonic()
+            return count
 
     def versions_since(self, mark: int) -> collections.Counter[str]:
+        """Versions that answered requests sent after `mark` was taken."""
         with self._lock:
-            return collections.Counter(v for _, v in self.results[mark:])
+            since = self._marked.get(mark, float("-inf"))
+            return collections.Counter(v for _, v, sent in self.results[mark:] if sent >= since)
 
 
 def _wait_for(predicate, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
