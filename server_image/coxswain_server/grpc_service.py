@@ -19,19 +19,21 @@ from typing import TYPE_CHECKING, Any
 
 from tritonclient.grpc import service_pb2 as pb
 
-from coxswain_server import protocol_grpc
-from coxswain_server.errors import NotFound, ServerError, Unauthorized
-from coxswain_server.h2_unary import (
+from coxswain.grpc_wire import (
     DEADLINE_EXCEEDED,
+    FAILED_PRECONDITION,
     INTERNAL,
     INVALID_ARGUMENT,
+    NOT_FOUND,
+    PERMISSION_DENIED,
     RESOURCE_EXHAUSTED,
+    UNAUTHENTICATED,
     UNAVAILABLE,
     UNIMPLEMENTED,
-    Call,
-    GrpcAbort,
-    UnaryServer,
 )
+from coxswain_server import protocol_grpc
+from coxswain_server.errors import NotFound, ServerError, Unauthorized
+from coxswain_server.h2_unary import Call, GrpcAbort, UnaryServer
 from coxswain_server.versions import ServedVersion
 
 if TYPE_CHECKING:
@@ -40,8 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("coxswain_server.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
-
-UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, FAILED_PRECONDITION = 16, 7, 5, 9
 
 # HTTP status of a ServerError -> the gRPC status with the same meaning
 STATUS_CODES: dict[int, int] = {

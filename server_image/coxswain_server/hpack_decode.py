@@ -36,14 +36,12 @@ class HeaderDecoder:
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         headers: list[tuple[bytes, bytes]] = []
         pos, end = 0, len(block)
-        listed = 0
         try:
             while pos < end:
                 b = block[pos]
                 if b & 0x80:  # indexed field
                     index, pos = _integer(block, pos, 7)
                     headers.append(self._entry(index))
-                    listed += 1
                 elif b & 0x40:  # literal, added to the table
                     name, value, pos = self._literal(block, pos, 6)
                     headers.append((name, value))
@@ -59,7 +57,7 @@ class HeaderDecoder:
                     headers.append((name, value))
         except IndexError:
             raise HpackError("a header block ends in the middle of a field") from None
-        if listed and sum(len(n) + len(v) + ENTRY_OVERHEAD for n, v in headers) > self.max_list_size:
+        if sum(len(n) + len(v) + ENTRY_OVERHEAD for n, v in headers) > self.max_list_size:
             # one byte can name a 4 KiB table entry: bound what a block expands to
             raise HpackError(f"the request's headers are over {self.max_list_size} bytes")
         return headers

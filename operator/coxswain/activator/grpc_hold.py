@@ -21,11 +21,8 @@ from prometheus_client import Counter
 
 from coxswain.activator.backends import Address, Backends, Key
 from coxswain.activator.h2frames import (
-    NOT_FOUND,
-    PREFACE,
     SERVER_SETTINGS,
     SETTINGS_ACK,
-    UNAVAILABLE,
     DropFirstSettingsAck,
     FirstRequest,
     NotHttp2,
@@ -36,6 +33,7 @@ from coxswain.activator.hold import Hold
 from coxswain.activator.proxy import REFUSED_PAUSE_SECONDS
 from coxswain.activator.routing import UnknownHost, modelservice_of
 from coxswain.activator.watch import Waker
+from coxswain.grpc_wire import NOT_FOUND, PREFACE, UNAVAILABLE
 
 log = logging.getLogger("coxswain.activator")
 

@@ -13,29 +13,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hpack import Decoder, Encoder
+from hpack import Decoder
 from hpack.exceptions import HPACKError
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-FRAME_HEADER = 9
-
-DATA, HEADERS, SETTINGS, GOAWAY, CONTINUATION = 0x0, 0x1, 0x4, 0x7, 0x9
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
+from coxswain.grpc_wire import (
+    ACK,
+    CONTINUATION,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEADER,
+    GOAWAY,
+    HEADERS,
+    PADDED,
+    PREFACE,
+    PRIORITY_FLAG,
+    SETTINGS,
+    error_block,
+    frame,
+)
 
 # A first request whose headers do not fit this is not a gRPC call we hold (the server's own
 # limit on header lists is 16 KiB by default).
 MAX_PREAMBLE = 64 * 1024
 
-# gRPC status codes (grpc/doc/statuscodes.md) the activator answers with itself.
-NOT_FOUND, UNAVAILABLE = 5, 14
-
 
 class NotHttp2(ValueError):
     """The bytes are not an HTTP/2 client connection's start (or not one we can read)."""
-
-
-def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
 
 
 SERVER_SETTINGS = frame(SETTINGS, 0, 0)
@@ -73,7 +76,7 @@ def first_request(buf: bytes) -> FirstRequest | None:
                 if not payload or payload[0] >= len(payload):
                     raise NotHttp2("a HEADERS frame's padding is longer than the frame")
                 payload = payload[1 : len(payload) - payload[0]]
-            if flags & PRIORITY:
+            if flags & PRIORITY_FLAG:
                 payload = payload[5:]
             block, stream = payload, sid
         elif kind == CONTINUATION and stream and sid == stream:
@@ -102,22 +105,9 @@ def _authority(block: bytes) -> str:
 def grpc_error(stream: int, code: int, message: str) -> bytes:
     """A trailers-only gRPC answer on `stream`, then GOAWAY: the connection is done, and any
     other stream the client opened on it is unprocessed (so safe to retry elsewhere)."""
-    block = Encoder().encode(
-        [
-            (":status", "200"),
-            ("content-type", "application/grpc"),
-            ("grpc-status", str(code)),
-            ("grpc-message", percent_encode(message)),
-        ]
-    )
     goaway = stream.to_bytes(4, "big") + (0).to_bytes(4, "big")
-    return frame(HEADERS, END_STREAM | END_HEADERS, stream, block) + frame(GOAWAY, 0, 0, goaway)
-
-
-def percent_encode(message: str) -> str:
-    """grpc-message's encoding: bytes outside printable ASCII, and %, as %XX."""
-    return "".join(
-        chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in message.encode("utf-8")
+    return frame(HEADERS, END_STREAM | END_HEADERS, stream, error_block(code, message)) + frame(
+        GOAWAY, 0, 0, goaway
     )
 
 

@@ -19,14 +19,13 @@ from coxswain.activator.h2frames import (
     SERVER_SETTINGS,
     SETTINGS,
     SETTINGS_ACK,
-    UNAVAILABLE,
     DropFirstSettingsAck,
     NotHttp2,
     first_request,
     frame,
     grpc_error,
-    percent_encode,
 )
+from coxswain.grpc_wire import UNAVAILABLE, percent_encode
 
 pytestmark = pytest.mark.unit
 
