@@ -1,6 +1,7 @@
 """The activator's EndpointSlice list+watch against the real API server: a (re)listing is the
 whole truth (a slice that went while no watch ran is forgotten), /readyz's `synced` comes only
-after the first listing, and the watch then follows deletions."""
+after the first listing, and the watch then follows deletions. And its wake-up: a burst of
+asks raises replicas 0 -> 1 with one ask to the API, and asks again only after its interval."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from lightkube.resources.discovery_v1 import EndpointSlice
 
 from cluster_fixtures import ClusterHandle
 from coxswain.activator.backends import CONTROLLER_MANAGER, Backends
-from coxswain.activator.watch import _on_watch_error, watch_slices
+from coxswain.activator.watch import Waker, _on_watch_error, watch_slices
+from coxswain.kube import MODELSERVICE_RESOURCE
 from coxswain.modelservice import naming
 from operator_fixtures import free_port
 
@@ -145,3 +147,35 @@ def test_the_activator_exits_non_zero_when_its_watch_dies(
     )
     assert done.returncode == 1, done.stderr
     assert "the EndpointSlice watch ended" in done.stderr and "RBAC" in done.stderr
+
+
+async def test_a_burst_of_wakes_asks_the_api_once_and_again_only_after_the_interval(
+    cluster: ClusterHandle, namespace: str, aclient: AsyncClient
+) -> None:
+    spec = {
+        "model": {"uri": "pvc://models/digits"},
+        "repository": {"hostPath": {"path": "/var/lib/coxswain/models"}},
+        "resources": {"cpu": "500m", "memory": "512Mi"},
+        "versions": {"stable": "v1"},
+        "replicas": 0,
+        "autoscaling": {"minReplicas": 0, "maxReplicas": 2},
+    }
+    body = {"metadata": {"name": "digits"}, "spec": spec}
+    await aclient.create(MODELSERVICE_RESOURCE(body), namespace=namespace)
+    now = [100.0]
+    waker = Waker(aclient, clock=lambda: now[0], min_interval=1.0)
+    key = (namespace, "digits")
+
+    asks = {waker.wake(key) for _ in range(100)}
+    assert len(asks) == 1
+    (ask,) = asks
+    assert await ask is True  # raised 0 -> 1
+    scale = await aclient.get(MODELSERVICE_RESOURCE.Scale, "digits", namespace=namespace)
+    assert scale.spec is not None and scale.spec.replicas == 1
+
+    now[0] += 0.5
+    assert waker.wake(key) is ask  # within the interval: the last answer stands
+    now[0] += 0.5
+    again = waker.wake(key)
+    assert again is not ask
+    assert await again is False  # replicas are 1 already: nothing written

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -104,18 +106,31 @@ async def list_and_watch(
 
 
 class Waker:
-    """Raises a ModelService's replicas from 0 to 1; one request to the API per service at once."""
+    """Raises a ModelService's replicas from 0 to 1: one ask to the API per service at once,
+    and none within `min_interval` of the last one's end. Every held request asks (on arrival
+    and every few seconds while it waits): a burst of 100 would otherwise read the scale
+    subresource dozens of times a second while the pod starts."""
 
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(
+        self, client: AsyncClient, clock: Callable[[], float] = time.monotonic, min_interval: float = 1.0
+    ) -> None:
         self.client = client
-        self._inflight: dict[Key, asyncio.Task[bool]] = {}
+        self.clock = clock
+        self.min_interval = min_interval
+        self._asks: dict[Key, asyncio.Task[bool]] = {}
+        self._ended: dict[Key, float] = {}
 
     def wake(self, key: Key) -> asyncio.Task[bool]:
-        task = self._inflight.get(key)
-        if task is None or task.done():
-            task = self._inflight[key] = asyncio.create_task(self._wake(key))
-            task.add_done_callback(lambda t: _report(key, t))
+        task = self._asks.get(key)
+        if task is not None and (not task.done() or self.clock() - self._ended[key] < self.min_interval):
+            return task
+        task = self._asks[key] = asyncio.create_task(self._wake(key))
+        task.add_done_callback(lambda t: self._end(key, t))
         return task
+
+    def _end(self, key: Key, task: asyncio.Task[bool]) -> None:
+        self._ended[key] = self.clock()
+        _report(key, task)
 
     async def _wake(self, key: Key) -> bool:
         """True when it raised the replicas; False when they were above zero already."""
