@@ -22,7 +22,7 @@ from typing import Any, cast
 import kopf
 
 from coxswain import metrics, name_conflicts
-from coxswain.activator.backends import ready_endpoints
+from coxswain.activator.backends import ready_addresses, ready_endpoints, slice_key
 from coxswain.api import GROUP, MODELSERVICE_PLURAL, VERSION
 from coxswain.api.common import ConditionStatus
 from coxswain.api.conditions import ModelServiceConditionType as C
@@ -135,8 +135,12 @@ async def modelservice_endpointslices(
     *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     # Ours (the activator's endpoints, while scaled to zero) and the endpointslice
-    # controller's (a server pod turning ready queues the service at once).
-    return _child_index(namespace, labels, body, memo)
+    # controller's (a server pod turning ready queues the service at once), with how many
+    # ready server endpoints the latter list.
+    indexed = _child_index(namespace, labels, body, memo)
+    for slim in indexed.values():
+        slim["readyEndpoints"] = len(ready_addresses(body)) if slice_key(body) is not None else 0
+    return indexed
 
 
 @kopf.index("discovery.k8s.io", "v1", "endpointslices", labels={naming.LABEL_ACTIVATOR: kopf.PRESENT})
@@ -206,6 +210,14 @@ def activator_slice(slices: Mapping[Key, Any], key: Key) -> dict[str, Any] | Non
     return None
 
 
+def served_endpoints(slices: Mapping[Key, Any], key: Key, service: dict[str, Any] | None) -> int:
+    """Ready server endpoints on the http port in the endpointslice controller's slices of
+    `key`'s Service: those the Service controls (ours, listing the activator, never count)."""
+    uid = ((service or {}).get("metadata") or {}).get("uid")
+    mine = controlled(slices.get(key, []), [uid])
+    return sum(int(obj.get("readyEndpoints") or 0) for obj in mine)
+
+
 @dataclass
 class Observation:
     observed: Observed
@@ -249,14 +261,18 @@ class ModelServices:
         samples = await scrape(self.runtime.http, targets) if targets else {}
         if len(samples) < len(targets):
             metrics.MODELSERVICE_SCRAPE_FAILURES.labels(*key).inc(len(targets) - len(samples))
+        service = _first(index("modelservice_services"), key, "Service")
         observed = Observed(
             deployment=_first(index("modelservice_deployments"), key, "Deployment"),
-            service=_first(index("modelservice_services"), key, "Service"),
+            service=service,
             traffic=_first(index("modelservice_configmaps"), key, "ConfigMap"),
             hpa=_first(index("modelservice_hpas"), key, "HorizontalPodAutoscaler"),
             activator_endpoints=activator.get("http", ()),
             activator_grpc_port=min((p for _, p in activator.get("grpc", ())), default=None),
             activator_slice=activator_slice(index("modelservice_endpointslices"), key),
+            served_endpoints=served_endpoints(
+                self.runtime.index("modelservice_endpointslices"), key, service
+            ),
             pods=pods,
             trainingjob=trainingjob,
             samples=samples,

@@ -86,6 +86,10 @@ class Observed:
     # The activator's gRPC port (None: an activator that holds HTTP only).
     activator_grpc_port: int | None = None
     activator_slice: dict[str, Any] | None = None
+    # Ready endpoints in the endpointslice controller's slices of the Service: what kube-proxy
+    # routes to. None: not known (pod readiness stands in). A pod turns Ready before its
+    # endpoint does, so the activator's slice goes only once a server endpoint is there.
+    served_endpoints: int | None = None
 
 
 @dataclass
@@ -189,7 +193,8 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     if _hash(obs.service) != _hash(service):
         actions.append(Action(ActionKind.ENSURE_SERVICE, service))
 
-    _route_to_activator(ms, obs, report.ready, not isinstance(served, NotServable), actions)
+    routable = report.ready if obs.served_endpoints is None else obs.served_endpoints
+    _route_to_activator(ms, obs, routable, effective, not isinstance(served, NotServable), actions)
 
     if isinstance(served, NotServable):
         return _not_servable(ms, result, served, report, cond)
@@ -233,16 +238,23 @@ def plan(ms: ModelService, obs: Observed, memory: Memory, now: datetime, clock: 
     return result
 
 
-def activator_routes(ms: ModelService, obs: Observed, ready: int, servable: bool) -> bool:
-    """Does the Service need the activator's endpoints? Only a `minReplicas: 0` service with
-    no ready pod and a model it can serve (else a held request would wait for nothing)."""
-    return servable and ms.spec.autoscaling.min_replicas == 0 and ready == 0 and bool(obs.activator_endpoints)
+def activator_routes(ms: ModelService, obs: Observed, ready: int, replicas: int, servable: bool) -> bool:
+    """Does the Service need the activator's endpoints? Only a `minReplicas: 0` service with a
+    model it can serve (else a held request would wait for nothing), while no server endpoint
+    is ready or when its replicas are going to zero.
+
+    The Service must never be without a ready endpoint, or kube-proxy refuses connections. So
+    the slice is written in the pass that scales to zero, before the Deployment is (actions
+    run in order, and kube-proxy sees the slice before the pod's endpoint leaves), and it is
+    deleted only once the endpointslice controller lists a ready server endpoint."""
+    wanted = ready == 0 or replicas == 0
+    return servable and ms.spec.autoscaling.min_replicas == 0 and wanted and bool(obs.activator_endpoints)
 
 
 def _route_to_activator(
-    ms: ModelService, obs: Observed, ready: int, servable: bool, actions: list[Action]
+    ms: ModelService, obs: Observed, ready: int, replicas: int, servable: bool, actions: list[Action]
 ) -> None:
-    if activator_routes(ms, obs, ready, servable):
+    if activator_routes(ms, obs, ready, replicas, servable):
         wanted = builders.build_activator_slice(ms, list(obs.activator_endpoints), obs.activator_grpc_port)
         if _hash(obs.activator_slice) != _hash(wanted):
             actions.append(Action(ActionKind.ENSURE_ACTIVATOR_SLICE, wanted))

@@ -296,6 +296,34 @@ def test_min_zero_without_a_ready_pod_routes_the_service_to_the_activator() -> N
     assert ActionKind.ENSURE_ACTIVATOR_SLICE not in kinds(p)
 
 
+def test_the_activator_slice_stays_until_the_services_own_slice_lists_a_ready_endpoint() -> None:
+    # A pod turns Ready before the endpointslice controller says so, and kube-proxy follows
+    # the slice: dropping the activator first would leave the Service without an endpoint.
+    ms = make(replicas=1, autoscaling={"minReplicas": 0})
+    slice_ = next(
+        a.obj
+        for a in plan(
+            make(replicas=0, autoscaling={"minReplicas": 0}),
+            observed(activator_endpoints=ACTIVATOR),
+            Memory(),
+            NOW,
+            0.0,
+        ).actions
+        if a.kind == ActionKind.ENSURE_ACTIVATOR_SLICE
+    )
+    seen = observed(
+        pods=[pod("a")], activator_endpoints=ACTIVATOR, activator_slice=slice_, served_endpoints=0
+    )
+    p = plan(ms, seen, Memory(), NOW, 0.0)
+    assert ActionKind.DELETE_ACTIVATOR_SLICE not in kinds(
+        p
+    ) and ActionKind.ENSURE_ACTIVATOR_SLICE not in kinds(p)
+    seen = observed(
+        pods=[pod("a")], activator_endpoints=ACTIVATOR, activator_slice=slice_, served_endpoints=1
+    )
+    assert ActionKind.DELETE_ACTIVATOR_SLICE in kinds(plan(ms, seen, Memory(), NOW, 0.0))
+
+
 def test_an_activator_with_a_grpc_port_gets_the_services_grpc_port_too() -> None:
     ms = make(replicas=0, autoscaling={"minReplicas": 0})
     obs = observed(activator_endpoints=(("10.1.0.5", 8080),), activator_grpc_port=8081)
@@ -356,6 +384,10 @@ def test_min_zero_scales_to_zero_only_after_the_delay_without_a_request() -> Non
         27.0,
     )
     assert [a.replicas for a in p.actions if a.kind == ActionKind.SET_REPLICAS] == [0]
+    # The activator's slice is written before the Deployment loses its pod: the Service is
+    # never without a ready endpoint (kube-proxy would refuse connections meanwhile).
+    order = kinds(p)
+    assert order.index(ActionKind.ENSURE_ACTIVATOR_SLICE) < order.index(ActionKind.ENSURE_DEPLOYMENT)
 
 
 def test_min_zero_without_an_activator_keeps_one_replica_and_says_why() -> None:
