@@ -179,3 +179,12 @@ async def test_a_burst_of_wakes_asks_the_api_once_and_again_only_after_the_inter
     again = waker.wake(key)
     assert again is not ask
     assert await again is False  # replicas are 1 already: nothing written
+
+    # An ask cancelled before it ran has no end: the next wake asks again instead of failing.
+    now[0] += 5
+    cancelled = waker.wake(key)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    assert cancelled.cancelled()
+    fresh = waker.wake(key)
+    assert fresh is not cancelled and await fresh is False

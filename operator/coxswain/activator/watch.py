@@ -122,15 +122,22 @@ class Waker:
 
     def wake(self, key: Key) -> asyncio.Task[bool]:
         task = self._asks.get(key)
-        if task is not None and (not task.done() or self.clock() - self._ended[key] < self.min_interval):
-            return task
-        task = self._asks[key] = asyncio.create_task(self._wake(key))
-        task.add_done_callback(lambda t: self._end(key, t))
+        if task is not None:
+            # The end is recorded inside the task, so a done task always has one (unless it
+            # was cancelled before it ran: then ask again).
+            ended = self._ended.get(key)
+            if not task.done() or (ended is not None and self.clock() - ended < self.min_interval):
+                return task
+        self._ended.pop(key, None)
+        task = self._asks[key] = asyncio.create_task(self._ask(key))
+        task.add_done_callback(lambda t: _report(key, t))
         return task
 
-    def _end(self, key: Key, task: asyncio.Task[bool]) -> None:
-        self._ended[key] = self.clock()
-        _report(key, task)
+    async def _ask(self, key: Key) -> bool:
+        try:
+            return await self._wake(key)
+        finally:
+            self._ended[key] = self.clock()
 
     async def _wake(self, key: Key) -> bool:
         """True when it raised the replicas; False when they were above zero already."""
