@@ -66,6 +66,10 @@ def get(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any]:
     return dict(cluster.client.get(MODELSERVICE_RESOURCE, name, namespace=ns))
 
 
+def server_pods(cluster: ClusterHandle, ns: str, name: str) -> list[Pod]:
+    return list(cluster.client.list(Pod, namespace=ns, labels={naming.LABEL_MODELSERVICE: name}))
+
+
 def activator_slice(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any] | None:
     for s in cluster.client.list(EndpointSlice, namespace=ns, labels={naming.LABEL_SERVICE_NAME: name}):
         if (s.metadata.labels or {}).get(naming.LABEL_SLICE_MANAGED_BY) == naming.SLICE_MANAGER:
@@ -160,6 +164,9 @@ def test_a_burst_at_zero_replicas_is_held_answered_and_the_service_goes_back_to_
     decided = datetime.fromisoformat(decision["time"].replace("Z", "+00:00"))
     assert (decided - answered_at).total_seconds() >= DELAY - 1, (decided, answered_at)
     wait_for(lambda: activator_slice(cluster, ns, name) is not None, 120, "the activator's slice again")
+    # The slice comes in the pass that scales to zero, while the last pod still drains (a call
+    # then is answered by it, as it should be): "at zero" is once that pod is gone.
+    wait_for(lambda: not server_pods(cluster, ns, name), 120, "the last server pod gone")
     held = activator_slice(cluster, ns, name)
     assert held is not None and {p["name"] for p in held["ports"]} == {"http", "grpc"}
 

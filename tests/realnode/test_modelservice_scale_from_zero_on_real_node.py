@@ -178,6 +178,10 @@ def host_activator(
         print(f"activator log: {act.log_path}")
 
 
+def server_pods(cluster: ClusterHandle, ns: str, name: str) -> list[Pod]:
+    return list(cluster.client.list(Pod, namespace=ns, labels={naming.LABEL_MODELSERVICE: name}))
+
+
 def activator_slice(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any] | None:
     for s in cluster.client.list(EndpointSlice, namespace=ns, labels={naming.LABEL_SERVICE_NAME: name}):
         if (s.metadata.labels or {}).get(naming.LABEL_SLICE_MANAGED_BY) == naming.SLICE_MANAGER:
@@ -288,6 +292,9 @@ def test_a_burst_at_zero_replicas_on_the_real_node_is_answered(
     wait_for(lambda: activator_slice(real_cluster, ns, name) is None, 60, "the activator's slice removed")
     wait_for(lambda: replicas(real_cluster, ns, name) == 0, DELAY + 60, "scale to zero")
     wait_for(lambda: activator_slice(real_cluster, ns, name) is not None, 120, "the activator's slice again")
+    # The slice comes in the pass that scales to zero, while the last pod still drains (a call
+    # then is answered by it, as it should be): "at zero" is once that pod is gone.
+    wait_for(lambda: not server_pods(real_cluster, ns, name), 120, "the last server pod gone")
 
     # At zero again: a gRPC call to the Service's DNS name (kube-proxy sends the grpc port to
     # the activator's) is held, wakes the service and is answered by the pod.
