@@ -125,10 +125,11 @@ def test_serves_splits_scales_up_under_load_and_down_when_idle(
         load.terminate()
         load.wait(10)
         body.unlink(missing_ok=True)
-    # Idle: back to minReplicas after the delay.
+    # Idle: back to minReplicas after the delay. In one step, or in two when a scrape while the
+    # load still ran asked for 2 (the autoscaler goes down only to the most asked for meanwhile).
     wait_for(lambda: get(cluster, ns, "digits")["spec"].get("replicas") == 1, 90, "scale-down to 1")
     decision = get(cluster, ns, "digits")["status"]["lastScaleDecision"]
-    assert decision["from"] == 3 and decision["to"] == 1, decision
+    assert decision["from"] in (2, 3) and decision["to"] == 1, decision
     wait_for(lambda: len(ready_pod_ips(cluster, ns, "digits")) == 1, 120, "one server pod left")
     wait_ready(cluster, ns, "digits", 60)
 
