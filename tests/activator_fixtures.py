@@ -1,5 +1,6 @@
-"""The activator (coxswain.activator) as a host process for the scale-from-zero tests, and
-the Service + EndpointSlice the chart and the endpointslice controller would give it."""
+"""The activator (coxswain.activator) as a host process for the scale-from-zero tests, the
+Service + EndpointSlice the chart and the endpointslice controller would give it, and what
+those tests read back: the operator's slice routing a service to it, and the server pods."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 from lightkube.codecs import from_dict
+from lightkube.resources.core_v1 import Pod
+from lightkube.resources.discovery_v1 import EndpointSlice
 
 from cluster_fixtures import ClusterHandle
 from coxswain.modelservice import naming
@@ -100,3 +104,15 @@ def activator_service(cluster: ClusterHandle, ns: str, ip: str, port: int, grpc_
             }
         )
     )
+
+
+def server_pods(cluster: ClusterHandle, ns: str, name: str) -> list[Pod]:
+    return list(cluster.client.list(Pod, namespace=ns, labels={naming.LABEL_MODELSERVICE: name}))
+
+
+def activator_slice(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any] | None:
+    """The operator's EndpointSlice routing ModelService `name`'s Service to the activator."""
+    for s in cluster.client.list(EndpointSlice, namespace=ns, labels={naming.LABEL_SERVICE_NAME: name}):
+        if (s.metadata.labels or {}).get(naming.LABEL_SLICE_MANAGED_BY) == naming.SLICE_MANAGER:
+            return dict(s.to_dict())
+    return None

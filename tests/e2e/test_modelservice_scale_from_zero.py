@@ -22,10 +22,8 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from lightkube.resources.core_v1 import Pod
-from lightkube.resources.discovery_v1 import EndpointSlice
 
-from activator_fixtures import ActivatorProcess, activator_service
+from activator_fixtures import ActivatorProcess, activator_service, activator_slice, server_pods
 from agent_fixtures import AgentProcess
 from cluster_fixtures import ClusterHandle, wait_for
 from coxswain.kube import MODELSERVICE_RESOURCE
@@ -66,20 +64,9 @@ def get(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any]:
     return dict(cluster.client.get(MODELSERVICE_RESOURCE, name, namespace=ns))
 
 
-def server_pods(cluster: ClusterHandle, ns: str, name: str) -> list[Pod]:
-    return list(cluster.client.list(Pod, namespace=ns, labels={naming.LABEL_MODELSERVICE: name}))
-
-
-def activator_slice(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any] | None:
-    for s in cluster.client.list(EndpointSlice, namespace=ns, labels={naming.LABEL_SERVICE_NAME: name}):
-        if (s.metadata.labels or {}).get(naming.LABEL_SLICE_MANAGED_BY) == naming.SLICE_MANAGER:
-            return dict(s.to_dict())
-    return None
-
-
 def report_times(cluster: ClusterHandle, ns: str, name: str, sent: datetime, times: list[float]) -> None:
     """The figures: first answer against the pod's own start and readiness (1 s resolution)."""
-    (pod,) = cluster.client.list(Pod, namespace=ns, labels={naming.LABEL_MODELSERVICE: name})
+    (pod,) = server_pods(cluster, ns, name)
     assert pod.metadata is not None and pod.status is not None
     created = pod.metadata.creationTimestamp
     ready_at = next(c.lastTransitionTime for c in pod.status.conditions or [] if c.type == "Ready")

@@ -23,9 +23,8 @@ import pytest
 from lightkube.codecs import from_dict
 from lightkube.models.core_v1 import PodStatus
 from lightkube.resources.core_v1 import Pod
-from lightkube.resources.discovery_v1 import EndpointSlice
 
-from activator_fixtures import ActivatorProcess, activator_service
+from activator_fixtures import ActivatorProcess, activator_service, activator_slice, server_pods
 from cluster_fixtures import ClusterHandle, wait_for
 from coxswain.devcluster import DevCluster
 from coxswain.devcluster.realnode import REAL_NODE_LABEL
@@ -178,17 +177,6 @@ def host_activator(
         print(f"activator log: {act.log_path}")
 
 
-def server_pods(cluster: ClusterHandle, ns: str, name: str) -> list[Pod]:
-    return list(cluster.client.list(Pod, namespace=ns, labels={naming.LABEL_MODELSERVICE: name}))
-
-
-def activator_slice(cluster: ClusterHandle, ns: str, name: str) -> dict[str, Any] | None:
-    for s in cluster.client.list(EndpointSlice, namespace=ns, labels={naming.LABEL_SERVICE_NAME: name}):
-        if (s.metadata.labels or {}).get(naming.LABEL_SLICE_MANAGED_BY) == naming.SLICE_MANAGER:
-            return dict(s.to_dict())
-    return None
-
-
 def replicas(cluster: ClusterHandle, ns: str, name: str) -> int | None:
     return dict(cluster.client.get(MODELSERVICE_RESOURCE, name, namespace=ns))["spec"].get("replicas")
 
@@ -268,7 +256,7 @@ def test_a_burst_at_zero_replicas_on_the_real_node_is_answered(
     assert codes == [200] * BURST, (collections.Counter(map(str, codes)), failed)
     assert activator.metric("coxswain_activator_wakeups_total", ns, name) == 1
 
-    (pod,) = real_cluster.client.list(Pod, namespace=ns, labels={naming.LABEL_MODELSERVICE: name})
+    (pod,) = server_pods(real_cluster, ns, name)
     assert pod.metadata is not None and pod.status is not None
     created = pod.metadata.creationTimestamp
     ready_at = next(c.lastTransitionTime for c in pod.status.conditions or [] if c.type == "Ready")

@@ -22,7 +22,7 @@ from typing import Any, cast
 import kopf
 
 from coxswain import metrics, name_conflicts
-from coxswain.activator.backends import ready_addresses, ready_endpoints, slice_key
+from coxswain.activator.backends import ready_addresses, ready_endpoints
 from coxswain.api import GROUP, MODELSERVICE_PLURAL, VERSION
 from coxswain.api.common import ConditionStatus
 from coxswain.api.conditions import ModelServiceConditionType as C
@@ -135,11 +135,11 @@ async def modelservice_endpointslices(
     *, namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     # Ours (the activator's endpoints, while scaled to zero) and the endpointslice
-    # controller's (a server pod turning ready queues the service at once), with how many
-    # ready server endpoints the latter list.
+    # controller's (a server pod turning ready queues the service at once), with their ready
+    # endpoints counted (`served_endpoints` keeps only the controller's).
     indexed = _child_index(namespace, labels, body, memo)
     for slim in indexed.values():
-        slim["readyEndpoints"] = len(ready_addresses(body)) if slice_key(body) is not None else 0
+        slim["readyEndpoints"] = len(ready_addresses(body))
     return indexed
 
 

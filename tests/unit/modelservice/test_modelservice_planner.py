@@ -315,9 +315,7 @@ def test_the_activator_slice_stays_until_the_services_own_slice_lists_a_ready_en
         pods=[pod("a")], activator_endpoints=ACTIVATOR, activator_slice=slice_, served_endpoints=0
     )
     p = plan(ms, seen, Memory(), NOW, 0.0)
-    assert ActionKind.DELETE_ACTIVATOR_SLICE not in kinds(
-        p
-    ) and ActionKind.ENSURE_ACTIVATOR_SLICE not in kinds(p)
+    assert not {ActionKind.DELETE_ACTIVATOR_SLICE, ActionKind.ENSURE_ACTIVATOR_SLICE} & set(kinds(p))
     seen = observed(
         pods=[pod("a")], activator_endpoints=ACTIVATOR, activator_slice=slice_, served_endpoints=1
     )
